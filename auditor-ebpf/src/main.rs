@@ -1,0 +1,8 @@
+#![no_std]
+#![no_main]
+// placeholder
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,13 @@
+//! auditor: an eBPF connection auditor for Kubernetes media pipelines.
+//!
+//! One module a pipeline stage (see ARCHITECTURE.md). Only `probe`, `record`
+//! (the sinks) and `procfs` do I/O; the other stages are pure.
+
+pub mod decode;
+pub mod diff;
+pub mod dns;
+pub mod flowlog;
+pub mod probe;
+pub mod procfs;
+pub mod record;
+pub mod tracefs;

@@ -3,6 +3,7 @@
 //! One module a pipeline stage (see ARCHITECTURE.md). Only `probe`, `record`
 //! (the sinks) and `procfs` do I/O; the other stages are pure.
 
+pub mod attribute;
 pub mod decode;
 pub mod diff;
 pub mod dns;

@@ -183,13 +183,13 @@ pub fn parse_cgroup_path(path: &str) -> Result<Option<CgroupOwner>, AttributeErr
         };
         let container = match container_segment {
             None => None,
-            Some(c) => Some(container_segment_ref(c).ok_or_else(|| {
-                AttributeError::Container {
+            Some(c) => Some(
+                container_segment_ref(c).ok_or_else(|| AttributeError::Container {
                     path: path.to_owned(),
                     segment: c.to_owned(),
                     uid: uid.clone(),
-                }
-            })?),
+                })?,
+            ),
         };
         return Ok(Some(CgroupOwner::Pod(PodCgroup {
             uid,
@@ -301,7 +301,13 @@ fn pod_segment<'a>(
 fn normalize_uid(raw: &str) -> Option<String> {
     let uid: String = raw
         .chars()
-        .map(|c| if c == '_' { '-' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect();
     let is_hash = uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit());
     let is_uuid = {
@@ -491,6 +497,11 @@ mod tests {
                 pod(UID, Burstable, Some((Unknown, CID, false))),
             ),
             (
+                "kind node seen from its host (cgroup v2, docker scope parent)",
+                format!("/system.slice/docker-{CID2}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice/cri-containerd-{CID}.scope"),
+                pod(UID, BestEffort, Some((Containerd, CID, false))),
+            ),
+            (
                 "kubelet --cgroup-root=/kubelet",
                 format!("/kubelet/kubepods/besteffort/pod{UID}/{CID}"),
                 pod(UID, BestEffort, Some((Unknown, CID, false))),
@@ -602,12 +613,20 @@ mod tests {
             (
                 "v2",
                 &v2,
-                pod(UID, QosClass::Burstable, Some((Runtime::Containerd, CID, false))),
+                pod(
+                    UID,
+                    QosClass::Burstable,
+                    Some((Runtime::Containerd, CID, false)),
+                ),
             ),
             (
                 "hybrid: v2 line says /, v1 lines name the pod",
                 &hybrid,
-                pod(UID, QosClass::BestEffort, Some((Runtime::Unknown, CID, false))),
+                pod(
+                    UID,
+                    QosClass::BestEffort,
+                    Some((Runtime::Unknown, CID, false)),
+                ),
             ),
             ("host process", host, None),
             ("empty file", "", None),
@@ -623,7 +642,11 @@ mod tests {
         let mixed = format!("0::/kubepods/pod1234/x\n1:name=systemd:/kubepods/pod{UID}/{CID}\n");
         assert_eq!(
             parse_proc_cgroup(&mixed),
-            Ok(pod(UID, QosClass::Guaranteed, Some((Runtime::Unknown, CID, false))))
+            Ok(pod(
+                UID,
+                QosClass::Guaranteed,
+                Some((Runtime::Unknown, CID, false))
+            ))
         );
         assert!(parse_proc_cgroup("0::/kubepods/pod1234/x\n").is_err());
     }

@@ -4,10 +4,12 @@
 //! (the sinks) and `procfs` do I/O; the other stages are pure.
 
 pub mod attribute;
+pub mod cluster;
 pub mod decode;
 pub mod diff;
 pub mod dns;
 pub mod flowlog;
+pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod record;

@@ -1,0 +1,2 @@
+//! Placeholder: the policy benchmark lands in a following commit.
+fn main() {}

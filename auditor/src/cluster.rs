@@ -1,0 +1,289 @@
+//! Cluster snapshots: the objects the policy engine needs, read from files.
+//!
+//! A snapshot is what `kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml`
+//! prints (one `kind: List` document), or multi-document YAML of plain manifests, or a mix
+//! (JSON works too: it is YAML). Objects are typed with k8s-openapi. Kinds the engine
+//! does not use are skipped, and each skip is noted so the user can see it. `Node`
+//! objects are read too when present: their addresses name node IPs.
+//!
+//! Errors name the file, the document, the object (kind, namespace/name) and the field.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// The objects of one snapshot, in file order.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub nodes: Vec<Node>,
+    /// Objects skipped, one human-readable line each (kind, namespace/name, why).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read cluster snapshot {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: document {document}: not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        document: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: document {document}{item}: {message}")]
+    Shape {
+        path: PathBuf,
+        document: usize,
+        /// `, item N` for an element of a `kind: List`, empty otherwise.
+        item: String,
+        message: String,
+    },
+    #[error("{path}: {kind} {object}: field {field}: {message}")]
+    Field {
+        path: PathBuf,
+        kind: String,
+        /// `namespace/name`, or `name` for cluster-scoped objects.
+        object: String,
+        /// Dotted path, e.g. `spec.ingress[0].ports[0].port`.
+        field: String,
+        message: String,
+    },
+}
+
+/// Reads and parses a snapshot file (`-` is stdin).
+pub fn read_snapshot(path: &Path) -> Result<Snapshot, ClusterError> {
+    let io = |source| ClusterError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let data = if path.as_os_str() == "-" {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(io)?;
+        s
+    } else {
+        std::fs::read(path).map_err(io)?
+    };
+    parse_snapshot(path, &data)
+}
+
+/// Parses snapshot bytes; `path` only names the source in errors.
+pub fn parse_snapshot(path: &Path, data: &[u8]) -> Result<Snapshot, ClusterError> {
+    let mut snap = Snapshot::default();
+    for (i, doc) in serde_yaml::Deserializer::from_slice(data).enumerate() {
+        let document = i + 1;
+        let value = Value::deserialize(doc).map_err(|source| ClusterError::Yaml {
+            path: path.to_owned(),
+            document,
+            source,
+        })?;
+        let shape = |item: Option<usize>, message: String| ClusterError::Shape {
+            path: path.to_owned(),
+            document,
+            item: item.map(|n| format!(", item {n}")).unwrap_or_default(),
+            message,
+        };
+        match value {
+            Value::Null => continue,
+            Value::Mapping(_) => {}
+            other => {
+                return Err(shape(
+                    None,
+                    format!(
+                        "expected a Kubernetes object (a mapping), found {}",
+                        type_name(&other)
+                    ),
+                ))
+            }
+        }
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
+            let Some(items) = value.get("items") else {
+                return Err(shape(None, format!("a {kind} needs an items field")));
+            };
+            let Value::Sequence(items) = items else {
+                if items.is_null() {
+                    continue;
+                }
+                return Err(shape(
+                    None,
+                    format!(
+                        "field items: expected a sequence, found {}",
+                        type_name(items)
+                    ),
+                ));
+            };
+            for (n, item) in items.iter().enumerate() {
+                add_object(&mut snap, path, item.clone(), |m| shape(Some(n), m))?;
+            }
+        } else {
+            add_object(&mut snap, path, value, |m| shape(None, m))?;
+        }
+    }
+    Ok(snap)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a sequence",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn add_object(
+    snap: &mut Snapshot,
+    path: &Path,
+    value: Value,
+    shape: impl Fn(String) -> ClusterError,
+) -> Result<(), ClusterError> {
+    if !value.is_mapping() {
+        return Err(shape(format!(
+            "expected a Kubernetes object (a mapping), found {}",
+            type_name(&value)
+        )));
+    }
+    let Some(kind) = value.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+        return Err(shape("the object has no kind".into()));
+    };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let meta = value.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<no name>");
+    let object = match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    };
+    let typed = TypedTarget {
+        path,
+        kind: &kind,
+        object: &object,
+    };
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => snap.namespaces.push(typed.parse(value)?),
+        ("v1", "Pod") => snap.pods.push(typed.parse(value)?),
+        ("v1", "Service") => snap.services.push(typed.parse(value)?),
+        ("v1", "Node") => snap.nodes.push(typed.parse(value)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => snap.endpoint_slices.push(typed.parse(value)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            snap.network_policies.push(typed.parse(value)?)
+        }
+        (_, "NetworkPolicy") => {
+            return Err(typed.error(
+                "apiVersion",
+                format!("{api_version:?} is not supported (expected networking.k8s.io/v1)"),
+            ))
+        }
+        _ => snap.notes.push(format!(
+            "skipped {kind} {object} ({api_version}): not used by the policy engine"
+        )),
+    }
+    Ok(())
+}
+
+struct TypedTarget<'a> {
+    path: &'a Path,
+    kind: &'a str,
+    object: &'a str,
+}
+
+impl TypedTarget<'_> {
+    fn error(&self, field: &str, message: String) -> ClusterError {
+        ClusterError::Field {
+            path: self.path.to_owned(),
+            kind: self.kind.to_owned(),
+            object: self.object.to_owned(),
+            field: field.to_owned(),
+            message,
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, value: Value) -> Result<T, ClusterError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." {
+                "(object)".to_owned()
+            } else {
+                field
+            };
+            self.error(&field, e.into_inner().to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Snapshot, ClusterError> {
+        parse_snapshot(Path::new("snap.yaml"), s.as_bytes())
+    }
+
+    #[test]
+    fn list_and_multi_document() {
+        let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: media}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: x, namespace: media}\n";
+        let s = parse(list).unwrap();
+        assert_eq!(s.namespaces.len(), 1);
+        assert_eq!(s.notes.len(), 1);
+        assert!(s.notes[0].contains("ConfigMap media/x"), "{:?}", s.notes);
+        let docs = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: media}\n---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {}}\n";
+        let s = parse(docs).unwrap();
+        assert_eq!((s.pods.len(), s.network_policies.len()), (1, 1));
+    }
+
+    #[test]
+    fn errors_name_file_object_and_field() {
+        let cases = [
+            ("apiVersion: v1\nkind: List\nitems: [\n", "snap.yaml: document 1: not valid YAML"),
+            ("- 1\n- 2\n", "expected a Kubernetes object"),
+            ("apiVersion: v1\nkind: List\nitems: 3\n", "field items: expected a sequence"),
+            ("apiVersion: v1\nkind: List\nitems:\n- {metadata: {name: x}}\n", "document 1, item 0: the object has no kind"),
+            (
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - port: [1]\n",
+                "snap.yaml: NetworkPolicy media/n: field spec.ingress[0].ports[0].port",
+            ),
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: media}\nspec:\n  containers:\n  - name: c\n    ports:\n    - containerPort: http\n",
+                "Pod media/p: field spec.containers[0].ports[0].containerPort",
+            ),
+            (
+                "apiVersion: networking.k8s.io/v1beta1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\n",
+                "NetworkPolicy media/n: field apiVersion",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = parse(input).unwrap_err().to_string();
+            assert!(err.contains(want), "{input:?}\n got: {err}\nwant: {want}");
+        }
+    }
+}

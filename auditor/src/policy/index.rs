@@ -1,0 +1,704 @@
+//! Building the [`Engine`]: every label, selector and CIDR is read once here.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::ipblock::{parse_cidr, IpBlock};
+use super::selector::Selector;
+use super::*;
+use crate::cluster::Snapshot;
+
+const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn object_name(meta: &ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or("<no name>");
+    match meta.namespace.as_deref() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+fn invalid(
+    kind: &'static str,
+    meta: &ObjectMeta,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> PolicyError {
+    PolicyError::Invalid {
+        kind,
+        object: object_name(meta),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn parse_protocol(p: Option<&str>) -> Result<Protocol, String> {
+    match p {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(format!(
+            "unknown protocol {other:?} (expected TCP, UDP or SCTP)"
+        )),
+    }
+}
+
+fn port_u16(n: i32) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("{n} is not a port (1-65535)"))
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse::<IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+fn namespace_of(meta: &ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// `namespace/Kind/name` of a pod's owning workload.
+fn workload_of(pod: &Pod, namespace: &str, name: &str) -> String {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| pod.metadata.owner_references.iter().flatten().next());
+    let Some(o) = owner else {
+        return format!("{namespace}/Pod/{name}");
+    };
+    if o.kind == "ReplicaSet" {
+        let hash = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"));
+        if let Some(deployment) = hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+            return format!("{namespace}/Deployment/{deployment}");
+        }
+    }
+    format!("{namespace}/{}/{}", o.kind, o.name)
+}
+
+struct Builder {
+    engine: Engine,
+    ns_index: HashMap<String, usize>,
+}
+
+impl Builder {
+    fn namespace(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.ns_index.get(name) {
+            return i;
+        }
+        let mut labels = BTreeMap::new();
+        labels.insert(NS_NAME_LABEL.to_owned(), name.to_owned());
+        self.engine.namespaces.push(NamespaceInfo { labels });
+        let i = self.engine.namespaces.len() - 1;
+        self.ns_index.insert(name.to_owned(), i);
+        i
+    }
+}
+
+fn compile_selector(
+    sel: &LabelSelector,
+    meta: &ObjectMeta,
+    field: &str,
+) -> Result<Selector, PolicyError> {
+    Selector::compile(sel).map_err(|e| {
+        invalid(
+            "NetworkPolicy",
+            meta,
+            format!("{field}.{}", e.field),
+            e.message,
+        )
+    })
+}
+
+fn compile_peer(
+    peer: &NetworkPolicyPeer,
+    meta: &ObjectMeta,
+    field: &str,
+) -> Result<Peer, PolicyError> {
+    match (&peer.ip_block, &peer.namespace_selector, &peer.pod_selector) {
+        (Some(b), None, None) => {
+            let cidr = parse_cidr(&b.cidr)
+                .map_err(|m| invalid("NetworkPolicy", meta, format!("{field}.ipBlock.cidr"), m))?;
+            let mut except = Vec::new();
+            for (i, e) in b.except.iter().flatten().enumerate() {
+                except.push(parse_cidr(e).map_err(|m| {
+                    invalid(
+                        "NetworkPolicy",
+                        meta,
+                        format!("{field}.ipBlock.except[{i}]"),
+                        m,
+                    )
+                })?);
+            }
+            Ok(Peer::Block(IpBlock { cidr, except }))
+        }
+        (Some(_), _, _) => Err(invalid(
+            "NetworkPolicy",
+            meta,
+            field,
+            "ipBlock cannot be combined with podSelector or namespaceSelector in one peer",
+        )),
+        (None, None, None) => Err(invalid(
+            "NetworkPolicy",
+            meta,
+            field,
+            "a peer needs podSelector, namespaceSelector or ipBlock",
+        )),
+        (None, ns, pods) => {
+            let namespaces = match ns {
+                None => NamespaceMatch::Own,
+                Some(s) => NamespaceMatch::Selected(compile_selector(
+                    s,
+                    meta,
+                    &format!("{field}.namespaceSelector"),
+                )?),
+            };
+            let pods = match pods {
+                None => Selector::everything(),
+                Some(s) => compile_selector(s, meta, &format!("{field}.podSelector"))?,
+            };
+            Ok(Peer::Pods { namespaces, pods })
+        }
+    }
+}
+
+fn compile_port(
+    port: &NetworkPolicyPort,
+    meta: &ObjectMeta,
+    field: &str,
+) -> Result<PortMatch, PolicyError> {
+    let err = |f: &str, m: String| invalid("NetworkPolicy", meta, format!("{field}{f}"), m);
+    let protocol = parse_protocol(port.protocol.as_deref()).map_err(|m| err(".protocol", m))?;
+    match (&port.port, port.end_port) {
+        (None, None) => Ok(PortMatch::AnyPort(protocol)),
+        (None, Some(_)) => Err(err(".endPort", "endPort needs port".into())),
+        (Some(IntOrString::Int(n)), end) => {
+            let first = port_u16(*n).map_err(|m| err(".port", m))?;
+            let last = match end {
+                None => first,
+                Some(e) => {
+                    let last = port_u16(e).map_err(|m| err(".endPort", m))?;
+                    if last < first {
+                        return Err(err(
+                            ".endPort",
+                            format!("endPort {last} is below port {first}"),
+                        ));
+                    }
+                    last
+                }
+            };
+            Ok(PortMatch::Range {
+                protocol,
+                first,
+                last,
+            })
+        }
+        (Some(IntOrString::String(name)), None) => {
+            if name.is_empty() {
+                return Err(err(".port", "empty port name".into()));
+            }
+            Ok(PortMatch::Named {
+                protocol,
+                name: name.clone(),
+            })
+        }
+        (Some(IntOrString::String(_)), Some(_)) => Err(err(
+            ".endPort",
+            "endPort cannot be used with a named port".into(),
+        )),
+    }
+}
+
+fn compile_rules<'a>(
+    rules: impl Iterator<
+        Item = (
+            Option<&'a Vec<NetworkPolicyPeer>>,
+            Option<&'a Vec<NetworkPolicyPort>>,
+        ),
+    >,
+    meta: &ObjectMeta,
+    section: &str,
+    peer_field: &str,
+) -> Result<Vec<Rule>, PolicyError> {
+    let mut out = Vec::new();
+    for (i, (peers, ports)) in rules.enumerate() {
+        let field = format!("spec.{section}[{i}]");
+        let peers = match peers {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(
+                v.iter()
+                    .enumerate()
+                    .map(|(j, p)| compile_peer(p, meta, &format!("{field}.{peer_field}[{j}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let ports = match ports {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(
+                v.iter()
+                    .enumerate()
+                    .map(|(j, p)| compile_port(p, meta, &format!("{field}.ports[{j}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        out.push(Rule { peers, ports });
+    }
+    Ok(out)
+}
+
+fn compile_policy(np: &NetworkPolicy, ns: usize) -> Result<PolicyInfo, PolicyError> {
+    let meta = &np.metadata;
+    let spec = np.spec.clone().unwrap_or_default();
+    let selector = match &spec.pod_selector {
+        None => Selector::everything(),
+        Some(s) => compile_selector(s, meta, "spec.podSelector")?,
+    };
+    let (mut ingress_on, mut egress_on) = (false, false);
+    match spec.policy_types.as_deref() {
+        None | Some([]) => {
+            ingress_on = true;
+            egress_on = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        }
+        Some(types) => {
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => ingress_on = true,
+                    "Egress" => egress_on = true,
+                    other => {
+                        return Err(invalid(
+                            "NetworkPolicy",
+                            meta,
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    let ingress = if ingress_on {
+        Some(compile_rules(
+            spec.ingress
+                .iter()
+                .flatten()
+                .map(|r| (r.from.as_ref(), r.ports.as_ref())),
+            meta,
+            "ingress",
+            "from",
+        )?)
+    } else {
+        None
+    };
+    let egress = if egress_on {
+        Some(compile_rules(
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| (r.to.as_ref(), r.ports.as_ref())),
+            meta,
+            "egress",
+            "to",
+        )?)
+    } else {
+        None
+    };
+    Ok(PolicyInfo {
+        namespace: namespace_of(meta),
+        name: meta.name.clone().unwrap_or_default(),
+        ingress,
+        egress,
+        selector,
+        ns,
+    })
+}
+
+fn pod_ports(pod: &Pod) -> Result<Vec<ContainerPort>, PolicyError> {
+    let mut out = Vec::new();
+    let Some(spec) = &pod.spec else {
+        return Ok(out);
+    };
+    for (section, containers) in [
+        ("containers", &spec.containers),
+        (
+            "initContainers",
+            spec.init_containers.as_ref().unwrap_or(&Vec::new()),
+        ),
+    ] {
+        for (i, c) in containers.iter().enumerate() {
+            for (j, p) in c.ports.iter().flatten().enumerate() {
+                let field = format!("spec.{section}[{i}].ports[{j}]");
+                let port = port_u16(p.container_port).map_err(|m| {
+                    invalid("Pod", &pod.metadata, format!("{field}.containerPort"), m)
+                })?;
+                let protocol = parse_protocol(p.protocol.as_deref())
+                    .map_err(|m| invalid("Pod", &pod.metadata, format!("{field}.protocol"), m))?;
+                out.push(ContainerPort {
+                    name: p.name.clone().filter(|n| !n.is_empty()),
+                    port,
+                    protocol,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// Indexes a snapshot. Fails on objects the API server would reject where the
+    /// engine depends on them (bad CIDRs, selectors, ports, IPs), naming object and field.
+    pub fn build(snap: &Snapshot) -> Result<Engine, PolicyError> {
+        let mut b = Builder {
+            engine: Engine::default(),
+            ns_index: HashMap::new(),
+        };
+
+        // Namespaces, sorted by name.
+        let mut ns_objs: Vec<_> = snap.namespaces.iter().collect();
+        ns_objs.sort_by(|a, c| a.metadata.name.cmp(&c.metadata.name));
+        for ns in ns_objs {
+            let name = ns.metadata.name.clone().unwrap_or_default();
+            let i = b.namespace(&name);
+            let labels = &mut b.engine.namespaces[i].labels;
+            labels.extend(ns.metadata.labels.clone().unwrap_or_default());
+            labels.insert(NS_NAME_LABEL.to_owned(), name);
+        }
+
+        // Nodes.
+        let mut node_ips: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for node in &snap.nodes {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            for (i, a) in node
+                .status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .enumerate()
+            {
+                if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
+                    let ip = parse_ip(&a.address).map_err(|m| {
+                        invalid(
+                            "Node",
+                            &node.metadata,
+                            format!("status.addresses[{i}].address"),
+                            m,
+                        )
+                    })?;
+                    node_ips.entry(name.clone()).or_default().insert(ip);
+                }
+            }
+        }
+
+        // Pods, sorted by namespace/name.
+        let mut pods: Vec<&Pod> = snap.pods.iter().collect();
+        pods.sort_by(|a, c| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&c.metadata.namespace, &c.metadata.name))
+        });
+        let mut pod_by_ip: HashMap<IpAddr, (PodId, bool)> = HashMap::new();
+        for pod in pods {
+            let namespace = namespace_of(&pod.metadata);
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let ns = b.namespace(&namespace);
+            let status = pod.status.clone().unwrap_or_default();
+            let mut ips = Vec::new();
+            for (i, p) in status.pod_ips.iter().flatten().enumerate() {
+                ips.push(parse_ip(&p.ip).map_err(|m| {
+                    invalid("Pod", &pod.metadata, format!("status.podIPs[{i}].ip"), m)
+                })?);
+            }
+            if let (true, Some(ip)) = (ips.is_empty(), &status.pod_ip) {
+                ips.push(
+                    parse_ip(ip).map_err(|m| invalid("Pod", &pod.metadata, "status.podIP", m))?,
+                );
+            }
+            let host_network = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false);
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            let mut host_ips = Vec::new();
+            for (i, h) in status.host_ips.iter().flatten().enumerate() {
+                host_ips.push(parse_ip(&h.ip).map_err(|m| {
+                    invalid("Pod", &pod.metadata, format!("status.hostIPs[{i}].ip"), m)
+                })?);
+            }
+            if let (true, Some(ip)) = (host_ips.is_empty(), &status.host_ip) {
+                host_ips.push(
+                    parse_ip(ip).map_err(|m| invalid("Pod", &pod.metadata, "status.hostIP", m))?,
+                );
+            }
+            if host_network {
+                host_ips.extend(ips.iter().copied());
+            }
+            if let Some(n) = &node {
+                node_ips
+                    .entry(n.clone())
+                    .or_default()
+                    .extend(host_ips.iter().copied());
+            } else {
+                for ip in &host_ips {
+                    b.engine.node_by_ip.entry(*ip).or_insert(None);
+                }
+            }
+            let id = b.engine.pods.len();
+            let live = !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+            if !host_network {
+                for ip in &ips {
+                    match pod_by_ip.get(ip) {
+                        Some(&(other, other_live)) if other_live || !live => {
+                            if live {
+                                b.engine.notes.push(format!(
+                                    "{ip} belongs to pods {} and {namespace}/{name}; flows are attributed to the first",
+                                    b.engine.pod_name(other)
+                                ));
+                            }
+                        }
+                        _ => {
+                            pod_by_ip.insert(*ip, (id, live));
+                        }
+                    }
+                }
+            }
+            b.engine.pods.push(PodInfo {
+                labels: pod.metadata.labels.clone().unwrap_or_default(),
+                workload: workload_of(pod, &namespace, &name),
+                namespace,
+                name,
+                ips,
+                host_network,
+                node,
+                ports: pod_ports(pod)?,
+                ingress_policies: Vec::new(),
+                egress_policies: Vec::new(),
+                ns,
+            });
+        }
+        b.engine.pod_by_ip = pod_by_ip
+            .into_iter()
+            .map(|(ip, (id, _))| (ip, id))
+            .collect();
+        for (name, ips) in node_ips {
+            for ip in &ips {
+                b.engine.node_by_ip.insert(*ip, Some(name.clone()));
+            }
+            b.engine.node_ips.insert(name, ips.into_iter().collect());
+        }
+
+        // Policies, sorted by namespace/name.
+        let mut nps: Vec<&NetworkPolicy> = snap.network_policies.iter().collect();
+        nps.sort_by(|a, c| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&c.metadata.namespace, &c.metadata.name))
+        });
+        let mut by_ns: HashMap<usize, Vec<PolicyId>> = HashMap::new();
+        for np in nps {
+            let ns = b.namespace(&namespace_of(&np.metadata));
+            let p = compile_policy(np, ns)?;
+            by_ns.entry(ns).or_default().push(b.engine.policies.len());
+            b.engine.policies.push(p);
+        }
+        // Which policies select which pod: once, per namespace.
+        let engine = &mut b.engine;
+        for pod in engine.pods.iter_mut().filter(|p| !p.host_network) {
+            for &pid in by_ns.get(&pod.ns).map(Vec::as_slice).unwrap_or_default() {
+                let pol = &engine.policies[pid];
+                if pol.selector.matches(&pod.labels) {
+                    if pol.ingress.is_some() {
+                        pod.ingress_policies.push(pid);
+                    }
+                    if pol.egress.is_some() {
+                        pod.egress_policies.push(pid);
+                    }
+                }
+            }
+        }
+
+        index_services(&mut b, snap)?;
+        Ok(b.engine)
+    }
+}
+
+fn index_services(b: &mut Builder, snap: &Snapshot) -> Result<(), PolicyError> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let mut slices: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    for s in &snap.endpoint_slices {
+        let svc = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let Some(svc) = svc {
+            slices
+                .entry((namespace_of(&s.metadata), svc.clone()))
+                .or_default()
+                .push(s);
+        }
+    }
+    let mut services: Vec<_> = snap.services.iter().collect();
+    services.sort_by(|a, c| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&c.metadata.namespace, &c.metadata.name))
+    });
+    for svc in services {
+        let meta = &svc.metadata;
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let mut vips = Vec::new();
+        let cluster_ips: Vec<(String, &String)> = match &spec.cluster_ips {
+            Some(v) if !v.is_empty() => v
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("spec.clusterIPs[{i}]"), s))
+                .collect(),
+            _ => spec
+                .cluster_ip
+                .iter()
+                .map(|s| ("spec.clusterIP".to_owned(), s))
+                .collect(),
+        };
+        for (field, s) in cluster_ips {
+            if s.is_empty() || s == "None" {
+                continue;
+            }
+            vips.push(parse_ip(s).map_err(|m| invalid("Service", meta, field, m))?);
+        }
+        if vips.is_empty() {
+            continue;
+        }
+        let namespace = namespace_of(meta);
+        let name = meta.name.clone().unwrap_or_default();
+        let svc_slices = slices.get(&(namespace.clone(), name.clone()));
+        for (i, sp) in spec.ports.iter().flatten().enumerate() {
+            let field = format!("spec.ports[{i}]");
+            let port = port_u16(sp.port)
+                .map_err(|m| invalid("Service", meta, format!("{field}.port"), m))?;
+            let protocol = parse_protocol(sp.protocol.as_deref())
+                .map_err(|m| invalid("Service", meta, format!("{field}.protocol"), m))?;
+            let port_name = sp.name.clone().filter(|n| !n.is_empty());
+            let mut backends = Vec::new();
+            if let Some(list) = svc_slices {
+                backends = slice_backends(list, port_name.as_deref(), protocol)?;
+            } else if let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
+                // No EndpointSlices in the snapshot: what the endpoint controller would compute.
+                let target = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
+                for pod in b
+                    .engine
+                    .pods
+                    .iter()
+                    .filter(|p| p.namespace == namespace && !p.host_network)
+                {
+                    if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
+                        continue;
+                    }
+                    let tp = match &target {
+                        IntOrString::Int(n) => port_u16(*n).ok(),
+                        IntOrString::String(s) => pod
+                            .ports
+                            .iter()
+                            .find(|c| {
+                                c.name.as_deref() == Some(s.as_str()) && c.protocol == protocol
+                            })
+                            .map(|c| c.port),
+                    };
+                    if let Some(tp) = tp {
+                        backends.extend(pod.ips.iter().map(|&ip| Backend { ip, port: tp }));
+                    }
+                }
+            }
+            backends.sort();
+            backends.dedup();
+            if backends.is_empty() {
+                b.engine.notes.push(format!(
+                    "Service {namespace}/{name} port {port}/{protocol} has no ready endpoints in the snapshot"
+                ));
+            }
+            let id = b.engine.services.len();
+            b.engine.services.push(ServicePort {
+                namespace: namespace.clone(),
+                service: name.clone(),
+                port_name,
+                port,
+                protocol,
+                backends,
+            });
+            for vip in &vips {
+                b.engine.service_by_addr.insert((*vip, port, protocol), id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn slice_backends(
+    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    port_name: Option<&str>,
+    protocol: Protocol,
+) -> Result<Vec<Backend>, PolicyError> {
+    let mut ready = Vec::new();
+    let mut serving = Vec::new();
+    for s in slices {
+        if s.address_type == "FQDN" {
+            continue;
+        }
+        let mut target = None;
+        for (i, p) in s.ports.iter().flatten().enumerate() {
+            let proto = parse_protocol(p.protocol.as_deref()).map_err(|m| {
+                invalid(
+                    "EndpointSlice",
+                    &s.metadata,
+                    format!("ports[{i}].protocol"),
+                    m,
+                )
+            })?;
+            if proto == protocol && p.name.as_deref().filter(|n| !n.is_empty()) == port_name {
+                if let Some(n) = p.port {
+                    target = Some(port_u16(n).map_err(|m| {
+                        invalid("EndpointSlice", &s.metadata, format!("ports[{i}].port"), m)
+                    })?);
+                }
+            }
+        }
+        let Some(port) = target else { continue };
+        for (i, e) in s.endpoints.iter().enumerate() {
+            let cond = e.conditions.clone().unwrap_or_default();
+            for (j, a) in e.addresses.iter().enumerate() {
+                let ip = parse_ip(a).map_err(|m| {
+                    invalid(
+                        "EndpointSlice",
+                        &s.metadata,
+                        format!("endpoints[{i}].addresses[{j}]"),
+                        m,
+                    )
+                })?;
+                if cond.ready != Some(false) {
+                    ready.push(Backend { ip, port });
+                } else if cond.serving == Some(true) {
+                    serving.push(Backend { ip, port });
+                }
+            }
+        }
+    }
+    // Like kube-proxy: serving-but-terminating endpoints only when none is ready.
+    Ok(if ready.is_empty() { serving } else { ready })
+}

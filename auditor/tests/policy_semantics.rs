@@ -1,0 +1,370 @@
+//! Table-driven tests of the policy engine: every NetworkPolicy semantic point with a flow
+//! it allows and a flow it denies, on the cluster of `fixtures/cluster.yaml`.
+//!
+//! The cluster:
+//! | pod                          | ns          | IP                 | node   | labels                  | ports                                  |
+//! |------------------------------|-------------|--------------------|--------|-------------------------|----------------------------------------|
+//! | ffmpeg-7c9d8b6f5-x2k4q       | media       | 10.0.1.1           | node-a | app=ffmpeg tier=worker  |                                        |
+//! | origin-0                     | media       | 10.0.1.2, fd00::12 | node-a | app=origin              | http 8080, rtmp 1935, srt 9000/UDP, diameter 3868/SCTP |
+//! | probe                        | media       | 10.0.1.3           | node-b | app=probe               |                                        |
+//! | edge-6d4f-abcde              | cdn         | 10.0.2.1           | node-b | app=edge tier=edge      | http 8080                              |
+//! | cache-0                      | cdn         | 10.0.2.2           | node-b | app=cache               | redis 6379                             |
+//! | prometheus-0                 | monitoring  | 10.0.3.1           | node-b | app.kubernetes.io/name=prometheus |                              |
+//! | coredns-55cb58b774-9xq2w     | kube-system | 10.0.4.1           | node-a | k8s-app=kube-dns        | dns 53/UDP, dns-tcp 53/TCP             |
+//! | auditor-node-b (hostNetwork) | kube-system | 192.168.0.12       | node-b | app=auditor             | metrics 9090                           |
+//! | a-old-job-abc (Succeeded)    | cdn         | 10.0.2.1 (reused)  | node-b | app=ffmpeg              |                                        |
+//!
+//! Namespaces: media (team=media), cdn (team=cdn), monitoring (team=ops), kube-system.
+//! Nodes: node-a 192.168.0.11, node-b 192.168.0.12. Services: media/origin 10.96.0.10
+//! (80 -> http, 1935 -> 1935; EndpointSlice), cdn/edge 10.96.0.20 (80 -> http; no
+//! EndpointSlice: resolved by selector), media/empty 10.96.0.30 (no endpoints).
+
+use std::path::Path;
+
+use auditor::cluster::parse_snapshot;
+use auditor::flowlog::Protocol;
+use auditor::policy::{Engine, FlowResult, Side};
+
+const CLUSTER: &str = include_str!("fixtures/cluster.yaml");
+
+const FFMPEG: &str = "10.0.1.1";
+const ORIGIN: &str = "10.0.1.2";
+const PROBE: &str = "10.0.1.3";
+const EDGE: &str = "10.0.2.1";
+const CACHE: &str = "10.0.2.2";
+const PROM: &str = "10.0.3.1";
+const EXTERNAL: &str = "203.0.113.5";
+
+fn engine(policies: &[(&str, &str)]) -> Engine {
+    let mut yaml = CLUSTER.to_owned();
+    for (id, spec) in policies {
+        let (ns, name) = id.split_once('/').expect("policy id is ns/name");
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+        ));
+    }
+    let snap = parse_snapshot(Path::new("cluster.yaml"), yaml.as_bytes()).expect("snapshot parses");
+    Engine::build(&snap).expect("engine builds")
+}
+
+fn protocol(s: &str) -> Protocol {
+    match s {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        "SCTP" => Protocol::Sctp,
+        _ => panic!("protocol {s}"),
+    }
+}
+
+/// `"SRC -> DST:PORT/PROTO"`; IPv6 destinations in brackets.
+fn evaluate(e: &Engine, flow: &str) -> FlowResult {
+    let (src, rest) = flow.split_once(" -> ").expect("flow syntax");
+    let (addr, proto) = rest.rsplit_once('/').expect("flow syntax");
+    let (dst, port) = addr.rsplit_once(':').expect("flow syntax");
+    let dst = dst.trim_start_matches('[').trim_end_matches(']');
+    e.evaluate(
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        port.parse().unwrap(),
+        protocol(proto),
+    )
+}
+
+/// `n/a` (policy does not apply), `open` (not isolated), `ns/p#i,...` (allowed by rules),
+/// `exc:same-pod` / `exc:own-node`, `deny:ns/p,...` (isolated by, no rule allows).
+fn side(e: &Engine, s: &Side) -> String {
+    if s.pod.is_none() {
+        return "n/a".into();
+    }
+    if !s.isolated {
+        return "open".into();
+    }
+    if !s.allowed_by.is_empty() {
+        return s
+            .allowed_by
+            .iter()
+            .map(|r| format!("{}#{}", e.policy_name(r.policy), r.rule))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    if let Some(x) = s.exception {
+        return format!("exc:{}", x.as_str());
+    }
+    format!(
+        "deny:{}",
+        s.isolated_by
+            .iter()
+            .map(|&p| e.policy_name(p))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+struct Case {
+    what: &'static str,
+    policies: &'static [(&'static str, &'static str)],
+    flow: &'static str,
+    /// `allow` or `deny`.
+    allow: &'static str,
+    /// Expected egress side of the source (see [`side`]); `*` to skip.
+    egress: &'static str,
+    /// Expected ingress side of the (deciding) destination; `*` to skip.
+    ingress: &'static str,
+}
+
+const DENY_ORIGIN_INGRESS: (&str, &str) = (
+    "media/deny-origin",
+    "{podSelector: {matchLabels: {app: origin}}, policyTypes: [Ingress]}",
+);
+const DENY_FFMPEG_EGRESS: (&str, &str) = (
+    "media/deny-ffmpeg-egress",
+    "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress]}",
+);
+
+macro_rules! cases {
+    ($($what:literal, [$($pol:expr),* $(,)?], $flow:expr, $allow:literal, $eg:literal, $in:literal;)*) => {
+        &[$(Case { what: $what, policies: &[$($pol),*], flow: $flow, allow: $allow, egress: $eg, ingress: $in }),*]
+    };
+}
+
+#[test]
+fn semantics_table() {
+    let cases: &[Case] = CASES;
+    let mut failures = Vec::new();
+    for c in cases {
+        let e = engine(c.policies);
+        let flow = c
+            .flow
+            .replace("FFMPEG", FFMPEG)
+            .replace("ORIGIN", ORIGIN)
+            .replace("PROBE", PROBE)
+            .replace("EDGE", EDGE)
+            .replace("CACHE", CACHE)
+            .replace("PROM", PROM)
+            .replace("EXTERNAL", EXTERNAL);
+        let r = evaluate(&e, &flow);
+        let t = r.deciding_target();
+        let (eg, ing) = (side(&e, &t.egress), side(&e, &t.ingress));
+        let ok = r.allowed == (c.allow == "allow")
+            && (c.egress == "*" || c.egress == eg)
+            && (c.ingress == "*" || c.ingress == ing);
+        if !ok {
+            failures.push(format!(
+                "{}: {flow}\n   want {} egress={} ingress={}\n    got {} egress={eg} ingress={ing}",
+                c.what,
+                c.allow,
+                c.egress,
+                c.ingress,
+                if r.allowed { "allow" } else { "deny" },
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+const CASES: &[Case] = cases![
+    // No policy: nothing is isolated.
+    "no policy", [], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "open";
+    "no policy, external", [], "EXTERNAL -> ORIGIN:8080/TCP", "allow", "n/a", "open";
+
+    // Ingress isolation applies to the selected pod only, in its direction only.
+    "ingress isolation denies", [DENY_ORIGIN_INGRESS], "FFMPEG -> ORIGIN:8080/TCP", "deny", "open", "deny:media/deny-origin";
+    "unselected pod stays open", [DENY_ORIGIN_INGRESS], "FFMPEG -> PROBE:8080/TCP", "allow", "open", "open";
+    "ingress isolation leaves egress open", [DENY_ORIGIN_INGRESS], "ORIGIN -> EDGE:8080/TCP", "allow", "open", "open";
+    "egress isolation denies", [DENY_FFMPEG_EGRESS], "FFMPEG -> EDGE:8080/TCP", "deny", "deny:media/deny-ffmpeg-egress", "open";
+    "egress isolation leaves ingress open", [DENY_FFMPEG_EGRESS], "PROBE -> FFMPEG:8080/TCP", "allow", "open", "open";
+
+    // policyTypes defaulting.
+    "no policyTypes: Ingress implied", [("media/p", "{podSelector: {matchLabels: {app: origin}}}")], "FFMPEG -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "no policyTypes, no egress rules: egress open", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}}")], "FFMPEG -> EDGE:8080/TCP", "allow", "open", "open";
+    "no policyTypes, egress: []: egress open", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, egress: []}")], "FFMPEG -> EDGE:8080/TCP", "allow", "open", "open";
+    "no policyTypes, egress rules: Egress implied, allowed", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, egress: [{ports: [{port: 8080}]}]}")], "FFMPEG -> EDGE:8080/TCP", "allow", "media/p#0", "open";
+    "no policyTypes, egress rules: Egress implied, denied", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, egress: [{ports: [{port: 8080}]}]}")], "FFMPEG -> EDGE:9090/TCP", "deny", "deny:media/p", "open";
+    "no policyTypes, egress rules: Ingress implied too", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, egress: [{}]}")], "PROBE -> FFMPEG:80/TCP", "deny", "open", "deny:media/p";
+    "policyTypes [Egress] ignores ingress rules", [("media/p", "{podSelector: {matchLabels: {app: origin}}, policyTypes: [Egress], ingress: [{}]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "open";
+    "policyTypes [Egress] isolates egress", [("media/p", "{podSelector: {matchLabels: {app: origin}}, policyTypes: [Egress], ingress: [{}]}")], "ORIGIN -> EDGE:8080/TCP", "deny", "deny:media/p", "open";
+
+    // Policies are additive; every allowing rule is named.
+    "additive: first policy allows", [DENY_ORIGIN_INGRESS, ("media/from-ffmpeg", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}}}]}]}"), ("media/from-probe", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: probe}}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "media/from-ffmpeg#0";
+    "additive: second policy allows", [DENY_ORIGIN_INGRESS, ("media/from-ffmpeg", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}}}]}]}"), ("media/from-probe", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: probe}}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "allow", "open", "media/from-probe#0";
+    "additive: none allows", [DENY_ORIGIN_INGRESS, ("media/from-ffmpeg", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}}}]}]}"), ("media/from-probe", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: probe}}}]}]}")], "EDGE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/deny-origin,media/from-ffmpeg,media/from-probe";
+    "additive: two policies both allow", [("media/a", "{podSelector: {}, ingress: [{}]}"), ("media/b", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 8080}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "media/a#0,media/b#0";
+    "rule index is the matching rule", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 1}]}, {ports: [{port: 8080}]}, {ports: [{port: 2}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "media/p#1";
+
+    // A pod is selected only by policies of its own namespace.
+    "policy of another namespace does not select", [("cdn/all", "{podSelector: {}, policyTypes: [Ingress, Egress]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "open";
+    "policy of its namespace selects", [("cdn/all", "{podSelector: {}, policyTypes: [Ingress, Egress]}")], "FFMPEG -> EDGE:8080/TCP", "deny", "open", "deny:cdn/all";
+    "empty podSelector selects every pod of the namespace", [("media/all", "{podSelector: {}, policyTypes: [Ingress]}")], "EDGE -> PROBE:80/TCP", "deny", "open", "deny:media/all";
+
+    // Peers are OR-ed.
+    "peers OR-ed: first", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}}}, {podSelector: {matchLabels: {app: probe}}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "peers OR-ed: second", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}}}, {podSelector: {matchLabels: {app: probe}}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "peers OR-ed: neither", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}}}, {podSelector: {matchLabels: {app: probe}}}]}]}")], "EDGE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "podSelector alone: own namespace only", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}}}]}]}")], "10.0.2.99 -> ORIGIN:8080/TCP", "deny", "n/a", "deny:media/p";
+
+    // namespaceSelector + podSelector in one peer: AND.
+    "ns+pod AND: both match", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: cdn}}, podSelector: {matchLabels: {app: edge}}}]}]}")], "EDGE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "ns+pod AND: namespace only", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: cdn}}, podSelector: {matchLabels: {app: edge}}}]}]}")], "CACHE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "ns+pod AND: pod labels only", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: cdn}}, podSelector: {matchLabels: {app: ffmpeg}}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "ns and pod as two peers: OR", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: cdn}}}, {podSelector: {matchLabels: {app: ffmpeg}}}]}]}")], "CACHE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "namespaceSelector alone: every pod of those namespaces", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: ops}}}]}]}")], "PROM -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "namespaceSelector alone: other namespaces denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: ops}}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "namespaceSelector by metadata.name", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]}]}")], "PROM -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+
+    // {} selectors.
+    "namespaceSelector {}: every namespace", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {}}]}]}")], "EDGE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "namespaceSelector {}: not external addresses", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {}}]}]}")], "EXTERNAL -> ORIGIN:8080/TCP", "deny", "n/a", "deny:media/p";
+    "podSelector {} peer: every pod of own namespace", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "podSelector {} peer: not other namespaces", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {}}]}]}")], "EDGE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+
+    // Absent vs empty lists.
+    "ingress absent (Ingress type): allows nothing", [("media/p", "{podSelector: {matchLabels: {app: origin}}, policyTypes: [Ingress]}")], "PROBE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "ingress: []: allows nothing", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: []}")], "PROBE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "ingress: [{}]: allows everything", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{}]}")], "EXTERNAL -> ORIGIN:1/UDP", "allow", "n/a", "media/p#0";
+    "from absent: every source", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 8080}]}]}")], "EXTERNAL -> ORIGIN:8080/TCP", "allow", "n/a", "media/p#0";
+    "from: []: every source", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [], ports: [{port: 8080}]}]}")], "EXTERNAL -> ORIGIN:8080/TCP", "allow", "n/a", "media/p#0";
+    "from: [] with ports: other port denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [], ports: [{port: 8080}]}]}")], "EXTERNAL -> ORIGIN:8081/TCP", "deny", "n/a", "deny:media/p";
+    "ports absent: every port", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {}}]}]}")], "PROBE -> ORIGIN:9000/UDP", "allow", "open", "media/p#0";
+    "ports: []: every port", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {}}], ports: []}]}")], "PROBE -> ORIGIN:3868/SCTP", "allow", "open", "media/p#0";
+    "egress to: []: every destination", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: []}]}")], "FFMPEG -> EXTERNAL:443/TCP", "allow", "media/p#0", "n/a";
+    "egress: [] with Egress type: allows nothing", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: []}")], "FFMPEG -> EXTERNAL:443/TCP", "deny", "deny:media/p", "n/a";
+
+    // Protocols.
+    "TCP default: TCP allowed", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 9000}]}]}")], "PROBE -> ORIGIN:9000/TCP", "allow", "open", "media/p#0";
+    "TCP default: UDP denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 9000}]}]}")], "PROBE -> ORIGIN:9000/UDP", "deny", "open", "deny:media/p";
+    "UDP: allowed", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP, port: 9000}]}]}")], "PROBE -> ORIGIN:9000/UDP", "allow", "open", "media/p#0";
+    "UDP: TCP denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP, port: 9000}]}]}")], "PROBE -> ORIGIN:9000/TCP", "deny", "open", "deny:media/p";
+    "SCTP: allowed", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: SCTP, port: 3868}]}]}")], "PROBE -> ORIGIN:3868/SCTP", "allow", "open", "media/p#0";
+    "SCTP: TCP denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: SCTP, port: 3868}]}]}")], "PROBE -> ORIGIN:3868/TCP", "deny", "open", "deny:media/p";
+    "protocol without port: every port of it", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP}]}]}")], "PROBE -> ORIGIN:5004/UDP", "allow", "open", "media/p#0";
+    "protocol without port: other protocol denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP}]}]}")], "PROBE -> ORIGIN:5004/TCP", "deny", "open", "deny:media/p";
+
+    // Named ports: resolved on the destination pod.
+    "named port on ingress: matches", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: http}]}]}")], "PROBE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "named port on ingress: other port", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: http}]}]}")], "PROBE -> ORIGIN:1935/TCP", "deny", "open", "deny:media/p";
+    "named port: protocol must match (default TCP)", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: srt}]}]}")], "PROBE -> ORIGIN:9000/UDP", "deny", "open", "deny:media/p";
+    "named port with its protocol", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: srt, protocol: UDP}]}]}")], "PROBE -> ORIGIN:9000/UDP", "allow", "open", "media/p#0";
+    "named port on egress: resolved on the destination pod", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{ports: [{port: http}]}]}")], "FFMPEG -> EDGE:8080/TCP", "allow", "media/p#0", "open";
+    "named port on egress: destination without the name", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{ports: [{port: http}]}]}")], "FFMPEG -> CACHE:8080/TCP", "deny", "deny:media/p", "open";
+    "named port on egress: external destination never matches", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{ports: [{port: http}]}]}")], "FFMPEG -> EXTERNAL:8080/TCP", "deny", "deny:media/p", "n/a";
+
+    // endPort.
+    "endPort: inside", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP, port: 9000, endPort: 9100}]}]}")], "PROBE -> ORIGIN:9100/UDP", "allow", "open", "media/p#0";
+    "endPort: first port", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP, port: 9000, endPort: 9100}]}]}")], "PROBE -> ORIGIN:9000/UDP", "allow", "open", "media/p#0";
+    "endPort: above", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP, port: 9000, endPort: 9100}]}]}")], "PROBE -> ORIGIN:9101/UDP", "deny", "open", "deny:media/p";
+    "endPort: below", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{protocol: UDP, port: 9000, endPort: 9100}]}]}")], "PROBE -> ORIGIN:8999/UDP", "deny", "open", "deny:media/p";
+
+    // ipBlock with except, IPv4 and IPv6, host bits.
+    "ipBlock v4: inside", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}]}]}")], "FFMPEG -> EXTERNAL:443/TCP", "allow", "media/p#0", "n/a";
+    "ipBlock v4: in except", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}]}]}")], "FFMPEG -> EDGE:8080/TCP", "deny", "deny:media/p", "open";
+    "ipBlock v4 host bits set: its network", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.77/24}}]}]}")], "FFMPEG -> EXTERNAL:443/TCP", "allow", "media/p#0", "n/a";
+    "ipBlock v4 host bits set: outside", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.113.77/24}}]}]}")], "FFMPEG -> 203.0.114.1:443/TCP", "deny", "deny:media/p", "n/a";
+    "ipBlock except with host bits set", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 203.0.0.0/16, except: [203.0.113.200/24]}}]}]}")], "FFMPEG -> EXTERNAL:443/TCP", "deny", "deny:media/p", "n/a";
+    "ipBlock v6: inside", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: '2001:db8::/32', except: ['2001:db8:1::/48']}}]}]}")], "FFMPEG -> [2001:db8::1]:443/TCP", "allow", "media/p#0", "n/a";
+    "ipBlock v6: in except", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: '2001:db8::/32', except: ['2001:db8:1::/48']}}]}]}")], "FFMPEG -> [2001:db8:1::1]:443/TCP", "deny", "deny:media/p", "n/a";
+    "ipBlock v6 does not hold v4", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: '::/0'}}]}]}")], "FFMPEG -> EXTERNAL:443/TCP", "deny", "deny:media/p", "n/a";
+    "ipBlock on ingress from a pod address", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{ipBlock: {cidr: 10.0.2.0/24}}]}]}")], "EDGE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "ipBlock on ingress: other source", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{ipBlock: {cidr: 10.0.2.0/24}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "IPv6 pod address to a v6 ipBlock", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{ipBlock: {cidr: '2001:db8::/32'}}]}]}")], "2001:db8::7 -> [fd00::12]:8080/TCP", "allow", "n/a", "media/p#0";
+    "IPv4-mapped IPv6 source is read as IPv4", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: probe}}}]}]}")], "::ffff:10.0.1.3 -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+
+    // matchLabels + matchExpressions.
+    "matchExpressions In", [("media/p", "{podSelector: {matchExpressions: [{key: app, operator: In, values: [origin, x]}]}, policyTypes: [Ingress]}")], "PROBE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "matchExpressions In: not in", [("media/p", "{podSelector: {matchExpressions: [{key: app, operator: In, values: [x]}]}, policyTypes: [Ingress]}")], "PROBE -> ORIGIN:8080/TCP", "allow", "open", "open";
+    "matchExpressions NotIn in a peer: allowed", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [ffmpeg]}]}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "matchExpressions NotIn in a peer: denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [ffmpeg]}]}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "matchExpressions Exists: allowed", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchExpressions: [{key: tier, operator: Exists}]}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "matchExpressions Exists: denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchExpressions: [{key: tier, operator: Exists}]}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "matchExpressions DoesNotExist: allowed", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchExpressions: [{key: tier, operator: DoesNotExist}]}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "matchExpressions DoesNotExist: denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchExpressions: [{key: tier, operator: DoesNotExist}]}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "matchLabels AND matchExpressions: allowed", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: ffmpeg}, matchExpressions: [{key: tier, operator: In, values: [worker]}]}}]}]}")], "FFMPEG -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "matchLabels AND matchExpressions: denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{podSelector: {matchLabels: {app: probe}, matchExpressions: [{key: tier, operator: In, values: [worker]}]}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+    "namespaceSelector with matchExpressions", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [cdn, ops]}]}}]}]}")], "PROM -> ORIGIN:8080/TCP", "allow", "open", "media/p#0";
+    "namespaceSelector with matchExpressions: denied", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [cdn, ops]}]}}]}]}")], "PROBE -> ORIGIN:8080/TCP", "deny", "open", "deny:media/p";
+
+    // hostNetwork pods and nodes: out of scope on their side; node traffic of a pod's own node is always allowed.
+    "hostNetwork pod as destination: ingress n/a", [("kube-system/all", "{podSelector: {}, policyTypes: [Ingress]}")], "FFMPEG -> 192.168.0.12:9090/TCP", "allow", "open", "n/a";
+    "hostNetwork pod not matched by pod selectors", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {}, podSelector: {}}]}]}")], "FFMPEG -> 192.168.0.12:9090/TCP", "deny", "deny:media/p", "n/a";
+    "pod selectors match pods in any namespace", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {}, podSelector: {}}]}]}")], "FFMPEG -> 10.0.4.1:53/UDP", "allow", "media/p#0", "open";
+    "node as source: other node denied", [DENY_ORIGIN_INGRESS], "192.168.0.12 -> ORIGIN:8080/TCP", "deny", "n/a", "deny:media/deny-origin";
+    "node as source: own node (kubelet probe) allowed", [DENY_ORIGIN_INGRESS], "192.168.0.11 -> ORIGIN:8080/TCP", "allow", "n/a", "exc:own-node";
+    "egress to own node allowed", [DENY_FFMPEG_EGRESS], "FFMPEG -> 192.168.0.11:10250/TCP", "allow", "exc:own-node", "n/a";
+    "egress to another node denied", [DENY_FFMPEG_EGRESS], "FFMPEG -> 192.168.0.12:10250/TCP", "deny", "deny:media/deny-ffmpeg-egress", "n/a";
+    "a pod to itself is allowed", [DENY_ORIGIN_INGRESS, ("media/deny-origin-egress", "{podSelector: {matchLabels: {app: origin}}, policyTypes: [Egress]}")], "ORIGIN -> ORIGIN:8080/TCP", "allow", "exc:same-pod", "exc:same-pod";
+    "a pod to its own other address is allowed", [DENY_ORIGIN_INGRESS], "10.0.1.2 -> [fd00::12]:8080/TCP", "allow", "open", "exc:same-pod";
+
+    // Unknown IPs are external; a reused IP belongs to the live pod.
+    "unknown cluster-range IP is external", [DENY_FFMPEG_EGRESS], "FFMPEG -> 10.0.9.9:80/TCP", "deny", "deny:media/deny-ffmpeg-egress", "n/a";
+    "IP of a Succeeded pod goes to the live pod", [("cdn/edge-in", "{podSelector: {matchLabels: {app: edge}}, ingress: [{ports: [{port: 8080}]}]}")], "FFMPEG -> EDGE:8080/TCP", "allow", "open", "cdn/edge-in#0";
+
+    // Services: ClusterIP:port resolved to backends and target ports first.
+    "service: ingress sees the target port", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 8080}]}]}")], "FFMPEG -> 10.96.0.10:80/TCP", "allow", "open", "media/p#0";
+    "service: the service port is not the target port", [("media/p", "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 80}]}]}")], "FFMPEG -> 10.96.0.10:80/TCP", "deny", "open", "deny:media/p";
+    "service: egress to backend pods", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: origin}}}], ports: [{port: 8080}]}]}")], "FFMPEG -> 10.96.0.10:80/TCP", "allow", "media/p#0", "open";
+    "service: egress ipBlock of the ClusterIP range does not allow", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.96.0.0/12}}]}]}")], "FFMPEG -> 10.96.0.10:80/TCP", "deny", "deny:media/p", "open";
+    "service without EndpointSlice: selector and named targetPort", [("cdn/edge-in", "{podSelector: {matchLabels: {app: edge}}, ingress: [{ports: [{port: http}]}]}")], "FFMPEG -> 10.96.0.20:80/TCP", "allow", "open", "cdn/edge-in#0";
+    "service without EndpointSlice: denied", [("cdn/edge-in", "{podSelector: {matchLabels: {app: edge}}, ingress: [{ports: [{port: 9999}]}]}")], "FFMPEG -> 10.96.0.20:80/TCP", "deny", "open", "deny:cdn/edge-in";
+    "service port not declared: plain address", [DENY_FFMPEG_EGRESS], "FFMPEG -> 10.96.0.10:8443/TCP", "deny", "deny:media/deny-ffmpeg-egress", "n/a";
+    "service without endpoints: egress to the ClusterIP", [("media/p", "{podSelector: {matchLabels: {app: ffmpeg}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.96.0.0/12}}]}]}")], "FFMPEG -> 10.96.0.30:80/TCP", "allow", "media/p#0", "n/a";
+];
+
+#[test]
+fn service_flow_lists_backends() {
+    let e = engine(&[(
+        "media/p",
+        "{podSelector: {matchLabels: {app: origin}}, ingress: [{ports: [{port: 1935}]}]}",
+    )]);
+    let r = evaluate(&e, "10.0.1.1 -> 10.96.0.10:1935/TCP");
+    let s = &e.services()[r.service.expect("service hit")];
+    assert_eq!(
+        (s.namespace.as_str(), s.service.as_str(), s.port),
+        ("media", "origin", 1935)
+    );
+    assert_eq!(r.targets.len(), 1);
+    assert_eq!(r.targets[0].dst_ip.to_string(), ORIGIN);
+    assert!(r.allowed);
+}
+
+#[test]
+fn workloads_from_owners() {
+    let e = engine(&[]);
+    let w: Vec<&str> = e.pods().iter().map(|p| p.workload.as_str()).collect();
+    for want in [
+        "media/Deployment/ffmpeg",
+        "media/StatefulSet/origin",
+        "media/Pod/probe",
+        "kube-system/DaemonSet/auditor",
+        "cdn/Deployment/edge",
+    ] {
+        assert!(w.contains(&want), "{want} not in {w:?}");
+    }
+}
+
+#[test]
+fn invalid_policies_name_object_and_field() {
+    let cases: &[(&str, &str)] = &[
+        ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0}}]}]}", "NetworkPolicy media/bad: field spec.ingress[0].from[0].ipBlock.cidr"),
+        ("{podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [x]}}]}]}", "field spec.egress[0].to[0].ipBlock.except[0]"),
+        ("{podSelector: {}, ingress: [{from: [{}]}]}", "field spec.ingress[0].from[0]: a peer needs"),
+        ("{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}", "cannot be combined"),
+        ("{podSelector: {}, ingress: [{ports: [{port: 80, protocol: ICMP}]}]}", "field spec.ingress[0].ports[0].protocol"),
+        ("{podSelector: {}, ingress: [{ports: [{port: 80, endPort: 79}]}]}", "field spec.ingress[0].ports[0].endPort"),
+        ("{podSelector: {}, ingress: [{ports: [{port: http, endPort: 90}]}]}", "field spec.ingress[0].ports[0].endPort"),
+        ("{podSelector: {}, ingress: [{ports: [{port: 70000}]}]}", "field spec.ingress[0].ports[0].port"),
+        ("{podSelector: {}, policyTypes: [Sideways]}", "field spec.policyTypes[0]"),
+        ("{podSelector: {matchExpressions: [{key: a, operator: Has}]}}", "field spec.podSelector.matchExpressions[0].operator"),
+        ("{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: a, operator: In}]}}]}]}", "field spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values"),
+    ];
+    for (spec, want) in cases {
+        let yaml = format!("{CLUSTER}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: bad, namespace: media}}\nspec: {spec}\n");
+        let snap = parse_snapshot(Path::new("c.yaml"), yaml.as_bytes()).expect("parses as YAML");
+        let err = Engine::build(&snap).expect_err(spec).to_string();
+        assert!(err.contains(want), "{spec}\n got: {err}\nwant: {want}");
+    }
+}

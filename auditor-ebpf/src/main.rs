@@ -1,8 +1,584 @@
+//! Kernel programs of the auditor.
+//!
+//! Every program only observes: cgroup programs return 1 (allow), tracepoints
+//! return 0. Flows are aggregated in LRU maps; only new flows, failed outcomes,
+//! new drops and DNS answers cross the ring buffer, and every failed reserve is
+//! counted in `LOST` (indexed by event kind).
 #![no_std]
 #![no_main]
-// placeholder
+// Atomic adds: the BPF target has no atomic types' fetch_add, but LLVM lowers this
+// intrinsic to BPF_ATOMIC | BPF_ADD. The eBPF crate is always built with nightly.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the only atomic add on the BPF target")]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use auditor_ebpf::*;
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_skb_cgroup_id},
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, map, tracepoint},
+    maps::{Array, LruHashMap, RingBuf},
+    programs::{SkBuffContext, SockAddrContext, TracePointContext},
+};
+
+// TCP states (include/net/tcp_states.h)
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    iss_skaddr: 8,
+    iss_oldstate: 16,
+    iss_newstate: 20,
+    iss_sport: 24,
+    iss_dport: 26,
+    iss_family: 28,
+    iss_protocol: 30,
+    iss_saddr: 32,
+    iss_daddr: 36,
+    iss_saddr_v6: 40,
+    iss_daddr_v6: 56,
+    rtx_skaddr: 8,
+    rtx_state: 24,
+    rst_skaddr: 8,
+    kfs_skbaddr: 8,
+    kfs_protocol: 32,
+    kfs_reason: 36,
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
+    min_drop_reason: 1,
+    _pad: 0,
+};
+
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config { dns: 1, drops: 1 };
+
+#[inline(always)]
+fn off() -> Offsets {
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+fn cfg() -> Config {
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static DROPS: LruHashMap<DropKey, DropStats> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+static LISTENERS: LruHashMap<ListenKey, ListenInfo> = LruHashMap::with_max_entries(4096, 0);
+
+#[map]
+static PENDING: LruHashMap<TupleKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+static LOST: Array<u64> = Array::with_max_entries(EVENT_KINDS, 0);
+
+#[inline(always)]
+fn count_lost(kind: u32) {
+    if let Some(p) = LOST.get_ptr_mut(kind) {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+    }
+}
+
+#[inline(always)]
+fn add(p: *mut u64, n: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n) };
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn comm() -> [u8; 16] {
+    bpf_get_current_comm().unwrap_or([0; 16])
+}
+
+/// Sends a flow event; a full ring buffer is counted, never silent.
+#[inline(always)]
+fn emit_flow(kind: u32, key: &FlowKey, src_port: u16, state: u8, syn_retransmits: u32, tid: u32, comm: &[u8; 16]) {
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            unsafe {
+                (*ev).header = EventHeader { kind, _pad: 0, ts_ns: now() };
+                (*ev).key = *key;
+                (*ev).src_port = src_port;
+                (*ev).state = state;
+                (*ev)._pad = 0;
+                (*ev).syn_retransmits = syn_retransmits;
+                (*ev).tid = tid;
+                (*ev)._pad2 = 0;
+                (*ev).comm = *comm;
+            }
+            entry.submit(0);
+        }
+        None => count_lost(kind),
+    }
+}
+
+/// Counts one new connection / datagram of `key`; emits EVENT_NEW_FLOW the first time.
+#[inline(always)]
+fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]) {
+    let t = now();
+    if let Some(s) = FLOWS.get_ptr_mut(key) {
+        unsafe {
+            add(&raw mut (*s).count, 1);
+            (*s).last_seen_ns = t;
+            (*s).state = state;
+        }
+        return;
+    }
+    let stats = FlowStats {
+        first_seen_ns: t,
+        last_seen_ns: t,
+        count: 1,
+        src_port,
+        state,
+        comm: *comm,
+        ..Default::default()
+    };
+    // BPF_NOEXIST: a racing CPU that inserted first keeps its entry; count on it.
+    if FLOWS.insert(key, &stats, 1).is_err() {
+        if let Some(s) = FLOWS.get_ptr_mut(key) {
+            unsafe { add(&raw mut (*s).count, 1) };
+        }
+        return;
+    }
+    emit_flow(EVENT_NEW_FLOW, key, src_port, state, 0, tid, comm);
+}
+
+// ---------------------------------------------------------------- TCP
+
+#[inline(always)]
+unsafe fn read_addrs(ctx: &TracePointContext, o: &Offsets, family: u16, src: &mut [u8; 16], dst: &mut [u8; 16]) {
+    unsafe {
+        if family == AF_INET {
+            let s: [u8; 4] = ctx.read_at(o.iss_saddr as usize).unwrap_or([0; 4]);
+            let d: [u8; 4] = ctx.read_at(o.iss_daddr as usize).unwrap_or([0; 4]);
+            src[..4].copy_from_slice(&s);
+            dst[..4].copy_from_slice(&d);
+        } else {
+            *src = ctx.read_at(o.iss_saddr_v6 as usize).unwrap_or([0; 16]);
+            *dst = ctx.read_at(o.iss_daddr_v6 as usize).unwrap_or([0; 16]);
+        }
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = unsafe { try_inet_sock_set_state(&ctx) };
+    0
+}
+
+unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let o = off();
+    unsafe {
+        let protocol: u16 = ctx.read_at(o.iss_protocol as usize)?;
+        if protocol != IPPROTO_TCP as u16 {
+            return Ok(());
+        }
+        let family: u16 = ctx.read_at(o.iss_family as usize)?;
+        if family != AF_INET && family != AF_INET6 {
+            return Ok(());
+        }
+        let old: u32 = ctx.read_at(o.iss_oldstate as usize)?;
+        let new: u32 = ctx.read_at(o.iss_newstate as usize)?;
+        let skaddr: u64 = ctx.read_at(o.iss_skaddr as usize)?;
+        let sport: u16 = ctx.read_at(o.iss_sport as usize)?;
+        let dport: u16 = ctx.read_at(o.iss_dport as usize)?;
+
+        if old == TCP_CLOSE && new == TCP_SYN_SENT {
+            // connect(2), in the caller's context.
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let mut key = FlowKey {
+                cgroup_id: bpf_get_current_cgroup_id(),
+                tgid: (pid_tgid >> 32) as u32,
+                family,
+                protocol: IPPROTO_TCP,
+                direction: DIR_EGRESS,
+                dst_port: dport,
+                ..Default::default()
+            };
+            read_addrs(ctx, &o, family, &mut key.src_addr, &mut key.dst_addr);
+            let c = comm();
+            touch_flow(&key, sport, STATE_CONNECTING, pid_tgid as u32, &c);
+            let st = SockState { key, syn_retransmits: 0, reset: 0 };
+            let _ = SOCKS.insert(&skaddr, &st, 0);
+        } else if old == TCP_SYN_SENT {
+            let Some(st) = SOCKS.get_ptr_mut(&skaddr) else { return Ok(()) };
+            let st = *st;
+            let _ = SOCKS.remove(&skaddr);
+            let (state, kind) = if new == TCP_ESTABLISHED {
+                (STATE_ESTABLISHED, 0)
+            } else if st.reset != 0 {
+                (STATE_REFUSED, EVENT_OUTCOME)
+            } else if st.syn_retransmits > 0 {
+                (STATE_TIMED_OUT, EVENT_OUTCOME)
+            } else {
+                (STATE_ERROR, EVENT_OUTCOME)
+            };
+            let mut c = [0u8; 16];
+            if let Some(s) = FLOWS.get_ptr_mut(&st.key) {
+                let field = match state {
+                    STATE_ESTABLISHED => &raw mut (*s).established,
+                    STATE_REFUSED => &raw mut (*s).refused,
+                    STATE_TIMED_OUT => &raw mut (*s).timed_out,
+                    _ => &raw mut (*s).errors,
+                };
+                add(field, 1);
+                (*s).state = state;
+                (*s).last_seen_ns = now();
+                c = (*s).comm;
+            }
+            if kind != 0 {
+                emit_flow(kind, &st.key, sport, state, st.syn_retransmits, 0, &c);
+            }
+        } else if old == TCP_CLOSE && new == TCP_LISTEN {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let lk = ListenKey { cgroup_id: bpf_get_current_cgroup_id(), port: sport, family, _pad: [0; 4] };
+            let info = ListenInfo { tgid: (pid_tgid >> 32) as u32, _pad: [0; 4], comm: comm() };
+            let _ = LISTENERS.insert(&lk, &info, 0);
+        } else if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+            // A child socket of a listener completed the handshake (softirq context).
+            let mut tk = TupleKey { family, local_port: sport, remote_port: dport, ..Default::default() };
+            read_addrs(ctx, &o, family, &mut tk.local_addr, &mut tk.remote_addr);
+            let Some(cg) = PENDING.get_ptr(&tk) else { return Ok(()) };
+            let cgroup_id = *cg;
+            let _ = PENDING.remove(&tk);
+            let lk = ListenKey { cgroup_id, port: sport, family, _pad: [0; 4] };
+            let (tgid, c) = match LISTENERS.get_ptr(&lk) {
+                Some(l) => ((*l).tgid, (*l).comm),
+                None => (0, [0u8; 16]),
+            };
+            let key = FlowKey {
+                cgroup_id,
+                tgid,
+                family,
+                protocol: IPPROTO_TCP,
+                direction: DIR_INGRESS,
+                src_addr: tk.remote_addr,
+                dst_addr: tk.local_addr,
+                dst_port: sport,
+                _pad: [0; 6],
+            };
+            touch_flow(&key, dport, STATE_ACCEPTED, 0, &c);
+        }
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let o = off();
+    unsafe {
+        let Ok(state) = ctx.read_at::<i32>(o.rtx_state as usize) else { return 0 };
+        if state as u32 != TCP_SYN_SENT {
+            return 0;
+        }
+        let Ok(skaddr) = ctx.read_at::<u64>(o.rtx_skaddr as usize) else { return 0 };
+        if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
+            (*st).syn_retransmits += 1;
+            if let Some(s) = FLOWS.get_ptr_mut(&(*st).key) {
+                add(&raw mut (*s).syn_retransmits, 1);
+            }
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let o = off();
+    unsafe {
+        let Ok(skaddr) = ctx.read_at::<u64>(o.rst_skaddr as usize) else { return 0 };
+        if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
+            (*st).reset = 1;
+        }
+    }
+    0
+}
+
+// ---------------------------------------------------------------- UDP
+
+#[inline(always)]
+unsafe fn udp_flow(ctx: &SockAddrContext, family: u16) {
+    unsafe {
+        let sa = &*ctx.sock_addr;
+        if sa.protocol != IPPROTO_UDP as u32 {
+            return;
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let mut key = FlowKey {
+            cgroup_id: bpf_get_current_cgroup_id(),
+            tgid: (pid_tgid >> 32) as u32,
+            family,
+            protocol: IPPROTO_UDP,
+            direction: DIR_EGRESS,
+            dst_port: u16::from_be(sa.user_port as u16),
+            ..Default::default()
+        };
+        let sk = sa.__bindgen_anon_1.sk;
+        let mut src_port = 0u16;
+        if family == AF_INET {
+            key.dst_addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+            if !sk.is_null() {
+                key.src_addr[..4].copy_from_slice(&(*sk).src_ip4.to_ne_bytes());
+                src_port = (*sk).src_port as u16;
+            }
+        } else {
+            let d = sa.user_ip6;
+            key.dst_addr[..4].copy_from_slice(&d[0].to_ne_bytes());
+            key.dst_addr[4..8].copy_from_slice(&d[1].to_ne_bytes());
+            key.dst_addr[8..12].copy_from_slice(&d[2].to_ne_bytes());
+            key.dst_addr[12..].copy_from_slice(&d[3].to_ne_bytes());
+            if !sk.is_null() {
+                let s = (*sk).src_ip6;
+                key.src_addr[..4].copy_from_slice(&s[0].to_ne_bytes());
+                key.src_addr[4..8].copy_from_slice(&s[1].to_ne_bytes());
+                key.src_addr[8..12].copy_from_slice(&s[2].to_ne_bytes());
+                key.src_addr[12..].copy_from_slice(&s[3].to_ne_bytes());
+                src_port = (*sk).src_port as u16;
+            }
+        }
+        let c = comm();
+        touch_flow(&key, src_port, STATE_SENT, pid_tgid as u32, &c);
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    unsafe { udp_flow(&ctx, AF_INET) };
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    unsafe { udp_flow(&ctx, AF_INET6) };
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
+    unsafe { udp_flow(&ctx, AF_INET) };
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn udp_connect6(ctx: SockAddrContext) -> i32 {
+    unsafe { udp_flow(&ctx, AF_INET6) };
+    1
+}
+
+// ---------------------------------------------------------------- ingress: accepts, inbound UDP, DNS
+
+#[cgroup_skb]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_ingress(&ctx);
+    1
+}
+
+#[inline(always)]
+fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
+    let skb = ctx.skb.skb;
+    let family = unsafe { (*skb).family };
+    let (fam, proto, l4, local, remote) = if family == AF_INET as u32 {
+        let b0: u8 = ctx.load(0)?;
+        if b0 >> 4 != 4 {
+            return Ok(());
+        }
+        let ihl = ((b0 & 0x0f) as usize) * 4;
+        let proto: u8 = ctx.load(9)?;
+        let s: [u8; 4] = ctx.load(12)?;
+        let d: [u8; 4] = ctx.load(16)?;
+        let mut local = [0u8; 16];
+        let mut remote = [0u8; 16];
+        local[..4].copy_from_slice(&d);
+        remote[..4].copy_from_slice(&s);
+        (AF_INET, proto, ihl & 0x3c, local, remote)
+    } else if family == AF_INET6 as u32 {
+        let proto: u8 = ctx.load(6)?;
+        let s: [u8; 16] = ctx.load(8)?;
+        let d: [u8; 16] = ctx.load(24)?;
+        (AF_INET6, proto, 40usize, d, s)
+    } else {
+        return Ok(());
+    };
+    let sport = u16::from_be(ctx.load::<u16>(l4)?);
+    let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb as *mut __sk_buff) };
+    if proto == IPPROTO_TCP {
+        let flags: u8 = ctx.load(l4 + 13)?;
+        // SYN without ACK: remember which cgroup's listener got it, for the accept.
+        if flags & 0x12 == 0x02 {
+            let tk = TupleKey { family: fam, local_port: dport, remote_port: sport, _pad: [0; 2], local_addr: local, remote_addr: remote };
+            let _ = PENDING.insert(&tk, &cgroup_id, 0);
+        }
+    } else if proto == IPPROTO_UDP {
+        if sport == 53 && cfg().dns != 0 {
+            emit_dns(ctx, fam, cgroup_id, dport, l4 + 8, &remote, &local);
+        } else {
+            let key = FlowKey {
+                cgroup_id,
+                tgid: 0,
+                family: fam,
+                protocol: IPPROTO_UDP,
+                direction: DIR_INGRESS,
+                src_addr: remote,
+                dst_addr: local,
+                dst_port: dport,
+                _pad: [0; 6],
+            };
+            touch_flow(&key, sport, STATE_RECEIVED, 0, &[0; 16]);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn emit_dns(ctx: &SkBuffContext, family: u16, cgroup_id: u64, dport: u16, payload_off: usize, server: &[u8; 16], local: &[u8; 16]) {
+    let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
+        count_lost(EVENT_DNS);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let avail = (ctx.len() as usize).saturating_sub(payload_off);
+    let m = if avail > DNS_PAYLOAD { DNS_PAYLOAD } else { avail };
+    unsafe {
+        (*ev).header = EventHeader { kind: EVENT_DNS, _pad: 0, ts_ns: now() };
+        (*ev).cgroup_id = cgroup_id;
+        (*ev).family = family;
+        (*ev).dst_port = dport;
+        (*ev)._pad = 0;
+        (*ev).src_addr = *server;
+        (*ev).dst_addr = *local;
+        (*ev).len = 0;
+        if m > 0 {
+            // The verifier needs a length it can prove is in [1, 512].
+            let n = ((m - 1) & (DNS_PAYLOAD - 1)) + 1;
+            let dst = (&raw mut (*ev).payload).cast::<core::ffi::c_void>();
+            let ret = aya_ebpf::helpers::generated::bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off as u32, dst, n as u32);
+            if ret == 0 {
+                (*ev).len = n as u16;
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+// ---------------------------------------------------------------- drops
+
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let _ = unsafe { try_kfree_skb(&ctx) };
+    0
+}
+
+unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
+    if cfg().drops == 0 {
+        return Ok(());
+    }
+    let o = off();
+    unsafe {
+        let reason: u32 = ctx.read_at(o.kfs_reason as usize)?;
+        if reason <= o.min_drop_reason {
+            return Ok(());
+        }
+        let eth_proto: u16 = ctx.read_at(o.kfs_protocol as usize)?;
+        let eth_proto = u16::from_be(eth_proto);
+        let family = match eth_proto {
+            ETH_P_IP => AF_INET,
+            ETH_P_IPV6 => AF_INET6,
+            _ => return Ok(()),
+        };
+        let mut key = DropKey { reason, family, ..Default::default() };
+        if o.skb_head != 0 {
+            let skb: u64 = ctx.read_at(o.kfs_skbaddr as usize)?;
+            let head: u64 = bpf_probe_read_kernel((skb + o.skb_head as u64) as *const u64)?;
+            let nh: u16 = bpf_probe_read_kernel((skb + o.skb_network_header as u64) as *const u16)?;
+            if nh != 0xffff {
+                let ip = head + nh as u64;
+                let l4;
+                if family == AF_INET {
+                    let b0: u8 = bpf_probe_read_kernel(ip as *const u8)?;
+                    key.protocol = bpf_probe_read_kernel((ip + 9) as *const u8)?;
+                    let s: [u8; 4] = bpf_probe_read_kernel((ip + 12) as *const [u8; 4])?;
+                    let d: [u8; 4] = bpf_probe_read_kernel((ip + 16) as *const [u8; 4])?;
+                    key.src_addr[..4].copy_from_slice(&s);
+                    key.dst_addr[..4].copy_from_slice(&d);
+                    l4 = ip + ((b0 & 0x0f) as u64) * 4;
+                } else {
+                    key.protocol = bpf_probe_read_kernel((ip + 6) as *const u8)?;
+                    key.src_addr = bpf_probe_read_kernel((ip + 8) as *const [u8; 16])?;
+                    key.dst_addr = bpf_probe_read_kernel((ip + 24) as *const [u8; 16])?;
+                    l4 = ip + 40;
+                }
+                if key.protocol == IPPROTO_TCP || key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_SCTP {
+                    let ports: [u8; 4] = bpf_probe_read_kernel(l4 as *const [u8; 4])?;
+                    key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+                    key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+                    key.has_tuple = 1;
+                } else {
+                    // Not a transport we audit (ICMP, ...): leave it to other tools.
+                    return Ok(());
+                }
+            }
+        }
+        let t = now();
+        if let Some(s) = DROPS.get_ptr_mut(&key) {
+            add(&raw mut (*s).count, 1);
+            (*s).last_seen_ns = t;
+            return Ok(());
+        }
+        let stats = DropStats { first_seen_ns: t, last_seen_ns: t, count: 1 };
+        if DROPS.insert(&key, &stats, 1).is_err() {
+            if let Some(s) = DROPS.get_ptr_mut(&key) {
+                add(&raw mut (*s).count, 1);
+            }
+            return Ok(());
+        }
+        match EVENTS.reserve::<DropEvent>(0) {
+            Some(mut entry) => {
+                let ev = entry.as_mut_ptr();
+                (*ev).header = EventHeader { kind: EVENT_DROP, _pad: 0, ts_ns: t };
+                (*ev).key = key;
+                entry.submit(0);
+            }
+            None => count_lost(EVENT_DROP),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -4,6 +4,7 @@
 //! (the sinks) and `procfs` do I/O; the other stages are pure.
 
 pub mod attribute;
+pub mod btf;
 pub mod cluster;
 pub mod decode;
 pub mod diff;

@@ -1,0 +1,75 @@
+//! The `auditor` command line.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// eBPF connection auditor for Kubernetes media pipelines: records what ffmpeg
+/// pods really do on the network, diffs it against the NetworkPolicies, and
+/// suggests minimal allowlists.
+///
+/// Examples:
+///   sudo auditor record --comm ffmpeg --output flows.jsonl --duration 5m
+///   auditor diff --cluster snapshot.yaml --flows flows.jsonl --format table
+#[derive(Debug, Parser)]
+#[command(name = "auditor", version, about, verbatim_doc_comment)]
+struct Cli {
+    /// Log format on standard error (`json` for the DaemonSet).
+    #[arg(long, global = true, default_value = "text", env = "AUDITOR_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info`, `debug`, `auditor=debug`.
+    #[arg(long, global = true, default_value = "info", env = "AUDITOR_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Record(auditor::record::RecordArgs),
+    Diff(auditor::diff::DiffArgs),
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    let result: anyhow::Result<u8> = match cli.command {
+        Command::Record(args) => record(args),
+        Command::Diff(args) => auditor::diff::run(&args).map(|c| c as u8).map_err(Into::into),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn record(args: auditor::record::RecordArgs) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let summary = rt.block_on(auditor::record::run(args))?;
+    let lost: u64 = summary.lost_events.values().sum();
+    eprintln!(
+        "auditor: recorded {} flows ({} records) in {:.1}s; {} kernel drops, {} DNS answers; events {:?}; lost events {} {:?}",
+        summary.flows, summary.records_written, summary.duration_s, summary.drops, summary.dns_answers, summary.events, lost, summary.lost_events
+    );
+    for d in &summary.degraded {
+        eprintln!("auditor: degraded: {d}");
+    }
+    Ok(0)
+}

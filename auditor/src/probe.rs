@@ -1,0 +1,287 @@
+//! Loading and attaching the kernel programs (the only module that talks to the BPF syscall).
+//!
+//! Each hook is attached on its own: a hook the kernel cannot give is reported as
+//! a degradation (which outputs are then missing), not a crash, as long as
+//! something useful is left.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use auditor_ebpf::{Config, Offsets};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
+};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::btf::Btf;
+use crate::tracefs;
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/auditor-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("missing capabilities {missing:?}: run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels before 5.8)")]
+    Capabilities { missing: Vec<&'static str> },
+    #[error("load the eBPF programs into the kernel (kernel {kernel}; the auditor needs 5.8 or newer with ring buffers and BTF-free tracepoints)")]
+    Load {
+        kernel: String,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("open cgroup {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no hook could be attached: {0}")]
+    NothingAttached(String),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// What to load and where to attach.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// cgroup v2 directory the cgroup programs attach to; `None`: no cgroup v2 (degraded).
+    pub cgroup: Option<PathBuf>,
+    pub ring_buffer_bytes: u32,
+    pub max_flows: u32,
+    pub dns: bool,
+    pub drops: bool,
+}
+
+/// Loaded, attached programs. Dropping it detaches everything.
+pub struct Probe {
+    pub ebpf: Ebpf,
+    /// Outputs that are missing and why, for the user.
+    pub degraded: Vec<String>,
+    /// `skb_drop_reason` names from this kernel.
+    pub drop_reasons: BTreeMap<u32, String>,
+    pub attached: Vec<String>,
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Effective capabilities from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Names of the capabilities the auditor lacks (empty when it has them).
+pub fn missing_capabilities() -> Vec<&'static str> {
+    let Some(caps) = effective_caps() else { return vec![] };
+    let has = |c: u32| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return vec![];
+    }
+    let mut missing = vec![];
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    missing
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Reads tracepoint layouts and BTF offsets; what is missing is recorded in `degraded`.
+fn offsets(degraded: &mut Vec<String>, drop_reasons: &mut BTreeMap<u32, String>) -> (Offsets, bool) {
+    let mut o = Offsets { min_drop_reason: 1, ..Default::default() };
+    let tfs = match tracefs::find_tracefs() {
+        Ok(p) => p,
+        Err(e) => {
+            degraded.push(format!("{e}: TCP connections, inbound accepts and kernel drops are not recorded"));
+            return (o, false);
+        }
+    };
+    let mut ok = true;
+    let mut missing: Vec<String> = Vec::new();
+    fn field(missing: &mut Vec<String>, fmt: &tracefs::Format, path: &Path, name: &str, slot: &mut u32) {
+        match fmt.offset(path, name) {
+            Ok(v) => *slot = v,
+            Err(e) => missing.push(e.to_string()),
+        }
+    }
+    match tracefs::read_format(&tfs, "sock", "inet_sock_set_state") {
+        Ok((p, f)) => {
+            field(&mut missing, &f, &p, "skaddr", &mut o.iss_skaddr);
+            field(&mut missing, &f, &p, "oldstate", &mut o.iss_oldstate);
+            field(&mut missing, &f, &p, "newstate", &mut o.iss_newstate);
+            field(&mut missing, &f, &p, "sport", &mut o.iss_sport);
+            field(&mut missing, &f, &p, "dport", &mut o.iss_dport);
+            field(&mut missing, &f, &p, "family", &mut o.iss_family);
+            field(&mut missing, &f, &p, "protocol", &mut o.iss_protocol);
+            field(&mut missing, &f, &p, "saddr", &mut o.iss_saddr);
+            field(&mut missing, &f, &p, "daddr", &mut o.iss_daddr);
+            field(&mut missing, &f, &p, "saddr_v6", &mut o.iss_saddr_v6);
+            field(&mut missing, &f, &p, "daddr_v6", &mut o.iss_daddr_v6);
+        }
+        Err(e) => missing.push(e.to_string()),
+    }
+    if let Ok((p, f)) = tracefs::read_format(&tfs, "tcp", "tcp_retransmit_skb") {
+        field(&mut missing, &f, &p, "skaddr", &mut o.rtx_skaddr);
+        field(&mut missing, &f, &p, "state", &mut o.rtx_state);
+    }
+    if let Ok((p, f)) = tracefs::read_format(&tfs, "tcp", "tcp_receive_reset") {
+        field(&mut missing, &f, &p, "skaddr", &mut o.rst_skaddr);
+    }
+    if let Ok((p, f)) = tracefs::read_format(&tfs, "skb", "kfree_skb") {
+        field(&mut missing, &f, &p, "skbaddr", &mut o.kfs_skbaddr);
+        field(&mut missing, &f, &p, "protocol", &mut o.kfs_protocol);
+        field(&mut missing, &f, &p, "reason", &mut o.kfs_reason);
+        *drop_reasons = tracefs::parse_drop_reasons(&f.print_fmt);
+        // NOT_DROPPED_YET (0) and CONSUMED (1, where the kernel has it) are normal frees.
+        o.min_drop_reason = drop_reasons.iter().find(|(_, n)| n.as_str() == "CONSUMED").map(|(k, _)| *k).unwrap_or(1).max(1);
+    }
+    if !missing.is_empty() {
+        ok = false;
+        degraded.push(format!("{}: tracepoint programs are not attached", missing.join("; ")));
+    }
+    let btf_path = Path::new("/sys/kernel/btf/vmlinux");
+    match Btf::from_file(btf_path).and_then(|b| {
+        Ok((b.member_offset("sk_buff", "head")?, b.member_offset("sk_buff", "network_header")?, b.member_offset("sk_buff", "transport_header")?))
+    }) {
+        Ok((h, n, t)) => {
+            o.skb_head = h;
+            o.skb_network_header = n;
+            o.skb_transport_header = t;
+        }
+        Err(e) => degraded.push(format!("no BTF ({e}): kernel drops are recorded with their reason but without the packet's 5-tuple")),
+    }
+    (o, ok)
+}
+
+impl Probe {
+    pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        let missing = missing_capabilities();
+        if !missing.is_empty() {
+            return Err(ProbeError::Capabilities { missing });
+        }
+        raise_memlock();
+        let mut degraded = Vec::new();
+        let mut drop_reasons = BTreeMap::new();
+        let (offs, tracepoints_ok) = offsets(&mut degraded, &mut drop_reasons);
+        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops) };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offs, true)
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries("FLOWS", opts.max_flows)
+            .load(OBJECT)
+            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source })?;
+
+        let mut attached = Vec::new();
+        if tracepoints_ok {
+            for (prog, cat, name, what) in [
+                ("inet_sock_set_state", "sock", "inet_sock_set_state", "TCP connections and accepts"),
+                ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", "SYN retransmit counts"),
+                ("tcp_receive_reset", "tcp", "tcp_receive_reset", "refused connections (reported as errors instead)"),
+                ("kfree_skb", "skb", "kfree_skb", "kernel drops"),
+            ] {
+                if prog == "kfree_skb" && !opts.drops {
+                    continue;
+                }
+                match attach_tracepoint(&mut ebpf, prog, cat, name) {
+                    Ok(()) => attached.push(format!("tracepoint {cat}:{name}")),
+                    Err(e) => degraded.push(format!("tracepoint {cat}:{name}: {e}: {what} are not recorded")),
+                }
+            }
+        }
+        match &opts.cgroup {
+            Some(cg) => {
+                let f = std::fs::File::open(cg).map_err(|source| ProbeError::Cgroup { path: cg.clone(), source })?;
+                for (prog, what) in [
+                    ("udp_sendmsg4", "UDP/IPv4 datagrams"),
+                    ("udp_sendmsg6", "UDP/IPv6 datagrams"),
+                    ("udp_connect4", "connected UDP/IPv4 sockets"),
+                    ("udp_connect6", "connected UDP/IPv6 sockets"),
+                ] {
+                    match attach_sock_addr(&mut ebpf, prog, &f) {
+                        Ok(()) => attached.push(format!("cgroup {prog} on {}", cg.display())),
+                        Err(e) => degraded.push(format!("cgroup program {prog}: {e}: {what} are not recorded")),
+                    }
+                }
+                match attach_ingress(&mut ebpf, &f) {
+                    Ok(()) => attached.push(format!("cgroup_skb ingress on {}", cg.display())),
+                    Err(e) => degraded.push(format!("cgroup_skb ingress: {e}: DNS answers, inbound UDP and the cgroup of accepted connections are not recorded")),
+                }
+            }
+            None => degraded.push("no cgroup v2 mount: UDP flows, DNS answers and accepted connections are not recorded; mount cgroup2 (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`)".into()),
+        }
+        if attached.is_empty() {
+            return Err(ProbeError::NothingAttached(degraded.join("; ")));
+        }
+        Ok(Self { ebpf, degraded, drop_reasons, attached })
+    }
+}
+
+fn raise_memlock() {
+    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct; failure only matters on kernels < 5.11.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
+    if ret != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels with memcg accounting");
+    }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<(), String> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or("program missing from object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load().map_err(|e| format!("load: {e}"))?;
+    p.attach(cat, name).map_err(|e| format!("attach: {}", chain(&e)))?;
+    Ok(())
+}
+
+// Cgroup programs attach through bpf_link (kernel >= 5.7), which is always
+// multi-attach and refuses any attach flag: `Single` means "no flags" there, and
+// other programs on the same cgroup (a CNI's, a second auditor's) keep running.
+fn attach_sock_addr(ebpf: &mut Ebpf, prog: &str, cg: &std::fs::File) -> Result<(), String> {
+    let p: &mut CgroupSockAddr = ebpf
+        .program_mut(prog)
+        .ok_or("program missing from object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load().map_err(|e| format!("load: {e}"))?;
+    p.attach(cg, CgroupAttachMode::Single).map_err(|e| format!("attach: {}", chain(&e)))?;
+    Ok(())
+}
+
+fn attach_ingress(ebpf: &mut Ebpf, cg: &std::fs::File) -> Result<(), String> {
+    let p: &mut CgroupSkb = ebpf
+        .program_mut("ingress")
+        .ok_or("program missing from object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load().map_err(|e| format!("load: {e}"))?;
+    p.attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| format!("attach: {}", chain(&e)))?;
+    Ok(())
+}
+
+/// An error with its sources, "outer: inner: innermost".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,715 @@
+//! `auditor record`: kernel events and map counters -> the flow log.
+//!
+//! The kernel keeps the counters of every flow in an LRU map; the ring buffer
+//! carries new flows, failed outcomes, new drops and DNS answers. Every flush
+//! interval (and on SIGINT/SIGTERM, and at the end of `--duration`) the recorder
+//! drains the ring buffer, reads the maps, and appends one JSON line per flow that
+//! was active since the last flush. A flow whose event was lost still reaches the
+//! log from the map; lost events are counted per kind and reported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use auditor_ebpf as abi;
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::decode::{self, Event, Flow};
+use crate::dns;
+use crate::flowlog::{self, Direction, FlowRecord, FlowState, Protocol};
+use crate::probe::{Probe, ProbeError, ProbeOptions};
+use crate::procfs::{self, CgroupResolver};
+
+/// Record the connections and packet drops of processes on this host.
+///
+/// Example: auditor record --comm ffmpeg --comm ffprobe --output flows.jsonl --duration 10m
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecordArgs {
+    /// Flow log to append to (JSON lines); `-` writes to standard output.
+    #[arg(long, short, default_value = "-", env = "AUDITOR_OUTPUT")]
+    pub output: PathBuf,
+    /// Stop after this long (e.g. `30s`, `10m`); without it, record until SIGINT/SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration, env = "AUDITOR_DURATION")]
+    pub duration: Option<Duration>,
+    /// Keep only flows of processes with this name (process or thread name); repeatable.
+    #[arg(long = "comm", value_name = "NAME", env = "AUDITOR_COMM", value_delimiter = ',')]
+    pub comms: Vec<String>,
+    /// Keep only flows of processes in this cgroup v2 directory or below it
+    /// (absolute path, or relative to the cgroup v2 mount). Cgroup programs attach here.
+    #[arg(long, env = "AUDITOR_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+    /// How often the flow log is written.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "AUDITOR_FLUSH_INTERVAL")]
+    pub flush_interval: Duration,
+    /// Size of the kernel ring buffer in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = 1 << 20, env = "AUDITOR_RING_BUFFER_BYTES")]
+    pub ring_buffer_bytes: u32,
+    /// Flows the kernel keeps counters for (LRU: the least recently used is evicted).
+    #[arg(long, default_value_t = 65536, env = "AUDITOR_MAX_FLOWS")]
+    pub max_flows: u32,
+    /// Do not record DNS answers.
+    #[arg(long, env = "AUDITOR_NO_DNS")]
+    pub no_dns: bool,
+    /// Do not record kernel packet drops.
+    #[arg(long, env = "AUDITOR_NO_DROPS")]
+    pub no_drops: bool,
+    /// Lock file that keeps a second recorder from running on the same host.
+    #[arg(long, default_value = "/run/auditor.lock", env = "AUDITOR_LOCK_FILE")]
+    pub lock_file: PathBuf,
+    /// Write the end-of-run summary as JSON to this file.
+    #[arg(long, env = "AUDITOR_SUMMARY")]
+    pub summary: Option<PathBuf>,
+    /// Create this file once every program is attached (for scripts waiting on the recorder).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Testing aid: do not read the ring buffer for this long after attaching, to provoke overflow.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub stall_reader: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("another auditor is recording on this host (lock {path} held{holder}); stop it, or pass a different --lock-file to run a second one")]
+    Locked { path: PathBuf, holder: String },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--ring-buffer-bytes {0} must be a power of two and at least 4096")]
+    RingSize(u32),
+    #[error("--cgroup {path} is not a cgroup v2 directory (cgroup v2 is mounted at {root})")]
+    NotCgroup { path: PathBuf, root: String },
+    #[error("ring buffer: {0}")]
+    Ring(String),
+}
+
+/// End-of-run figures, printed and optionally written as JSON.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub duration_s: f64,
+    pub flows: usize,
+    pub records_written: u64,
+    pub drops: u64,
+    pub dns_answers: u64,
+    /// Ring buffer records received, by kind.
+    pub events: BTreeMap<String, u64>,
+    /// Ring buffer records the kernel could not reserve (full buffer), by kind.
+    pub lost_events: BTreeMap<String, u64>,
+    pub decode_errors: u64,
+    pub degraded: Vec<String>,
+    pub attached: Vec<String>,
+}
+
+fn kind_name(k: u32) -> &'static str {
+    match k {
+        abi::EVENT_NEW_FLOW => "new_flow",
+        abi::EVENT_OUTCOME => "outcome",
+        abi::EVENT_DROP => "drop",
+        abi::EVENT_DNS => "dns",
+        _ => "other",
+    }
+}
+
+/// What the recorder knows about a flow beyond the kernel's counters.
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    comm: Option<String>,
+    thread_comm: Option<String>,
+    exe: Option<String>,
+    cgroup: Option<String>,
+    src_port: Option<u16>,
+    keep: bool,
+    /// Counters already written: count, established, refused, timed_out, errors, syn_retransmits.
+    written: [u64; 6],
+    drops_pending: u64,
+    drop_reason: Option<String>,
+    first_seen_ns: u64,
+    last_seen_ns: u64,
+    dirty: bool,
+}
+
+/// Filters and enrichment; the pure part of the recorder.
+struct State {
+    comms: BTreeSet<String>,
+    cgroup_prefix: Option<String>,
+    resolver: Option<CgroupResolver>,
+    flows: HashMap<Flow, Meta>,
+    /// (cgroup, address) -> DNS name asked for; (0, address) for any cgroup.
+    dns: HashMap<(u64, IpAddr), String>,
+    drop_written: HashMap<abi::DropKey, u64>,
+    drop_reasons: BTreeMap<u32, String>,
+    boot_to_unix_ns: i128,
+    summary: Summary,
+}
+
+impl State {
+    fn reason_name(&self, r: u32) -> String {
+        self.drop_reasons.get(&r).cloned().unwrap_or_else(|| format!("REASON_{r}"))
+    }
+
+    fn time(&self, ns: u64) -> Option<String> {
+        if ns == 0 {
+            return None;
+        }
+        let unix = ns as i128 + self.boot_to_unix_ns;
+        let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(unix).ok()?);
+        Some(humantime::format_rfc3339_millis(t).to_string())
+    }
+
+    fn meta_for(&mut self, flow: &Flow, thread_comm: Option<String>) -> &mut Meta {
+        if !self.flows.contains_key(flow) {
+            let info = procfs::proc_info(flow.tgid);
+            let cgroup = self.resolver.as_mut().and_then(|r| r.path(flow.cgroup_id));
+            let thread_comm = thread_comm.filter(|t| !t.is_empty());
+            let comm = info.comm.clone().or_else(|| thread_comm.clone());
+            let mut keep = true;
+            if !self.comms.is_empty() {
+                keep = comm.as_ref().is_some_and(|c| self.comms.contains(c))
+                    || thread_comm.as_ref().is_some_and(|c| self.comms.contains(c));
+            }
+            if let Some(prefix) = &self.cgroup_prefix {
+                keep &= cgroup.as_ref().is_some_and(|c| c == prefix || c.starts_with(&format!("{}/", prefix.trim_end_matches('/'))) || prefix == "/");
+            }
+            let thread_comm = thread_comm.filter(|t| Some(t) != comm.as_ref());
+            self.flows.insert(*flow, Meta { comm, thread_comm, exe: info.exe, cgroup, keep, ..Default::default() });
+        }
+        self.flows.get_mut(flow).expect("inserted above")
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::NewFlow(fe) | Event::Outcome(fe) => {
+                let m = self.meta_for(&fe.flow, Some(fe.comm.clone()));
+                if m.src_port.is_none() && fe.src_port != 0 {
+                    m.src_port = Some(fe.src_port);
+                }
+                if fe.kind == abi::EVENT_OUTCOME && m.keep {
+                    let what = match fe.state {
+                        Some(FlowState::Refused) => "connection refused".to_string(),
+                        Some(FlowState::TimedOut) => format!("connect timed out after {} SYN retransmits", fe.syn_retransmits),
+                        _ => "connect failed".to_string(),
+                    };
+                    tracing::warn!(
+                        comm = m.comm.as_deref().unwrap_or(""),
+                        pid = fe.flow.tgid,
+                        dst = %fe.flow.dst_ip,
+                        dst_port = fe.flow.dst_port,
+                        protocol = %fe.flow.protocol,
+                        cgroup = m.cgroup.as_deref().unwrap_or(""),
+                        "{what}"
+                    );
+                }
+            }
+            Event::Drop { drop, .. } => {
+                let reason = self.reason_name(drop.reason);
+                tracing::debug!(reason, tuple = ?drop.tuple, "kernel drop");
+            }
+            Event::Dns(d) => match dns::parse_response(&d.payload) {
+                Ok(a) => {
+                    self.summary.dns_answers += 1;
+                    for (addr, _ttl) in &a.addrs {
+                        self.dns.insert((d.cgroup_id, *addr), a.query.clone());
+                        self.dns.insert((0, *addr), a.query.clone());
+                    }
+                    tracing::debug!(query = a.query, answers = a.addrs.len(), cnames = ?a.cnames, "DNS answer");
+                }
+                Err(e) => tracing::debug!(error = %e, server = %d.server, "unparsable DNS answer"),
+            },
+        }
+    }
+
+    /// Finds the flow a dropped packet belongs to: an outgoing packet of an egress
+    /// flow, an incoming request of an ingress flow, or a reply to an egress flow.
+    fn attribute_drop(&self, d: &decode::Drop) -> Option<Flow> {
+        let (s, sp, dst, dp) = d.tuple?;
+        let proto = d.protocol?;
+        let unspecified = |ip: &IpAddr| ip.is_unspecified();
+        let mut best: Option<Flow> = None;
+        for f in self.flows.keys() {
+            if f.protocol != proto {
+                continue;
+            }
+            let hit = match f.direction {
+                Direction::Egress => {
+                    (f.dst_ip == dst && f.dst_port == dp && (f.src_ip == s || unspecified(&f.src_ip)))
+                        || (f.dst_ip == s && f.dst_port == sp && (f.src_ip == dst || unspecified(&f.src_ip)))
+                }
+                Direction::Ingress => f.src_ip == s && f.dst_ip == dst && f.dst_port == dp,
+            };
+            if hit && best.is_none_or(|b| f < &b) {
+                best = Some(*f);
+            }
+        }
+        best
+    }
+}
+
+/// Runs the recorder until SIGINT/SIGTERM or `--duration`.
+pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
+    if args.ring_buffer_bytes < 4096 || !args.ring_buffer_bytes.is_power_of_two() {
+        return Err(RecordError::RingSize(args.ring_buffer_bytes));
+    }
+    let _lock = take_lock(&args.lock_file)?;
+    let root = procfs::cgroup2_mount();
+    let (attach_cgroup, cgroup_prefix) = match (&root, &args.cgroup) {
+        (Some(root), Some(cg)) => {
+            let abs = if cg.is_absolute() { cg.clone() } else { root.join(cg) };
+            let rel = abs
+                .strip_prefix(root)
+                .map(|r| format!("/{}", r.display()))
+                .map_err(|_| RecordError::NotCgroup { path: cg.clone(), root: root.display().to_string() })?;
+            if !abs.join("cgroup.procs").exists() {
+                return Err(RecordError::NotCgroup { path: cg.clone(), root: root.display().to_string() });
+            }
+            (Some(abs), Some(if rel == "/" { "/".to_string() } else { rel }))
+        }
+        (Some(root), None) => (Some(root.clone()), None),
+        (None, Some(cg)) => return Err(RecordError::NotCgroup { path: cg.clone(), root: "nowhere".into() }),
+        (None, None) => (None, None),
+    };
+
+    let opts = ProbeOptions {
+        cgroup: attach_cgroup,
+        ring_buffer_bytes: args.ring_buffer_bytes,
+        max_flows: args.max_flows,
+        dns: !args.no_dns,
+        drops: !args.no_drops,
+    };
+    let mut probe = Probe::load(&opts)?;
+    for d in &probe.degraded {
+        tracing::warn!("degraded: {d}");
+    }
+    let mut out = Output::open(&args.output)?;
+
+    let ring = probe.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+    let ring = RingBuf::try_from(ring).map_err(|e| RecordError::Ring(e.to_string()))?;
+    // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1).map_err(|source| RecordError::Io { op: "poll ring buffer", path: "EVENTS".into(), source })?;
+
+    let mut state = State {
+        comms: args.comms.iter().cloned().collect(),
+        cgroup_prefix,
+        resolver: root.clone().map(CgroupResolver::new),
+        flows: HashMap::new(),
+        dns: HashMap::new(),
+        drop_written: HashMap::new(),
+        drop_reasons: probe.drop_reasons.clone(),
+        boot_to_unix_ns: boot_to_unix_ns(),
+        summary: Summary { degraded: probe.degraded.clone(), attached: probe.attached.clone(), ..Default::default() },
+    };
+
+    if let Some(p) = &args.ready_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|source| RecordError::Io { op: "write ready file", path: p.clone(), source })?;
+    }
+    tracing::info!(output = %args.output.display(), hooks = probe.attached.len(), "recording");
+
+    let started = Instant::now();
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|source| RecordError::Io { op: "install SIGINT handler", path: "-".into(), source })?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| RecordError::Io { op: "install SIGTERM handler", path: "-".into(), source })?;
+    let mut tick = tokio::time::interval(args.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let stall_until = args.stall_reader.map(|d| tokio::time::Instant::now() + d);
+    let sleep_until = |t: Option<tokio::time::Instant>| async move {
+        match t {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+
+    loop {
+        let stalled = stall_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        tokio::select! {
+            _ = sigint.recv() => { tracing::info!("SIGINT: flushing and stopping"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: flushing and stopping"); break; }
+            _ = sleep_until(deadline) => { break; }
+            _ = sleep_until(stall_until), if stalled => {}
+            _ = tick.tick(), if !stalled => {
+                flush(&mut probe, ring.get_mut(), &mut state, &mut out)?;
+            }
+            guard = ring.readable_mut(), if !stalled => {
+                let mut guard = guard.map_err(|source| RecordError::Io { op: "poll ring buffer", path: "EVENTS".into(), source })?;
+                drain(guard.get_inner_mut(), &mut state);
+                guard.clear_ready();
+            }
+        }
+    }
+    flush(&mut probe, ring.get_mut(), &mut state, &mut out)?;
+    state.summary.duration_s = started.elapsed().as_secs_f64();
+    state.summary.flows = state.flows.values().filter(|m| m.keep).count();
+    if let Some(p) = &args.summary {
+        let text = serde_json::to_string_pretty(&state.summary).unwrap_or_default();
+        std::fs::write(p, text + "\n").map_err(|source| RecordError::Io { op: "write summary", path: p.clone(), source })?;
+    }
+    Ok(state.summary)
+}
+
+fn drain(ring: &mut RingBuf<MapData>, state: &mut State) {
+    while let Some(item) = ring.next() {
+        match decode::decode(&item) {
+            Ok(ev) => {
+                let k = match &ev {
+                    Event::NewFlow(_) => abi::EVENT_NEW_FLOW,
+                    Event::Outcome(_) => abi::EVENT_OUTCOME,
+                    Event::Drop { .. } => abi::EVENT_DROP,
+                    Event::Dns(_) => abi::EVENT_DNS,
+                };
+                *state.summary.events.entry(kind_name(k).to_string()).or_default() += 1;
+                state.on_event(ev);
+            }
+            Err(e) => {
+                state.summary.decode_errors += 1;
+                tracing::warn!(error = %e, "undecodable ring buffer record");
+            }
+        }
+    }
+}
+
+/// Drains events, reads the kernel's counters and appends the changed flows to the log.
+fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out: &mut Output) -> Result<(), RecordError> {
+    drain(ring, state);
+    // Flow counters.
+    if let Some(map) = probe.ebpf.map("FLOWS") {
+        if let Ok(flows) = BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) {
+            for entry in flows.iter() {
+                let Ok((k, s)) = entry else { continue };
+                let Ok(flow) = decode::flow(&k) else { continue };
+                let comm = procfs::comm_str(&s.comm);
+                let m = state.meta_for(&flow, Some(comm));
+                let now = [s.count, s.established, s.refused, s.timed_out, s.errors, s.syn_retransmits];
+                if now != m.written {
+                    m.dirty = true;
+                }
+                if m.first_seen_ns == 0 {
+                    m.first_seen_ns = s.first_seen_ns;
+                }
+                m.last_seen_ns = m.last_seen_ns.max(s.last_seen_ns);
+                if m.src_port.is_none() && s.src_port != 0 {
+                    m.src_port = Some(s.src_port);
+                }
+            }
+        }
+    }
+    // Drop counters.
+    let mut new_drops: Vec<(decode::Drop, u64, u64)> = Vec::new();
+    if let Some(map) = probe.ebpf.map("DROPS") {
+        if let Ok(drops) = BpfHashMap::<_, abi::DropKey, abi::DropStats>::try_from(map) {
+            for entry in drops.iter() {
+                let Ok((k, s)) = entry else { continue };
+                let before = state.drop_written.get(&k).copied().unwrap_or(0);
+                // An LRU eviction and re-insert restarts the kernel counter.
+                let delta = if s.count >= before { s.count - before } else { s.count };
+                if delta == 0 {
+                    continue;
+                }
+                state.drop_written.insert(k, s.count);
+                if let Ok(d) = decode::drop_key(&k) {
+                    new_drops.push((d, delta, s.last_seen_ns));
+                }
+            }
+        }
+    }
+    let mut records: Vec<(u64, FlowRecord)> = Vec::new();
+    for (d, delta, last) in new_drops {
+        state.summary.drops += delta;
+        let reason = state.reason_name(d.reason);
+        match state.attribute_drop(&d) {
+            Some(flow) => {
+                let m = state.flows.get_mut(&flow).expect("attributed flows exist");
+                m.drops_pending += delta;
+                m.drop_reason = Some(reason);
+                m.dirty = true;
+                m.last_seen_ns = m.last_seen_ns.max(last);
+            }
+            None if state.comms.is_empty() && state.cgroup_prefix.is_none() => {
+                if let (Some((s, sp, dst, dp)), Some(p)) = (d.tuple, d.protocol) {
+                    records.push((last, FlowRecord {
+                        src_ip: s,
+                        src_port: Some(sp),
+                        dst_ip: dst,
+                        dst_port: dp,
+                        protocol: p,
+                        direction: None,
+                        state: Some(FlowState::Dropped),
+                        drop_reason: Some(reason),
+                        drops: delta,
+                        first_seen: state.time(last),
+                        last_seen: state.time(last),
+                        ..empty_record(s, dst, dp, p)
+                    }));
+                }
+            }
+            None => {}
+        }
+    }
+    // Changed flows -> records.
+    let counters: HashMap<Flow, abi::FlowStats> = match probe.ebpf.map("FLOWS") {
+        Some(map) => match BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) {
+            Ok(flows) => flows.iter().filter_map(Result::ok).filter_map(|(k, s)| Some((decode::flow(&k).ok()?, s))).collect(),
+            Err(_) => HashMap::new(),
+        },
+        None => HashMap::new(),
+    };
+    let mut flows: Vec<Flow> = state.flows.iter().filter(|(_, m)| m.dirty).map(|(f, _)| *f).collect();
+    flows.sort();
+    for flow in flows {
+        let s = counters.get(&flow).copied().unwrap_or_default();
+        let dns_name = state
+            .dns
+            .get(&(flow.cgroup_id, flow.dst_ip))
+            .or_else(|| state.dns.get(&(0, flow.dst_ip)))
+            .cloned();
+        let first = state.flows[&flow].first_seen_ns;
+        let last_ns = state.flows[&flow].last_seen_ns;
+        let (first_seen, last_seen) = (state.time(first), state.time(last_ns));
+        let m = state.flows.get_mut(&flow).expect("listed above");
+        m.dirty = false;
+        let now = [s.count, s.established, s.refused, s.timed_out, s.errors, s.syn_retransmits];
+        let mut delta = [0u64; 6];
+        for i in 0..6 {
+            delta[i] = if now[i] >= m.written[i] { now[i] - m.written[i] } else { now[i] };
+        }
+        if s.count != 0 || now.iter().any(|v| *v != 0) {
+            m.written = now;
+        }
+        let drops = std::mem::take(&mut m.drops_pending);
+        if !m.keep || (delta.iter().all(|v| *v == 0) && drops == 0) {
+            continue;
+        }
+        let state_v = decode::state(s.state).map(|st| {
+            if drops > 0 && st == FlowState::Connecting {
+                FlowState::Dropped
+            } else {
+                st
+            }
+        });
+        records.push((last_ns, FlowRecord {
+            src_ip: flow.src_ip,
+            src_port: m.src_port,
+            dst_ip: flow.dst_ip,
+            dst_port: flow.dst_port,
+            protocol: flow.protocol,
+            direction: Some(flow.direction),
+            state: state_v,
+            drop_reason: if drops > 0 { m.drop_reason.clone() } else { None },
+            syn_retransmits: delta[5],
+            pid: (flow.tgid != 0).then_some(flow.tgid),
+            comm: m.comm.clone(),
+            thread_comm: m.thread_comm.clone(),
+            exe: m.exe.clone(),
+            cgroup_id: Some(flow.cgroup_id),
+            cgroup: m.cgroup.clone(),
+            dns_name: if flow.direction == Direction::Egress { dns_name } else { None },
+            first_seen,
+            last_seen,
+            count: delta[0],
+            established: delta[1],
+            refused: delta[2],
+            timed_out: delta[3],
+            drops,
+            src: None,
+            dst: None,
+        }));
+    }
+    records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| sort_key(&a.1).cmp(&sort_key(&b.1))));
+    let records: Vec<FlowRecord> = records.into_iter().map(|(_, r)| r).collect();
+    out.write(&records)?;
+    state.summary.records_written += records.len() as u64;
+    // Lost events.
+    if let Some(map) = probe.ebpf.map("LOST") {
+        if let Ok(lost) = Array::<_, u64>::try_from(map) {
+            for k in 0..abi::EVENT_KINDS {
+                if let Ok(n) = lost.get(&k, 0) {
+                    if n > 0 {
+                        let slot = state.summary.lost_events.entry(kind_name(k).to_string()).or_default();
+                        if *slot != n {
+                            tracing::warn!(kind = kind_name(k), lost = n - *slot, total = n, "ring buffer full: events lost (flows are still counted in the kernel map)");
+                            *slot = n;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sort_key(r: &FlowRecord) -> (IpAddr, IpAddr, u16, Protocol, Option<u32>) {
+    (r.src_ip, r.dst_ip, r.dst_port, r.protocol, r.pid)
+}
+
+fn empty_record(src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> FlowRecord {
+    FlowRecord {
+        src_ip: src,
+        src_port: None,
+        dst_ip: dst,
+        dst_port: port,
+        protocol,
+        direction: None,
+        state: None,
+        drop_reason: None,
+        syn_retransmits: 0,
+        pid: None,
+        comm: None,
+        thread_comm: None,
+        exe: None,
+        cgroup_id: None,
+        cgroup: None,
+        dns_name: None,
+        first_seen: None,
+        last_seen: None,
+        count: 0,
+        established: 0,
+        refused: 0,
+        timed_out: 0,
+        drops: 0,
+        src: None,
+        dst: None,
+    }
+}
+
+/// CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns is CLOCK_MONOTONIC), in ns.
+fn boot_to_unix_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
+}
+
+/// A held `flock` on the lock file, released when dropped (or when the process dies).
+pub struct Lock(#[allow(dead_code)] File);
+
+fn take_lock(path: &Path) -> Result<Lock, RecordError> {
+    let io = |op, source| RecordError::Io { op, path: path.to_owned(), source };
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| io("open lock file", e))?;
+    // SAFETY: flock on an owned, open fd.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let holder = holder.trim();
+        return Err(RecordError::Locked {
+            path: path.to_owned(),
+            holder: if holder.is_empty() { String::new() } else { format!(" by pid {holder}") },
+        });
+    }
+    f.set_len(0).map_err(|e| io("write lock file", e))?;
+    write!(f, "{}", std::process::id()).map_err(|e| io("write lock file", e))?;
+    Ok(Lock(f))
+}
+
+/// The flow log sink: stdout or a file opened for appending. A file that ends in
+/// a partial line (a killed earlier run) is cut back to its last complete line.
+enum Output {
+    Stdout,
+    File { path: PathBuf, file: File },
+}
+
+impl Output {
+    fn open(path: &Path) -> Result<Self, RecordError> {
+        if path.as_os_str() == "-" {
+            return Ok(Output::Stdout);
+        }
+        let io = |op, source| RecordError::Io { op, path: path.to_owned(), source };
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(|e| io("open flow log", e))?;
+        let len = file.metadata().map_err(|e| io("stat flow log", e))?.len();
+        if len > 0 {
+            let tail = len.min(1 << 20);
+            file.seek(SeekFrom::Start(len - tail)).map_err(|e| io("read flow log", e))?;
+            let mut buf = Vec::with_capacity(tail as usize);
+            file.read_to_end(&mut buf).map_err(|e| io("read flow log", e))?;
+            if buf.last() != Some(&b'\n') {
+                let keep = buf.iter().rposition(|b| *b == b'\n').map(|i| len - tail + i as u64 + 1).unwrap_or(len - tail);
+                tracing::warn!(path = %path.display(), removed_bytes = len - keep, "the flow log ends in a partial line (an earlier run was killed while writing); removing it");
+                file.set_len(keep).map_err(|e| io("truncate flow log", e))?;
+            }
+        }
+        Ok(Output::File { path: path.to_owned(), file })
+    }
+
+    fn write(&mut self, records: &[FlowRecord]) -> Result<(), RecordError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Output::Stdout => flowlog::write_records(&mut std::io::stdout().lock(), records)
+                .map_err(|source| RecordError::Io { op: "write flow log", path: "-".into(), source }),
+            Output::File { path, file } => flowlog::write_records(file, records)
+                .map_err(|source| RecordError::Io { op: "write flow log", path: path.clone(), source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            comms: BTreeSet::new(),
+            cgroup_prefix: None,
+            resolver: None,
+            flows: HashMap::new(),
+            dns: HashMap::new(),
+            drop_written: HashMap::new(),
+            drop_reasons: BTreeMap::new(),
+            boot_to_unix_ns: 0,
+            summary: Summary::default(),
+        }
+    }
+
+    fn flow(dir: Direction, src: &str, dst: &str, port: u16) -> Flow {
+        Flow { cgroup_id: 1, tgid: 0, protocol: Protocol::Tcp, direction: dir, src_ip: src.parse().unwrap(), dst_ip: dst.parse().unwrap(), dst_port: port }
+    }
+
+    #[test]
+    fn drops_attribute_to_request_and_reply_directions() {
+        let mut s = state();
+        let eg = flow(Direction::Egress, "10.0.0.1", "10.0.0.2", 80);
+        let ing = flow(Direction::Ingress, "10.0.0.9", "10.0.0.1", 8080);
+        s.flows.insert(eg, Meta::default());
+        s.flows.insert(ing, Meta::default());
+        let d = |a: &str, ap, b: &str, bp| decode::Drop { reason: 12, protocol: Some(Protocol::Tcp), tuple: Some((a.parse().unwrap(), ap, b.parse().unwrap(), bp)) };
+        assert_eq!(s.attribute_drop(&d("10.0.0.1", 40000, "10.0.0.2", 80)), Some(eg));
+        assert_eq!(s.attribute_drop(&d("10.0.0.2", 80, "10.0.0.1", 40000)), Some(eg));
+        assert_eq!(s.attribute_drop(&d("10.0.0.9", 5000, "10.0.0.1", 8080)), Some(ing));
+        assert_eq!(s.attribute_drop(&d("10.0.0.9", 5000, "10.0.0.1", 9999)), None);
+    }
+
+    #[test]
+    fn truncated_flow_log_is_repaired_on_open() {
+        let dir = std::env::temp_dir().join(format!("auditor-out-{}", std::process::id()));
+        std::fs::write(&dir, b"{\"a\":1}\n{\"b\":").unwrap();
+        let out = Output::open(&dir).unwrap();
+        drop(out);
+        assert_eq!(std::fs::read(&dir).unwrap(), b"{\"a\":1}\n");
+        std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn second_lock_is_refused_with_holder() {
+        let p = std::env::temp_dir().join(format!("auditor-lock-{}", std::process::id()));
+        let _a = take_lock(&p).unwrap();
+        // flock locks are per open file description: a second open conflicts.
+        let e = take_lock(&p).err().expect("second lock must fail").to_string();
+        assert!(e.contains("another auditor") && e.contains(&std::process::id().to_string()), "{e}");
+        std::fs::remove_file(&p).unwrap();
+    }
+}

@@ -1,0 +1,319 @@
+//! `auditor record` against real traffic between network namespaces.
+//!
+//! Each test makes its own namespaces and cgroup, starts the recorder scoped to
+//! that cgroup, drives traffic with real tools, stops the recorder with SIGINT
+//! and checks the flow log. Run as root with one test thread (`cargo xtask test`).
+
+use integration_tests::*;
+use serde_json::{json, Value};
+
+fn tcp_connect_script(addr: &str, port: u16, timeout: f64) -> String {
+    format!(
+        r#"import socket, errno
+fam = socket.AF_INET6 if ':' in '{addr}' else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.settimeout({timeout})
+try:
+    s.connect(('{addr}', {port}))
+    s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+    s.recv(100)
+    print('established')
+except ConnectionRefusedError:
+    print('refused')
+except (socket.timeout, TimeoutError):
+    print('timeout')
+except OSError as e:
+    print('error', e.errno)
+s.close()
+"#
+    )
+}
+
+fn start_http(net: &NetPair, ns: &str, addr: &str, port: u16, dir: &str) -> Bg {
+    let bind = if addr.contains(':') { format!("--bind {addr}") } else { format!("--bind {addr}") };
+    let bg = spawn(&format!("ip netns exec {ns} python3 -m http.server {port} {bind} --directory {dir}"));
+    wait_tcp(if ns == net.a { &net.b } else { &net.a }, addr, port);
+    bg
+}
+
+#[test]
+fn tcp_established_refused_and_timed_out_behind_nftables_drop() {
+    let Some(()) = privileged("tcp outcomes") else { return };
+    let net = NetPair::new("t");
+    let cg = Cgroup::new("tcp");
+    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8080, "/tmp");
+    // Port 9 on b: packets silently dropped by nftables in b's input hook.
+    net.nft(&net.b, "table inet audtest { chain input { type filter hook input priority 0; policy accept; tcp dport 9 drop; } }");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+
+    assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b4, 8080, 5.0)).trim(), "established");
+    assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b4, 7, 5.0)).trim(), "refused");
+    // tcp_syn_retries=1: one retransmit after 1 s, ETIMEDOUT after ~3 s.
+    let r = py(&cg, &net.a, &tcp_connect_script(&net.b4, 9, 10.0));
+    assert!(r.trim() == "error 110" || r.trim() == "timeout", "expected a timed out connect, got {r}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (flows, summary) = rec.stop();
+    eprintln!("flows: {flows:#?}\nsummary: {summary}");
+
+    let b4 = json!(net.b4);
+    let est = find(&flows, &[("dst_ip", b4.clone()), ("dst_port", json!(8080)), ("protocol", json!("TCP"))]);
+    assert!(!est.is_empty(), "established connect recorded");
+    assert_eq!(sum(&est, "established"), 1);
+    assert_eq!(est[0]["direction"], "egress");
+    assert_eq!(est[0]["src_ip"], json!(net.a4));
+    assert_eq!(est[0]["comm"], "python3");
+    assert_eq!(est[0]["cgroup_id"], json!(cg.id()));
+    assert!(est[0]["cgroup"].as_str().unwrap().ends_with(cg.path.file_name().unwrap().to_str().unwrap()));
+    assert!(est[0]["pid"].as_u64().unwrap() > 0);
+    assert!(est[0]["first_seen"].as_str().unwrap().starts_with("20"));
+
+    let refused = find(&flows, &[("dst_ip", b4.clone()), ("dst_port", json!(7))]);
+    assert_eq!(sum(&refused, "refused"), 1, "refused: {refused:?}");
+    assert!(refused.iter().any(|r| r["state"] == "refused"));
+
+    let dropped = find(&flows, &[("dst_ip", b4.clone()), ("dst_port", json!(9))]);
+    assert_eq!(sum(&dropped, "timed_out"), 1, "timed out: {dropped:?}");
+    assert!(sum(&dropped, "syn_retransmits") >= 1, "SYN retransmits counted: {dropped:?}");
+    assert!(sum(&dropped, "drops") >= 2, "the SYN and its retransmit were dropped: {dropped:?}");
+    assert!(dropped.iter().any(|r| r["drop_reason"] == "NETFILTER_DROP"), "drop reason: {dropped:?}");
+    assert!(dropped.iter().any(|r| r["state"] == "timed_out"));
+}
+
+#[test]
+fn inbound_accept_by_listener_in_audited_cgroup() {
+    let Some(()) = privileged("inbound accept") else { return };
+    let net = NetPair::new("i");
+    let cg = Cgroup::new("acc");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    // Listener in a, inside the audited cgroup; client in b, outside it.
+    let server = format!(
+        "{} python3 -c \"import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('{}',8443));s.listen();c,_=s.accept();c.recv(10);c.close()\"",
+        cg.exec_in(&net.a),
+        net.a4
+    );
+    let _srv = spawn(&server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    must(&format!(
+        "ip netns exec {} python3 -c \"import socket,time;s=socket.create_connection(('{}',8443),timeout=5);s.send(b'hi');time.sleep(0.2);s.close()\"",
+        net.b, net.a4
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (flows, _summary) = rec.stop();
+    eprintln!("flows: {flows:#?}");
+    let acc = find(&flows, &[("direction", json!("ingress")), ("dst_ip", json!(net.a4)), ("dst_port", json!(8443))]);
+    assert_eq!(acc.len(), 1, "one accept recorded: {flows:?}");
+    assert_eq!(acc[0]["src_ip"], json!(net.b4));
+    assert_eq!(acc[0]["state"], "accepted");
+    assert_eq!(acc[0]["count"], 1);
+    assert_eq!(acc[0]["comm"], "python3", "the listener's process");
+    assert_eq!(acc[0]["cgroup_id"], json!(cg.id()));
+}
+
+#[test]
+fn udp_to_high_port_connected_and_not() {
+    let Some(()) = privileged("udp") else { return };
+    let net = NetPair::new("u");
+    let cg = Cgroup::new("udp");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    py(
+        &cg,
+        &net.a,
+        &format!(
+            r#"import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(5):
+    s.sendto(b'x' * 1316, ('{b}', 40000))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect(('{b}', 50999))
+for i in range(3):
+    c.send(b'y')
+"#,
+            b = net.b4
+        ),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (flows, _) = rec.stop();
+    eprintln!("flows: {flows:#?}");
+    let unconnected = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(40000)), ("protocol", json!("UDP"))]);
+    assert_eq!(sum(&unconnected, "count"), 5, "five datagrams: {unconnected:?}");
+    assert_eq!(unconnected[0]["state"], "sent");
+    assert_eq!(unconnected[0]["comm"], "python3");
+    let connected = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(50999)), ("protocol", json!("UDP"))]);
+    assert_eq!(connected.len(), 1, "connected UDP socket recorded at connect: {flows:?}");
+}
+
+#[test]
+fn ipv6_tcp_and_udp() {
+    let Some(()) = privileged("ipv6") else { return };
+    let net = NetPair::new("6");
+    let cg = Cgroup::new("v6");
+    let _http = spawn(&format!("ip netns exec {} python3 -m http.server 8080 --bind {} --directory /tmp", net.b, net.b6));
+    wait_tcp(&net.a, &net.b6, 8080);
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b6, 8080, 5.0)).trim(), "established");
+    py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.sendto(b'z', ('{}', 45000))\n", net.b6));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (flows, _) = rec.stop();
+    eprintln!("flows: {flows:#?}");
+    let t = find(&flows, &[("dst_ip", json!(net.b6)), ("dst_port", json!(8080)), ("protocol", json!("TCP"))]);
+    assert_eq!(sum(&t, "established"), 1, "{flows:?}");
+    assert_eq!(t[0]["src_ip"], json!(net.a6));
+    let u = find(&flows, &[("dst_ip", json!(net.b6)), ("dst_port", json!(45000)), ("protocol", json!("UDP"))]);
+    assert_eq!(sum(&u, "count"), 1, "{flows:?}");
+}
+
+#[test]
+fn dns_answer_names_the_connection_that_followed() {
+    let Some(()) = privileged("dns") else { return };
+    let net = NetPair::new("d");
+    let cg = Cgroup::new("dns");
+    let _dns = spawn(&format!(
+        "ip netns exec {} dnsmasq --no-daemon --no-resolv --no-hosts --port 53 --listen-address {} --bind-interfaces --address=/origin.media.test/{} --local-ttl=30",
+        net.b, net.b4, net.b4
+    ));
+    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8080, "/tmp");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    let script = format!(
+        r#"import socket, struct, time
+q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+for l in 'origin.media.test'.split('.'):
+    q += bytes([len(l)]) + l.encode()
+q += b'\0' + struct.pack('>HH', 1, 1)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(2)
+for attempt in range(20):
+    try:
+        u.sendto(q, ('{dns}', 53))
+        a, _ = u.recvfrom(512)
+        break
+    except socket.timeout:
+        time.sleep(0.2)
+ip = socket.inet_ntoa(a[-4:])
+t = socket.create_connection((ip, 8080), timeout=5)
+t.close()
+print(ip)
+"#,
+        dns = net.b4
+    );
+    assert_eq!(py(&cg, &net.a, &script).trim(), net.b4);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (flows, summary) = rec.stop();
+    eprintln!("flows: {flows:#?}\nsummary: {summary}");
+    assert!(summary["dns_answers"].as_u64().unwrap() >= 1);
+    let conn = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(8080)), ("protocol", json!("TCP"))]);
+    assert_eq!(conn.len(), 1, "{flows:?}");
+    assert_eq!(conn[0]["dns_name"], "origin.media.test");
+    let q = find(&flows, &[("dst_port", json!(53)), ("protocol", json!("UDP"))]);
+    assert!(!q.is_empty(), "the DNS query itself is a flow: {flows:?}");
+}
+
+#[test]
+fn comm_filter_keeps_real_ffmpeg_and_leaves_out_curl_in_the_same_cgroup() {
+    let Some(()) = privileged("ffmpeg comm filter") else { return };
+    let net = NetPair::new("f");
+    let cg = Cgroup::new("ff");
+    let media = std::env::temp_dir().join(format!("aud-media-{}", std::process::id()));
+    std::fs::create_dir_all(&media).unwrap();
+    must(&format!(
+        "ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=duration=2:size=160x120:rate=25 -c:v mpeg2video -f mpegts {}/clip.ts",
+        media.display()
+    ));
+    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8000, media.to_str().unwrap());
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap(), "--comm", "ffmpeg"]);
+    must(&format!(
+        "{} ffmpeg -hide_banner -loglevel error -i http://{}:8000/clip.ts -f null -",
+        cg.exec_in(&net.a),
+        net.b4
+    ));
+    must(&format!("{} curl -sf -o /dev/null http://{}:8000/clip.ts", cg.exec_in(&net.a), net.b4));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (flows, _) = rec.stop();
+    let _ = std::fs::remove_dir_all(&media);
+    eprintln!("flows: {flows:#?}");
+    let ff = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(8000))]);
+    assert!(!ff.is_empty(), "ffmpeg's connection recorded");
+    assert!(ff.iter().all(|r| r["comm"] == "ffmpeg"), "only ffmpeg: {ff:?}");
+    assert!(sum(&ff, "established") >= 1);
+    assert!(ff[0]["exe"].as_str().unwrap_or("").ends_with("/ffmpeg"));
+    assert!(flows.iter().all(|r| r["comm"] != "curl"), "curl left out: {flows:?}");
+}
+
+#[test]
+fn traffic_is_unaffected_by_the_auditor() {
+    let Some(()) = privileged("traffic unaffected") else { return };
+    let net = NetPair::new("n");
+    let cg = Cgroup::new("pass");
+    let data = std::env::temp_dir().join(format!("aud-blob-{}", std::process::id()));
+    std::fs::create_dir_all(&data).unwrap();
+    must(&format!("head -c 8388608 /dev/urandom > {}/blob", data.display()));
+    let want = must(&format!("sha256sum {}/blob | cut -d' ' -f1", data.display()));
+    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8081, data.to_str().unwrap());
+    // Receiver for UDP in b; counts datagrams for 2 s.
+    let udp_count = data.join("udp-count");
+    let _udp = spawn(&format!(
+        "ip netns exec {} python3 -c \"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('{}',46000));s.settimeout(2);n=0\ntry:\n  while True: s.recv(2000); n+=1\nexcept Exception: pass\nopen('{}','w').write(str(n))\"",
+        net.b, net.b4, udp_count.display()
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    for _ in 0..20 {
+        let got = must(&format!("{} sh -c 'curl -sf http://{}:8081/blob | sha256sum | cut -d\" \" -f1'", cg.exec_in(&net.a), net.b4));
+        assert_eq!(got, want, "payload intact through the auditor");
+    }
+    py(&cg, &net.a, &format!("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(200):\n    s.sendto(b'm'*1316,('{}',46000))\n    time.sleep(0.001)\n", net.b4));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (flows, summary) = rec.stop();
+    let received: u64 = std::fs::read_to_string(&udp_count).unwrap_or_default().trim().parse().unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&data);
+    assert_eq!(received, 200, "every datagram arrived");
+    let http = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(8081))]);
+    assert_eq!(sum(&http, "established"), 20);
+    assert_eq!(sum(&http, "drops"), 0, "no drops caused: {summary}");
+}
+
+#[test]
+fn overflowed_ring_buffer_is_reported_with_exact_lost_counts() {
+    let Some(()) = privileged("ring buffer overflow") else { return };
+    let net = NetPair::new("o");
+    let cg = Cgroup::new("ovf");
+    // No cgroup/comm filter: every flow in the kernel map reaches the log, so
+    // received + lost new-flow events must equal the flows in the log exactly.
+    let rec = Recorder::start(&["--ring-buffer-bytes", "4096", "--stall-reader", "3s", "--no-drops", "--no-dns"]);
+    py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor p in range(41000, 41300):\n    s.sendto(b'o',('{}',p))\n", net.b4));
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let (flows, summary) = rec.stop();
+    let ours: Vec<&Value> = flows
+        .iter()
+        .filter(|r| r["dst_ip"] == json!(net.b4) && r["protocol"] == "UDP" && r["direction"] == "egress")
+        .collect();
+    let mut ports: Vec<u64> = ours.iter().map(|r| r["dst_port"].as_u64().unwrap()).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 300, "every flow reached the log from the kernel map even though its event was lost");
+    let received = summary["events"]["new_flow"].as_u64().unwrap_or(0);
+    let lost = summary["lost_events"]["new_flow"].as_u64().unwrap_or(0);
+    assert!(lost > 0, "a 4 KiB ring buffer cannot hold 300 events: {summary}");
+    let mut keys: Vec<String> = flows
+        .iter()
+        .filter(|r| r.get("direction").is_some())
+        .map(|r| format!("{}|{}|{}|{}|{}|{}|{}", r["cgroup_id"], r["pid"], r["protocol"], r["direction"], r["src_ip"], r["dst_ip"], r["dst_port"]))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(received + lost, keys.len() as u64, "received {received} + lost {lost} == flows {}: {summary}", keys.len());
+}
+
+#[test]
+fn second_instance_is_refused_with_a_clear_message() {
+    let Some(()) = privileged("second instance") else { return };
+    let rec = Recorder::start(&[]);
+    let out = std::process::Command::new(auditor_bin())
+        .args(["record", "--duration", "1s", "--output", "-", "--lock-file"])
+        .arg(rec.dir.join("lock"))
+        .output()
+        .expect("run second auditor");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another auditor is recording"), "{err}");
+    drop(rec);
+}

@@ -1,0 +1,231 @@
+//! Project tasks that need root or system tools: setup, the test suite, the demo.
+//!
+//! `cargo xtask setup`  installs what a fresh Debian 12 machine lacks (idempotent).
+//! `cargo xtask test`   setup + every test: unit, privileged integration, deploy checks.
+//! `cargo xtask demo`   setup + the main job on a simulated node.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "auditor project tasks (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install system packages, bpf-linker and nightly rust-src; mount tracefs. Idempotent.
+    Setup,
+    /// Run setup, then all tests: unit tests, privileged integration tests (one thread), deploy checks.
+    Test {
+        /// Only run tests whose name contains this string (passed to the test harnesses).
+        filter: Option<String>,
+        /// Skip the setup step.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Run setup, then the demo: real ffmpeg pipelines on a simulated node, recorded and reported.
+    Demo {
+        /// Where the flow log and report go.
+        #[arg(long, default_value = "out/demo")]
+        output: PathBuf,
+        #[arg(long)]
+        no_setup: bool,
+    },
+}
+
+const APT_PACKAGES: &[&str] = &[
+    // bpf-linker builds against LLVM 22
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // tests and demo
+    "nftables",
+    "iproute2",
+    "ffmpeg",
+    "curl",
+    "dnsmasq-base",
+    "python3",
+    "python3-venv",
+    "procps",
+    // promtool, Alertmanager
+    "prometheus",
+    "prometheus-alertmanager",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { geteuid() == 0 }
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+}
+
+fn setup() -> Result<()> {
+    if !is_root() {
+        bail!("setup installs packages and loads eBPF programs: run it as root (sudo -E cargo xtask ...)");
+    }
+    // 1. Debian packages
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])) || !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        step("Debian packages: all present");
+    } else {
+        step(&format!("Debian packages: installing {}", missing.join(" ")));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // 2. nightly rust-src (aya-build runs `rustup run nightly cargo build -Z build-std=core`)
+    let has_src = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").is_dir())
+        .unwrap_or(false);
+    if has_src {
+        step("nightly toolchain with rust-src: present");
+    } else {
+        step("nightly toolchain: adding rust-src (rustup component add rust-src --toolchain nightly)");
+        if run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"])).is_err() {
+            step("rustup could not add rust-src; falling back to Debian's rustc-web with a prebuilt core for bpfel-unknown-none");
+            run(Command::new("apt-get").args(["install", "-y", "-q", "rustc-web", "libstd-rust-web-dev-bpf"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+            bail!("installed rustc-web; build the eBPF crate with it by hand as described in ARCHITECTURE.md (\"Toolchain fallback\"): this path is not automated");
+        }
+    }
+    // 3. bpf-linker
+    let linker_ok = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success())
+        || home_bin("bpf-linker").is_file();
+    if linker_ok {
+        step("bpf-linker: present");
+    } else {
+        step("bpf-linker: building it (cargo install bpf-linker 0.13 against LLVM 22; about 5 minutes on 2 cores)");
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    // 4. tracefs
+    let tracefs = Path::new("/sys/kernel/tracing");
+    if tracefs.join("events").is_dir() {
+        step("tracefs: mounted");
+    } else {
+        step("tracefs: mounting at /sys/kernel/tracing");
+        run(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))?;
+    }
+    // 5. Python tools for the deploy checks (kubernetes-validate, checkov), in a venv
+    let deploy_setup = root().join("deploy/setup.sh");
+    if deploy_setup.is_file() {
+        step("deploy tools: deploy/setup.sh");
+        run(Command::new("bash").arg(&deploy_setup))?;
+    }
+    Ok(())
+}
+
+fn dpkg_installed(p: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", p])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn home_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin").join(name)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    // bpf-linker is installed under ~/.cargo/bin, which may not be on a root shell's PATH.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    let bin = home_bin("");
+    if !paths.contains(&bin) {
+        paths.push(bin);
+    }
+    c.env("PATH", std::env::join_paths(paths).expect("PATH entries are valid"));
+    c
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    let filter_args: Vec<String> = filter.into_iter().collect();
+    step("build: cargo build --bins --tests (eBPF included through auditor/build.rs)");
+    run(cargo().args(["build", "--bins", "--tests"]))?;
+    step("unit and property tests: cargo test -p auditor -p xtask");
+    run(cargo().args(["test", "-p", "auditor", "-p", "xtask", "--"]).args(&filter_args))?;
+    step("privileged integration tests (root, one thread, each in its own network namespaces)");
+    let bin = root().join("target/debug/auditor");
+    run(cargo()
+        .args(["test", "-p", "integration-tests", "--", "--test-threads=1"])
+        .args(&filter_args)
+        .env("AUDITOR_BIN", &bin))?;
+    let check = root().join("deploy/check.sh");
+    if check.is_file() {
+        step("deploy checks: deploy/check.sh (kubernetes-validate, promtool, checkov)");
+        run(Command::new("bash").arg(&check).current_dir(root()))?;
+    }
+    eprintln!("==> all tests passed");
+    Ok(())
+}
+
+fn demo(output: &Path) -> Result<()> {
+    step("build: cargo build --release -p auditor -p integration-tests");
+    run(cargo().args(["build", "--release", "-p", "auditor"]))?;
+    let script = root().join("tests/demo.sh");
+    run(Command::new("bash")
+        .arg(&script)
+        .arg(output)
+        .env("AUDITOR_BIN", root().join("target/release/auditor"))
+        .current_dir(root()))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Test { filter, no_setup } => {
+            if !no_setup {
+                setup()?;
+            }
+            test(filter)
+        }
+        Cmd::Demo { output, no_setup } => {
+            if !no_setup {
+                setup()?;
+            }
+            demo(&output)
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `auditor diff` end to end on files: the fixture cluster, its policies and a recorder-shaped flow log.
+
+use std::path::{Path, PathBuf};
+
+use auditor::diff::{run, DiffArgs, Format};
+use serde_json::Value;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("auditor-diff-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Cluster fixture + policies fixture in one snapshot file, as a user would concatenate them.
+fn snapshot(dir: &Path) -> PathBuf {
+    let cluster = std::fs::read_to_string(Path::new(FIXTURES).join("cluster.yaml")).unwrap();
+    let policies = std::fs::read_to_string(Path::new(FIXTURES).join("policies.yaml")).unwrap();
+    let p = dir.join("snapshot.yaml");
+    std::fs::write(&p, format!("{cluster}---\n{policies}")).unwrap();
+    p
+}
+
+fn diff(
+    name: &str,
+    format: Format,
+    flows: Option<&str>,
+    skip_invalid: bool,
+) -> (Result<i32, String>, String) {
+    let dir = temp_dir(name);
+    let flows_path = match flows {
+        Some(text) => {
+            let p = dir.join("flows.jsonl");
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+        None => Path::new(FIXTURES).join("flows.jsonl"),
+    };
+    let out = dir.join("out");
+    let args = DiffArgs {
+        cluster: snapshot(&dir),
+        flows: flows_path,
+        format,
+        skip_invalid,
+        output: Some(out.clone()),
+    };
+    let code = run(&args).map_err(|e| e.to_string());
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (code, text)
+}
+
+#[test]
+fn json_output_in_input_order_with_verdicts() {
+    let (code, out) = diff("json", Format::Json, None, false);
+    assert_eq!(code, Ok(1), "a denied flow makes exit code 1");
+    let v: Value = serde_json::from_str(&out).expect("valid JSON");
+    let flows = v["flows"].as_array().unwrap();
+    let verdicts: Vec<&str> = flows
+        .iter()
+        .map(|f| f["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["allow", "allow", "allow", "deny", "allow", "allow", "deny"]
+    );
+    // Input fields are kept.
+    assert_eq!(flows[0]["comm"], "ffmpeg");
+    assert_eq!(
+        flows[0]["dns_name"],
+        "kube-dns.kube-system.svc.cluster.local"
+    );
+    assert_eq!(
+        flows[0]["egress"]["allowed_by"][0]["policy"],
+        "media/ffmpeg-egress"
+    );
+    assert_eq!(flows[0]["egress"]["allowed_by"][0]["rule"], 0);
+    assert_eq!(flows[0]["ingress"]["isolated"], false);
+    // Service resolved to its backend and target port.
+    assert_eq!(flows[1]["service"]["name"], "media/origin");
+    assert_eq!(flows[1]["service"]["backends"][0]["port"], 8080);
+    assert_eq!(flows[1]["ingress"]["endpoint"]["name"], "origin-0");
+    assert_eq!(
+        flows[1]["ingress"]["allowed_by"][0]["policy"],
+        "media/origin-ingress"
+    );
+    // The denied flow names the isolating policies.
+    assert_eq!(flows[3]["egress"]["allowed"], false);
+    let by: Vec<&str> = flows[3]["egress"]["isolated_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(by, ["media/default-deny", "media/ffmpeg-egress"]);
+    assert_eq!(flows[3]["ingress"]["applies"], false);
+    assert_eq!(flows[5]["ingress"]["allowed_by"][0]["rule"], 1);
+
+    let s = &v["summary"];
+    assert_eq!(s["records"], 7);
+    assert_eq!(s["distinct_flows"], 6);
+    assert_eq!(s["denied_records"], 2);
+    let unused: Vec<String> = s["unused_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}[{}]",
+                r["policy"].as_str().unwrap(),
+                r["direction"].as_str().unwrap(),
+                r["rule"]
+            )
+        })
+        .collect();
+    assert_eq!(unused, ["media/ffmpeg-egress egress[3]"]);
+    let ffmpeg = s["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == "media/Deployment/ffmpeg")
+        .unwrap();
+    assert_eq!(
+        (
+            ffmpeg["egress_records"].as_u64(),
+            ffmpeg["egress_denied"].as_u64()
+        ),
+        (Some(5), Some(1))
+    );
+    assert_eq!(s["denied_flows"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn output_is_deterministic() {
+    let (_, a) = diff("det-a", Format::Json, None, false);
+    let (_, b) = diff("det-b", Format::Json, None, false);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn table_and_markdown() {
+    let (code, table) = diff("table", Format::Table, None, false);
+    assert_eq!(code, Ok(1));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("LINE  RECORDS  SOURCE"), "{table}");
+    // Columns are aligned: VERDICT starts at the same offset on every flow row.
+    let col = lines[0].find("VERDICT").unwrap();
+    for l in &lines[1..7] {
+        let v = &l[col..];
+        assert!(
+            v.starts_with("allow") || v.starts_with("DENY"),
+            "{l:?}\n{table}"
+        );
+    }
+    assert!(table.contains("egress DENIED: isolated by media/default-deny, media/ffmpeg-egress, no rule allows 1935/TCP"), "{table}");
+    assert!(table.contains("media/ffmpeg-egress egress[3]"), "{table}");
+    let (_, md) = diff("md", Format::Markdown, None, false);
+    assert!(md.contains("| LINE | RECORDS | SOURCE |"), "{md}");
+    assert!(md.contains("## Unused rules"), "{md}");
+}
+
+#[test]
+fn all_allowed_exits_zero() {
+    let (code, _) = diff("zero", Format::Json, Some("{\"src_ip\":\"10.0.2.1\",\"dst_ip\":\"10.0.1.2\",\"dst_port\":1935,\"protocol\":\"TCP\"}\n"), false);
+    assert_eq!(code, Ok(0));
+}
+
+#[test]
+fn bad_flow_lines_name_the_line_or_are_skipped() {
+    let flows = "{\"src_ip\":\"10.0.2.1\",\"dst_ip\":\"10.0.1.2\",\"dst_port\":1935,\"protocol\":\"TCP\"}\n\
+                 {\"src_ip\":\"10.0.2.1\",\"dst_ip\":\"10.0.1.2\",\"dst_port\":70000,\"protocol\":\"TCP\"}\n\
+                 {\"src_ip\":\"nope\",\"dst_ip\":\"10.0.1.2\",\"dst_port\":1,\"protocol\":\"TCP\"}\n\
+                 {\"src_ip\":\"10.0.2.1\",\"dst_ip\":\"10.0.1.2\",\"dst_port\":1,\"protocol\":\"ICMP\"}\n";
+    let (code, _) = diff("bad", Format::Json, Some(flows), false);
+    let err = code.unwrap_err();
+    assert!(err.contains("flows.jsonl:2:"), "{err}");
+    let (code, out) = diff("skip", Format::Json, Some(flows), true);
+    assert_eq!(code, Ok(0));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["summary"]["skipped_lines"], 3);
+    let lines: Vec<u64> = v["summary"]["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3, 4]);
+}
+
+#[test]
+fn bad_snapshot_names_file_object_and_field() {
+    let dir = temp_dir("badsnap");
+    let cases = [
+        ("kind: List\nitems: [\n", "snap.yaml: document 1: not valid YAML"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: media}\nstatus: {podIP: 10.0.0.300}\n",
+            "snap.yaml: Pod media/p: field status.podIP",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10/8}}]}]}\n",
+            "snap.yaml: NetworkPolicy media/n: field spec.ingress[0].from[0].ipBlock.cidr",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {matchLabels: [a]}}\n",
+            "snap.yaml: NetworkPolicy media/n: field spec.podSelector.matchLabels",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: media}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}\n",
+            "snap.yaml: Service media/s: field spec.ports[0].port",
+        ),
+    ];
+    let flows = dir.join("flows.jsonl");
+    std::fs::write(&flows, "").unwrap();
+    for (yaml, want) in cases {
+        let snap = dir.join("snap.yaml");
+        std::fs::write(&snap, yaml).unwrap();
+        let args = DiffArgs {
+            cluster: snap.clone(),
+            flows: flows.clone(),
+            format: Format::Json,
+            skip_invalid: false,
+            output: Some(dir.join("out")),
+        };
+        let err = run(&args).unwrap_err().to_string();
+        assert!(err.contains(want), "{yaml}\n got: {err}\nwant: {want}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -507,8 +507,8 @@ unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         if reason <= o.min_drop_reason {
             return Ok(());
         }
+        // The tracepoint stores ntohs(skb->protocol): host order already.
         let eth_proto: u16 = ctx.read_at(o.kfs_protocol as usize)?;
-        let eth_proto = u16::from_be(eth_proto);
         let family = match eth_proto {
             ETH_P_IP => AF_INET,
             ETH_P_IPV6 => AF_INET6,

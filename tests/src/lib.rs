@@ -137,7 +137,8 @@ impl Cgroup {
 
     /// A shell prefix that runs the rest of the command in namespace `ns` inside this cgroup.
     pub fn exec_in(&self, ns: &str) -> String {
-        format!("ip netns exec {ns} sh -c 'echo $$ > {}/cgroup.procs && exec \"$@\"' sh", self.path.display())
+        // Join the cgroup first: `ip netns exec` mounts a fresh /sys without the cgroup mounts.
+        format!("sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {ns} \"$@\"' sh", self.path.display())
     }
 }
 

@@ -235,6 +235,8 @@ pub struct Config {
     pub dns: u32,
     /// 1: record kernel drops.
     pub drops: u32,
+    /// Drop reasons not recorded (benign frees): bit `r` of this 256-bit mask set = reason `r` ignored.
+    pub ignore_reasons: [u64; 4],
 }
 
 #[cfg(feature = "user")]
@@ -259,3 +261,4 @@ const _: () = assert!(core::mem::size_of::<DropKey>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 56 + 16 + 16);
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == 16 + 8 + 8 + 32 + DNS_PAYLOAD);
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);

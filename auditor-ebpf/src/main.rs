@@ -62,7 +62,7 @@ static OFFSETS: Offsets = Offsets {
 };
 
 #[unsafe(no_mangle)]
-static CONFIG: Config = Config { dns: 1, drops: 1 };
+static CONFIG: Config = Config { dns: 1, drops: 1, ignore_reasons: [0; 4] };
 
 #[inline(always)]
 fn off() -> Offsets {
@@ -505,6 +505,11 @@ unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     unsafe {
         let reason: u32 = ctx.read_at(o.kfs_reason as usize)?;
         if reason <= o.min_drop_reason {
+            return Ok(());
+        }
+        let mask = cfg().ignore_reasons;
+        let word = ((reason >> 6) & 3) as usize;
+        if reason < 256 && (mask[word] >> (reason & 63)) & 1 == 1 {
             return Ok(());
         }
         // The tracepoint stores ntohs(skb->protocol): host order already.

@@ -50,7 +50,26 @@ pub struct ProbeOptions {
     pub max_flows: u32,
     pub dns: bool,
     pub drops: bool,
+    /// Drop reasons (names as the kernel spells them) not recorded.
+    pub ignore_drop_reasons: Vec<String>,
 }
+
+/// `skb_drop_reason`s that come from the normal life of a socket, not from a policy or a
+/// network fault: plain `kfree_skb()` on teardown, queues purged at close, duplicate or
+/// stale TCP segments. Ignored by default (`--ignore-drop-reason`).
+pub const BENIGN_DROP_REASONS: &[&str] = &[
+    "NOT_SPECIFIED",
+    "SOCKET_CLOSE",
+    "QUEUE_PURGE",
+    "TCP_CLOSE",
+    "TCP_OLD_DATA",
+    "TCP_OLD_SEQUENCE",
+    "TCP_OLD_ACK",
+    "TCP_OFOMERGE",
+    "TCP_ABORT_ON_DATA",
+    "UNIX_DISCONNECT",
+    "UNIX_SKIP_OOB",
+];
 
 /// Loaded, attached programs. Dropping it detaches everything.
 pub struct Probe {
@@ -175,7 +194,15 @@ impl Probe {
         let mut degraded = Vec::new();
         let mut drop_reasons = BTreeMap::new();
         let (offs, tracepoints_ok) = offsets(&mut degraded, &mut drop_reasons);
-        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops) };
+        let mut ignore_reasons = [0u64; 4];
+        for name in &opts.ignore_drop_reasons {
+            match drop_reasons.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)) {
+                Some((&r, _)) if r < 256 => ignore_reasons[(r / 64) as usize] |= 1 << (r % 64),
+                _ if BENIGN_DROP_REASONS.contains(&name.as_str()) => {}
+                _ => degraded.push(format!("--ignore-drop-reason {name}: this kernel has no such drop reason (see /sys/kernel/tracing/events/skb/kfree_skb/format); it is not filtered")),
+            }
+        }
+        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops), ignore_reasons };
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("CONFIG", &config, true)

@@ -59,6 +59,11 @@ pub struct RecordArgs {
     /// Do not record kernel packet drops.
     #[arg(long, env = "AUDITOR_NO_DROPS")]
     pub no_drops: bool,
+    /// Kernel drop reasons not to record: frees that are part of normal socket life
+    /// (teardown, duplicate segments), not policy or network drops. Repeatable; the
+    /// default is the list in `probe::BENIGN_DROP_REASONS`; `none` records every reason.
+    #[arg(long = "ignore-drop-reason", value_name = "REASON", default_values_t = crate::probe::BENIGN_DROP_REASONS.iter().map(|s| s.to_string()), env = "AUDITOR_IGNORE_DROP_REASONS", value_delimiter = ',')]
+    pub ignore_drop_reasons: Vec<String>,
     /// Lock file that keeps a second recorder from running on the same host.
     #[arg(long, default_value = "/run/auditor.lock", env = "AUDITOR_LOCK_FILE")]
     pub lock_file: PathBuf,
@@ -285,6 +290,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         max_flows: args.max_flows,
         dns: !args.no_dns,
         drops: !args.no_drops,
+        ignore_drop_reasons: args.ignore_drop_reasons.iter().filter(|r| !r.eq_ignore_ascii_case("none")).cloned().collect(),
     };
     let mut probe = Probe::load(&opts)?;
     for d in &probe.degraded {

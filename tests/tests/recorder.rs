@@ -271,7 +271,7 @@ fn traffic_is_unaffected_by_the_auditor() {
     assert_eq!(received, 200, "every datagram arrived");
     let http = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(8081))]);
     assert_eq!(sum(&http, "established"), 20);
-    assert_eq!(sum(&http, "drops"), 0, "no drops caused: {summary}");
+    assert_eq!(sum(&http, "drops"), 0, "no drops caused: {http:?} {summary}");
 }
 
 #[test]

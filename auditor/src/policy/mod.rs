@@ -37,6 +37,7 @@ mod eval;
 mod index;
 pub mod ipblock;
 pub mod selector;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -56,6 +56,8 @@ const APT_PACKAGES: &[&str] = &[
     // promtool, Alertmanager
     "prometheus",
     "prometheus-alertmanager",
+    // report test: the HTML report opened headless
+    "chromium",
 ];
 
 fn root() -> PathBuf {

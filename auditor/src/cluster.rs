@@ -114,27 +114,31 @@ pub fn parse_snapshot(path: &Path, data: &[u8]) -> Result<Snapshot, ClusterError
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-            let Some(items) = value.get("items") else {
-                return Err(shape(None, format!("a {kind} needs an items field")));
-            };
-            let Value::Sequence(items) = items else {
-                if items.is_null() {
-                    continue;
+        let is_list = kind == "List" || (kind.ends_with("List") && value.get("items").is_some());
+        if !is_list {
+            add_object(&mut snap, path, value, |m| shape(None, m))?;
+            continue;
+        }
+        let Value::Mapping(mut map) = value else {
+            continue;
+        };
+        match map.remove("items") {
+            None => return Err(shape(None, format!("a {kind} needs an items field"))),
+            Some(Value::Null) => {}
+            Some(Value::Sequence(items)) => {
+                for (n, item) in items.into_iter().enumerate() {
+                    add_object(&mut snap, path, item, |m| shape(Some(n), m))?;
                 }
+            }
+            Some(other) => {
                 return Err(shape(
                     None,
                     format!(
                         "field items: expected a sequence, found {}",
-                        type_name(items)
+                        type_name(&other)
                     ),
-                ));
-            };
-            for (n, item) in items.iter().enumerate() {
-                add_object(&mut snap, path, item.clone(), |m| shape(Some(n), m))?;
+                ))
             }
-        } else {
-            add_object(&mut snap, path, value, |m| shape(None, m))?;
         }
     }
     Ok(snap)

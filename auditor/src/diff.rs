@@ -9,15 +9,15 @@
 //! errors are reported by the caller.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use crate::cluster::{read_snapshot, ClusterError};
-use crate::flowlog::{read_flow_log, Direction, FlowLogError, FlowRecord, Protocol};
+use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
 use crate::policy::{Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side, Target};
 
 /// Output format of `auditor diff`.
@@ -84,16 +84,28 @@ pub enum DiffError {
 }
 
 /// Runs `auditor diff`; returns the process exit code.
+///
+/// The snapshot (YAML parsing dominates) and the flow log are read on two threads.
 pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
-    let snapshot = read_snapshot(&args.cluster)?;
-    let engine = Engine::build(&snapshot).map_err(|error| DiffError::Policy {
-        path: args.cluster.clone(),
-        error,
-    })?;
-    let log = read_flow_log(&args.flows, args.skip_invalid)?;
-    let mut notes = snapshot.notes.clone();
+    let (built, input) = std::thread::scope(|scope| {
+        let cluster = scope.spawn(|| -> Result<(Vec<String>, Engine), DiffError> {
+            let snapshot = read_snapshot(&args.cluster)?;
+            let engine = Engine::build(&snapshot).map_err(|error| DiffError::Policy {
+                path: args.cluster.clone(),
+                error,
+            })?;
+            Ok((snapshot.notes, engine))
+        });
+        let input = FlowInput::read(&args.flows, args.skip_invalid);
+        let built = cluster
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (built, input)
+    });
+    let (mut notes, engine) = built?;
+    let input = input?;
     notes.extend(engine.notes.iter().cloned());
-    let report = Report::new(&engine, &log.records, log.skipped.clone(), notes);
+    let report = Report::new(&engine, &input, notes);
     let out_name = args
         .output
         .clone()
@@ -108,10 +120,92 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
     };
     let mut w = std::io::BufWriter::with_capacity(1 << 20, sink);
     report
-        .write(args.format, &log.records, &mut w)
+        .write(args.format, &input, &mut w)
         .map_err(write_err)?;
     w.flush().map_err(write_err)?;
-    Ok(if report.denied_records > 0 { 1 } else { 0 })
+    Ok(report.exit_code())
+}
+
+/// A flow log read for diffing: its bytes, and for each record its distinct flow and
+/// where its line is, so that the output can carry each input line as it was without
+/// keeping a million parsed records around.
+pub struct FlowInput {
+    data: Vec<u8>,
+    records: Vec<InputRecord>,
+    distinct: Vec<DistinctInput>,
+    /// Lines skipped with `--skip-invalid`: line number and reason.
+    pub skipped: Vec<(usize, String)>,
+}
+
+struct InputRecord {
+    distinct: u32,
+    start: usize,
+    end: usize,
+}
+
+struct DistinctInput {
+    key: FlowKey,
+    first_line: usize,
+    records: u64,
+}
+
+impl FlowInput {
+    /// Reads a flow log (`-` is stdin) with the validation of [`crate::flowlog`].
+    pub fn read(path: &Path, skip_invalid: bool) -> Result<Self, FlowLogError> {
+        let io = |source| FlowLogError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let data = if path.as_os_str() == "-" {
+            let mut s = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(io)?;
+            s
+        } else {
+            std::fs::read(path).map_err(io)?
+        };
+        Self::parse(path, data, skip_invalid)
+    }
+
+    /// Parses flow-log bytes; `path` only names the source in errors.
+    pub fn parse(path: &Path, data: Vec<u8>, skip_invalid: bool) -> Result<Self, FlowLogError> {
+        let mut index: HashMap<FlowKey, u32> = HashMap::new();
+        let mut distinct: Vec<DistinctInput> = Vec::new();
+        let mut records = Vec::new();
+        let skipped = visit_flow_log(path, &data, skip_invalid, |line, span, r| {
+            let key = FlowKey::of(&r);
+            let i = *index.entry(key).or_insert_with(|| {
+                distinct.push(DistinctInput {
+                    key,
+                    first_line: line,
+                    records: 0,
+                });
+                u32::try_from(distinct.len() - 1).unwrap_or(u32::MAX)
+            });
+            if let Some(d) = distinct.get_mut(i as usize) {
+                d.records += 1;
+            }
+            records.push(InputRecord {
+                distinct: i,
+                start: span.start,
+                end: span.end,
+            });
+        })?;
+        Ok(Self {
+            data,
+            records,
+            distinct,
+            skipped,
+        })
+    }
+
+    /// Number of records read.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
 }
 
 /// Distinct flow: what the verdict depends on.
@@ -124,7 +218,7 @@ struct FlowKey {
 }
 
 impl FlowKey {
-    fn of(r: &FlowRecord) -> Self {
+    fn of(r: &crate::flowlog::FlowRecord) -> Self {
         Self {
             src_ip: r.src_ip.to_canonical(),
             dst_ip: r.dst_ip.to_canonical(),
@@ -148,8 +242,7 @@ pub struct Report<'a> {
     engine: &'a Engine,
     /// Distinct flows in order of first appearance.
     pub distinct: Vec<Distinct>,
-    /// For each input record, its index in `distinct`.
-    pub per_record: Vec<u32>,
+    pub records: usize,
     pub denied_records: u64,
     pub skipped: Vec<(usize, String)>,
     pub notes: Vec<String>,
@@ -165,9 +258,29 @@ struct Summary {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     skipped: Vec<SkippedLine>,
     workloads: Vec<WorkloadCount>,
-    denied_flows: Vec<Value>,
-    unused_rules: Vec<Value>,
+    denied_flows: Vec<DeniedFlow>,
+    unused_rules: Vec<UnusedRule>,
     notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeniedFlow {
+    src_ip: IpAddr,
+    dst_ip: IpAddr,
+    dst_port: u16,
+    protocol: Protocol,
+    source: String,
+    destination: String,
+    records: u64,
+    first_line: usize,
+    why: String,
+}
+
+#[derive(Debug, Serialize)]
+struct UnusedRule {
+    policy: String,
+    direction: &'static str,
+    rule: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -186,42 +299,46 @@ struct WorkloadCount {
 }
 
 impl<'a> Report<'a> {
-    /// Evaluates every distinct flow of `records` once.
-    pub fn new(
-        engine: &'a Engine,
-        records: &[(usize, FlowRecord)],
-        skipped: Vec<(usize, String)>,
-        notes: Vec<String>,
-    ) -> Self {
-        let mut index: HashMap<FlowKey, u32> = HashMap::new();
-        let mut distinct: Vec<Distinct> = Vec::new();
-        let mut per_record = Vec::with_capacity(records.len());
-        let mut denied_records = 0;
-        for (line, r) in records {
-            let key = FlowKey::of(r);
-            let i = *index.entry(key).or_insert_with(|| {
-                distinct.push(Distinct {
-                    key,
-                    result: engine.evaluate(key.src_ip, key.dst_ip, key.dst_port, key.protocol),
-                    first_line: *line,
-                    records: 0,
-                });
-                u32::try_from(distinct.len() - 1).unwrap_or(u32::MAX)
-            });
-            let d = &mut distinct[i as usize];
-            d.records += 1;
-            if !d.result.allowed {
-                denied_records += 1;
-            }
-            per_record.push(i);
-        }
+    /// Evaluates every distinct flow of `input` once, on two threads.
+    pub fn new(engine: &'a Engine, input: &FlowInput, notes: Vec<String>) -> Self {
+        let eval = |d: &DistinctInput| Distinct {
+            key: d.key,
+            result: engine.evaluate(d.key.src_ip, d.key.dst_ip, d.key.dst_port, d.key.protocol),
+            first_line: d.first_line,
+            records: d.records,
+        };
+        let half = input.distinct.len() / 2;
+        let (first, second) = input.distinct.split_at(half);
+        let distinct: Vec<Distinct> = std::thread::scope(|scope| {
+            let a = scope.spawn(|| first.iter().map(eval).collect::<Vec<_>>());
+            let b: Vec<Distinct> = second.iter().map(eval).collect();
+            let mut a = a
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            a.extend(b);
+            a
+        });
+        let denied_records = distinct
+            .iter()
+            .filter(|d| !d.result.allowed)
+            .map(|d| d.records)
+            .sum();
         Self {
             engine,
             distinct,
-            per_record,
+            records: input.len(),
             denied_records,
-            skipped,
+            skipped: input.skipped.clone(),
             notes,
+        }
+    }
+
+    /// 0 when every record is allowed, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.denied_records > 0 {
+            1
+        } else {
+            0
         }
     }
 
@@ -281,30 +398,33 @@ impl<'a> Report<'a> {
             .collect()
     }
 
-    fn summary(&self, records: usize) -> Summary {
+    fn summary(&self) -> Summary {
+        let records = self.records;
         let e = self.engine;
         let denied_flows = self
             .distinct
             .iter()
             .filter(|d| !d.result.allowed)
-            .map(|d| {
-                json!({
-                    "src_ip": d.key.src_ip,
-                    "dst_ip": d.key.dst_ip,
-                    "dst_port": d.key.dst_port,
-                    "protocol": d.key.protocol,
-                    "source": self.party_text(&d.result.targets[0].src, d.key.src_ip),
-                    "destination": self.destination_text(d),
-                    "records": d.records,
-                    "first_line": d.first_line,
-                    "why": self.why(&d.result, d.key.protocol),
-                })
+            .map(|d| DeniedFlow {
+                src_ip: d.key.src_ip,
+                dst_ip: d.key.dst_ip,
+                dst_port: d.key.dst_port,
+                protocol: d.key.protocol,
+                source: self.party_text(&d.result.targets[0].src, d.key.src_ip),
+                destination: self.destination_text(d),
+                records: d.records,
+                first_line: d.first_line,
+                why: self.why(&d.result, d.key.protocol),
             })
             .collect();
         let unused_rules = self
             .unused_rules()
             .into_iter()
-            .map(|r| json!({"policy": e.policy_name(r.policy), "direction": direction_str(r.direction), "rule": r.rule}))
+            .map(|r| UnusedRule {
+                policy: e.policy_name(r.policy),
+                direction: direction_str(r.direction),
+                rule: r.rule,
+            })
             .collect();
         Summary {
             records,
@@ -327,115 +447,149 @@ impl<'a> Report<'a> {
         }
     }
 
-    /// Writes the report. `records` must be those the report was built from.
+    /// Writes the report. `input` must be the one the report was built from.
     pub fn write<W: Write>(
         &self,
         format: Format,
-        records: &[(usize, FlowRecord)],
+        input: &FlowInput,
         w: &mut W,
     ) -> std::io::Result<()> {
         match format {
-            Format::Json => self.write_json(records, w),
-            Format::Table => self.write_text(records.len(), false, w),
-            Format::Markdown => self.write_text(records.len(), true, w),
+            Format::Json => self.write_json(input, w),
+            Format::Table => self.write_text(false, w),
+            Format::Markdown => self.write_text(true, w),
         }
     }
 
-    fn write_json<W: Write>(
-        &self,
-        records: &[(usize, FlowRecord)],
-        w: &mut W,
-    ) -> std::io::Result<()> {
-        // The verdict of a distinct flow is rendered once and appended to each of its records.
-        let fragments: Vec<String> = self
-            .distinct
-            .iter()
-            .map(|d| {
-                let v = self.verdict_json(d);
-                let s = v.to_string();
-                // `{...}` -> `...`, to splice into the record's object.
-                s[1..s.len() - 1].to_owned()
-            })
-            .collect();
+    fn write_json<W: Write>(&self, input: &FlowInput, w: &mut W) -> std::io::Result<()> {
+        // The verdict of a distinct flow is rendered once and spliced into each of its
+        // records' input line: `{...input...}` -> `{...input...,"verdict":...}`.
+        let names = JsonNames::new(self.engine);
+        let half = self.distinct.len() / 2;
+        let (first, second) = self.distinct.split_at(half);
+        let render = |ds: &[Distinct]| -> Vec<String> {
+            ds.iter()
+                .map(|d| self.verdict_fragment(&names, d))
+                .collect()
+        };
+        let fragments: Vec<String> = std::thread::scope(|scope| {
+            let a = scope.spawn(|| render(first));
+            let b = render(second);
+            let mut a = a
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            a.extend(b);
+            a
+        });
         w.write_all(b"{\"flows\":[")?;
-        let mut buf = Vec::with_capacity(1024);
-        for (n, ((_, r), &i)) in records.iter().zip(&self.per_record).enumerate() {
-            buf.clear();
-            buf.extend_from_slice(if n == 0 { b"\n" } else { b",\n" });
-            serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
-            buf.pop(); // the record's closing brace
-            buf.push(b',');
-            buf.extend_from_slice(fragments[i as usize].as_bytes());
-            buf.push(b'}');
-            w.write_all(&buf)?;
+        for (n, r) in input.records.iter().enumerate() {
+            w.write_all(if n == 0 { b"\n" } else { b",\n" })?;
+            // A record's trimmed line is a JSON object: drop its closing brace.
+            let line = input
+                .data
+                .get(r.start..r.end.saturating_sub(1))
+                .unwrap_or_default();
+            w.write_all(line)?;
+            w.write_all(b",")?;
+            w.write_all(
+                fragments
+                    .get(r.distinct as usize)
+                    .map(String::as_bytes)
+                    .unwrap_or_default(),
+            )?;
+            w.write_all(b"}")?;
         }
         w.write_all(b"\n],\n\"summary\":")?;
-        serde_json::to_writer_pretty(&mut *w, &self.summary(records.len()))
-            .map_err(std::io::Error::other)?;
+        serde_json::to_writer_pretty(&mut *w, &self.summary()).map_err(std::io::Error::other)?;
         w.write_all(b"}\n")
     }
 
-    fn verdict_json(&self, d: &Distinct) -> Value {
+    /// `"verdict":...,"egress":{...},"ingress":{...}[,"service":{...}]`: the members a
+    /// distinct flow adds to each of its records.
+    fn verdict_fragment(&self, names: &JsonNames, d: &Distinct) -> String {
+        let mut o = String::with_capacity(768);
         let t = d.result.deciding_target();
-        let mut v = json!({
-            "verdict": if d.result.allowed { "allow" } else { "deny" },
-            "egress": self.side_json(&t.egress, &t.src, d.key.src_ip),
-            "ingress": self.side_json(&t.ingress, &t.dst, t.dst_ip),
+        o.push_str(if d.result.allowed {
+            "\"verdict\":\"allow\""
+        } else {
+            "\"verdict\":\"deny\""
         });
+        o.push_str(",\"egress\":");
+        self.side_fragment(names, &mut o, &t.egress, &t.src, d.key.src_ip);
+        o.push_str(",\"ingress\":");
+        self.side_fragment(names, &mut o, &t.ingress, &t.dst, t.dst_ip);
         if let Some(sid) = d.result.service {
             let s = &self.engine.services()[sid];
-            let backends: Vec<Value> = if s.backends.is_empty() {
-                Vec::new()
-            } else {
-                d.result
-                    .targets
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "ip": t.dst_ip,
-                            "port": t.dst_port,
-                            "endpoint": self.party_json(&t.dst, t.dst_ip),
-                            "verdict": if t.allowed { "allow" } else { "deny" },
-                        })
-                    })
-                    .collect()
-            };
-            v["service"] = json!({
-                "name": format!("{}/{}", s.namespace, s.service),
-                "port": s.port,
-                "port_name": s.port_name,
-                "protocol": s.protocol,
-                "backends": backends,
-            });
-        }
-        v
-    }
-
-    fn party_json(&self, party: &Party, ip: IpAddr) -> Value {
-        match party {
-            Party::Pod(p) => {
-                let pod = &self.engine.pods()[*p];
-                json!({"kind": "pod", "namespace": pod.namespace, "name": pod.name, "workload": pod.workload, "ip": ip})
+            let _ = write!(
+                o,
+                ",\"service\":{{\"name\":{},\"port\":{},\"port_name\":{},\"protocol\":\"{}\",\"backends\":[",
+                json_str(&format!("{}/{}", s.namespace, s.service)),
+                s.port,
+                s.port_name.as_deref().map(json_str).unwrap_or_else(|| "null".to_owned()),
+                s.protocol,
+            );
+            if !s.backends.is_empty() {
+                for (n, t) in d.result.targets.iter().enumerate() {
+                    if n > 0 {
+                        o.push(',');
+                    }
+                    let _ = write!(
+                        o,
+                        "{{\"ip\":\"{}\",\"port\":{},\"endpoint\":",
+                        t.dst_ip, t.dst_port
+                    );
+                    names.endpoint(&mut o, &t.dst, t.dst_ip);
+                    o.push_str(if t.allowed {
+                        ",\"verdict\":\"allow\"}"
+                    } else {
+                        ",\"verdict\":\"deny\"}"
+                    });
+                }
             }
-            Party::Node(name) => json!({"kind": "node", "name": name, "ip": ip}),
-            Party::External => json!({"kind": "external", "ip": ip}),
+            o.push_str("]}");
         }
+        o
     }
 
-    fn side_json(&self, side: &Side, party: &Party, ip: IpAddr) -> Value {
-        let e = self.engine;
-        let mut v = json!({
-            "endpoint": self.party_json(party, ip),
-            "applies": side.pod.is_some(),
-            "isolated": side.isolated,
-            "allowed": side.allowed,
-            "allowed_by": side.allowed_by.iter().map(|r| json!({"policy": e.policy_name(r.policy), "rule": r.rule})).collect::<Vec<_>>(),
-            "isolated_by": side.isolated_by.iter().map(|&p| e.policy_name(p)).collect::<Vec<_>>(),
-        });
-        if let Some(x) = side.exception {
-            v["exception"] = json!(x.as_str());
+    fn side_fragment(
+        &self,
+        names: &JsonNames,
+        o: &mut String,
+        side: &Side,
+        party: &Party,
+        ip: IpAddr,
+    ) {
+        o.push_str("{\"endpoint\":");
+        names.endpoint(o, party, ip);
+        let _ = write!(
+            o,
+            ",\"applies\":{},\"isolated\":{},\"allowed\":{},\"allowed_by\":[",
+            side.pod.is_some(),
+            side.isolated,
+            side.allowed
+        );
+        for (n, r) in side.allowed_by.iter().enumerate() {
+            if n > 0 {
+                o.push(',');
+            }
+            let _ = write!(
+                o,
+                "{{\"policy\":{},\"rule\":{}}}",
+                names.policies[r.policy], r.rule
+            );
         }
-        v
+        o.push_str("],\"isolated_by\":[");
+        for (n, &p) in side.isolated_by.iter().enumerate() {
+            if n > 0 {
+                o.push(',');
+            }
+            o.push_str(&names.policies[p]);
+        }
+        o.push(']');
+        if let Some(x) = side.exception {
+            let _ = write!(o, ",\"exception\":\"{}\"", x.as_str());
+        }
+        o.push('}');
     }
 
     fn party_text(&self, party: &Party, ip: IpAddr) -> String {
@@ -519,12 +673,7 @@ impl<'a> Report<'a> {
         s
     }
 
-    fn write_text<W: Write>(
-        &self,
-        records: usize,
-        markdown: bool,
-        w: &mut W,
-    ) -> std::io::Result<()> {
+    fn write_text<W: Write>(&self, markdown: bool, w: &mut W) -> std::io::Result<()> {
         let header = [
             "LINE",
             "RECORDS",
@@ -549,7 +698,7 @@ impl<'a> Report<'a> {
                 ]
             })
             .collect();
-        let summary = self.summary(records);
+        let summary = self.summary();
         if markdown {
             writeln!(w, "# auditor diff\n")?;
             writeln!(
@@ -572,13 +721,7 @@ impl<'a> Report<'a> {
                 )?;
             }
             for r in &summary.unused_rules {
-                writeln!(
-                    w,
-                    "- `{}` {}[{}]",
-                    r["policy"].as_str().unwrap_or_default(),
-                    r["direction"].as_str().unwrap_or_default(),
-                    r["rule"]
-                )?;
+                writeln!(w, "- `{}` {}[{}]", r.policy, r.direction, r.rule)?;
             }
             if !summary.notes.is_empty() || !summary.skipped.is_empty() {
                 writeln!(w, "\n## Notes\n")?;
@@ -610,13 +753,7 @@ impl<'a> Report<'a> {
             } else {
                 writeln!(w, "\nunused rules (allowed no observed flow):")?;
                 for r in &summary.unused_rules {
-                    writeln!(
-                        w,
-                        "  {} {}[{}]",
-                        r["policy"].as_str().unwrap_or_default(),
-                        r["direction"].as_str().unwrap_or_default(),
-                        r["rule"]
-                    )?;
+                    writeln!(w, "  {} {}[{}]", r.policy, r.direction, r.rule)?;
                 }
             }
             for n in &summary.notes {
@@ -628,6 +765,54 @@ impl<'a> Report<'a> {
         }
         Ok(())
     }
+}
+
+/// JSON text of names, escaped once: every pod's endpoint object up to its IP, every policy's name.
+struct JsonNames {
+    pod_prefix: Vec<String>,
+    policies: Vec<String>,
+}
+
+impl JsonNames {
+    fn new(engine: &Engine) -> Self {
+        let pod_prefix = engine
+            .pods()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{\"kind\":\"pod\",\"namespace\":{},\"name\":{},\"workload\":{},\"ip\":\"",
+                    json_str(&p.namespace),
+                    json_str(&p.name),
+                    json_str(&p.workload)
+                )
+            })
+            .collect();
+        let policies = (0..engine.policies().len())
+            .map(|p| json_str(&engine.policy_name(p)))
+            .collect();
+        Self {
+            pod_prefix,
+            policies,
+        }
+    }
+
+    fn endpoint(&self, o: &mut String, party: &Party, ip: IpAddr) {
+        let _ = match party {
+            Party::Pod(p) => write!(o, "{}{ip}\"}}", self.pod_prefix[*p]),
+            Party::Node(Some(n)) => write!(
+                o,
+                "{{\"kind\":\"node\",\"name\":{},\"ip\":\"{ip}\"}}",
+                json_str(n)
+            ),
+            Party::Node(None) => write!(o, "{{\"kind\":\"node\",\"name\":null,\"ip\":\"{ip}\"}}"),
+            Party::External => write!(o, "{{\"kind\":\"external\",\"ip\":\"{ip}\"}}"),
+        };
+    }
+}
+
+/// A string as a JSON string literal.
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 const WORKLOAD_HEADER: [&str; 5] = [
@@ -712,11 +897,11 @@ fn write_markdown_table<W: Write, const N: usize>(
 /// for tests and benchmarks. Returns the exit code `run` would.
 pub fn diff_to<W: Write>(
     engine: &Engine,
-    records: &[(usize, FlowRecord)],
+    input: &FlowInput,
     format: Format,
     w: &mut W,
 ) -> std::io::Result<i32> {
-    let report = Report::new(engine, records, Vec::new(), engine.notes.clone());
-    report.write(format, records, w)?;
-    Ok(if report.denied_records > 0 { 1 } else { 0 })
+    let report = Report::new(engine, input, engine.notes.clone());
+    report.write(format, input, w)?;
+    Ok(report.exit_code())
 }

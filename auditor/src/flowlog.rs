@@ -200,19 +200,37 @@ pub fn read_flow_log(path: &Path, skip_invalid: bool) -> Result<FlowLog, FlowLog
 
 /// Parses flow-log bytes; `path` only names the source in errors.
 pub fn parse_flow_log(path: &Path, data: &[u8], skip_invalid: bool) -> Result<FlowLog, FlowLogError> {
-    let mut out = FlowLog::default();
+    let mut records = Vec::new();
+    let skipped = visit_flow_log(path, data, skip_invalid, |n, _, r| records.push((n, r)))?;
+    Ok(FlowLog { records, skipped })
+}
+
+/// Like [`parse_flow_log`] (same validation, same errors), but hands each record to `f`
+/// with its 1-based line number and the byte range of its trimmed line in `data` instead
+/// of collecting them, so that a reader of a large log need not keep every record.
+/// Returns the skipped lines.
+pub fn visit_flow_log(
+    path: &Path,
+    data: &[u8],
+    skip_invalid: bool,
+    mut f: impl FnMut(usize, std::ops::Range<usize>, FlowRecord),
+) -> Result<Vec<(usize, String)>, FlowLogError> {
+    let mut skipped = Vec::new();
     let ends_with_newline = data.last() == Some(&b'\n');
     let mut lines = data.split(|b| *b == b'\n').peekable();
     let mut n = 0;
+    let mut offset = 0;
     while let Some(raw) = lines.next() {
         n += 1;
+        let line_start = offset;
+        offset += raw.len() + 1;
         let is_last = lines.peek().is_none() || (lines.peek() == Some(&&b""[..]) && ends_with_newline);
         let text = match std::str::from_utf8(raw) {
             Ok(t) => t.trim(),
             Err(e) => {
                 let message = format!("not UTF-8 ({e})");
                 if skip_invalid {
-                    out.skipped.push((n, message));
+                    skipped.push((n, message));
                     continue;
                 }
                 return Err(FlowLogError::Line { path: path.to_owned(), line: n, message });
@@ -222,10 +240,13 @@ pub fn parse_flow_log(path: &Path, data: &[u8], skip_invalid: bool) -> Result<Fl
             continue;
         }
         match serde_json::from_str::<FlowRecord>(text) {
-            Ok(r) => out.records.push((n, r)),
+            Ok(r) => {
+                let start = line_start + (text.as_ptr() as usize - raw.as_ptr() as usize);
+                f(n, start..start + text.len(), r)
+            }
             Err(e) => {
                 if skip_invalid {
-                    out.skipped.push((n, e.to_string()));
+                    skipped.push((n, e.to_string()));
                 } else if is_last && !ends_with_newline && e.is_eof() {
                     return Err(FlowLogError::Truncated { path: path.to_owned(), line: n });
                 } else {
@@ -238,7 +259,7 @@ pub fn parse_flow_log(path: &Path, data: &[u8], skip_invalid: bool) -> Result<Fl
             }
         }
     }
-    Ok(out)
+    Ok(skipped)
 }
 
 /// Writes records as JSON lines; each line is written whole (one `write_all` per line).
@@ -288,6 +309,22 @@ mod tests {
         assert!(matches!(err, FlowLogError::Truncated { line: 2, .. }), "{err}");
         let log = parse_flow_log(Path::new("f"), data.as_bytes(), true).unwrap();
         assert_eq!((log.records.len(), log.skipped.len()), (1, 1));
+    }
+
+    #[test]
+    fn visit_gives_line_numbers_and_spans() {
+        let data = format!("\n  {MIN}  \n{MIN}\n");
+        let mut seen = Vec::new();
+        let skipped = visit_flow_log(Path::new("f"), data.as_bytes(), false, |n, span, _| {
+            seen.push((n, span))
+        })
+        .unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, 2);
+        assert_eq!(&data[seen[0].1.clone()], MIN);
+        assert_eq!(seen[1].0, 3);
+        assert_eq!(&data[seen[1].1.clone()], MIN);
     }
 
     #[test]

@@ -563,14 +563,8 @@ proptest! {
             let r = e.evaluate(src.parse().unwrap(), dst.parse().unwrap(), port, protocol(proto));
             prop_assert_eq!(r.targets.len(), 1);
             let t = &r.targets[0];
-            let eg = match pod_at(&c, src) {
-                Some(p) => Some(naive_side(&c, p, false, dst, dst, port, proto)),
-                None => None,
-            };
-            let ing = match pod_at(&c, dst) {
-                Some(p) => Some(naive_side(&c, p, true, src, dst, port, proto)),
-                None => None,
-            };
+            let eg = pod_at(&c, src).map(|p| naive_side(&c, p, false, dst, dst, port, proto));
+            let ing = pod_at(&c, dst).map(|p| naive_side(&c, p, true, src, dst, port, proto));
             let want_allowed = eg.as_ref().is_none_or(|x| x.1) && ing.as_ref().is_none_or(|x| x.1);
             prop_assert_eq!(r.allowed, want_allowed, "flow {} -> {}:{}/{}", src, dst, port, proto);
             prop_assert_eq!(t.egress.pod.is_some(), eg.is_some());

@@ -78,12 +78,14 @@ impl Selector {
                         Requirement::DoesNotExist(e.key.clone())
                     }
                 }
-                other => return Err(err(
-                    ".operator",
-                    format!(
+                other => {
+                    return Err(err(
+                        ".operator",
+                        format!(
                         "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
                     ),
-                )),
+                    ))
+                }
             };
             reqs.push(req);
         }
@@ -132,7 +134,8 @@ mod tests {
 
     #[test]
     fn operators() {
-        let cases: &[(&str, &[&str], &[(&str, &str)], bool)] = &[
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             ("In", &["a", "b"], &[("k", "a")], true),
             ("In", &["a", "b"], &[("k", "c")], false),
             ("In", &["a"], &[], false),

@@ -3,12 +3,14 @@
 //! One module a pipeline stage (see ARCHITECTURE.md). Only `probe`, `record`
 //! (the sinks) and `procfs` do I/O; the other stages are pure.
 
+pub mod alerts;
 pub mod attribute;
 pub mod btf;
 pub mod cluster;
 pub mod decode;
 pub mod diff;
 pub mod dns;
+pub mod enrich;
 pub mod flowlog;
 pub mod policy;
 pub mod probe;

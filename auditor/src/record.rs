@@ -64,6 +64,17 @@ pub struct RecordArgs {
     /// default is the list in `probe::BENIGN_DROP_REASONS`; `none` records every reason.
     #[arg(long = "ignore-drop-reason", value_name = "REASON", default_values_t = crate::probe::BENIGN_DROP_REASONS.iter().map(|s| s.to_string()), env = "AUDITOR_IGNORE_DROP_REASONS", value_delimiter = ',')]
     pub ignore_drop_reasons: Vec<String>,
+    /// Cluster snapshot (as for `diff`): attribute flows to pods, workloads and Services,
+    /// and give drop alerts the policy verdict. Without it flows carry IPs and cgroups only.
+    #[arg(long, value_name = "SNAPSHOT", env = "AUDITOR_CLUSTER")]
+    pub cluster: Option<PathBuf>,
+    /// Where drop alerts go as JSON lines (`-`: standard error, the default).
+    #[arg(long, default_value = "-", env = "AUDITOR_ALERTS")]
+    pub alerts: PathBuf,
+    /// Alerts of the same stream (workload, process, peer, port, reason) within this window
+    /// are sent once, then once more with the window's total.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "AUDITOR_ALERT_WINDOW")]
+    pub alert_window: Duration,
     /// Lock file that keeps a second recorder from running on the same host.
     #[arg(long, default_value = "/run/auditor.lock", env = "AUDITOR_LOCK_FILE")]
     pub lock_file: PathBuf,
@@ -97,6 +108,14 @@ pub enum RecordError {
     NotCgroup { path: PathBuf, root: String },
     #[error("ring buffer: {0}")]
     Ring(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("{path}: {source}")]
+    Policy {
+        path: PathBuf,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
 }
 
 /// End-of-run figures, printed and optionally written as JSON.
@@ -112,6 +131,7 @@ pub struct Summary {
     /// Ring buffer records the kernel could not reserve (full buffer), by kind.
     pub lost_events: BTreeMap<String, u64>,
     pub decode_errors: u64,
+    pub alerts: u64,
     pub degraded: Vec<String>,
     pub attached: Vec<String>,
 }
@@ -156,6 +176,10 @@ struct State {
     drop_reasons: BTreeMap<u32, String>,
     boot_to_unix_ns: i128,
     summary: Summary,
+    cluster: Option<crate::enrich::Cluster>,
+    dedup: crate::alerts::Deduper,
+    alerts_out: AlertSink,
+    started: Instant,
 }
 
 impl State {
@@ -190,6 +214,41 @@ impl State {
             self.flows.insert(*flow, Meta { comm, thread_comm, exe: info.exe, cgroup, keep, ..Default::default() });
         }
         self.flows.get_mut(flow).expect("inserted above")
+    }
+
+    /// The pod address of a flow's cgroup, when the cluster is known.
+    fn pod_ip_of(&self, f: &Flow) -> Option<IpAddr> {
+        let c = self.cluster.as_ref()?;
+        let path = self.flows.get(f)?.cgroup.as_ref()?;
+        let id = c.pod_of_cgroup(path)?;
+        c.engine.pods()[id].ips.first().copied()
+    }
+
+    /// Pod identities and the live verdict of a record; fills an unbound source address
+    /// with the pod's.
+    fn enrich(&self, flow: &Flow, r: &mut FlowRecord) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let local = r.cgroup.as_deref().and_then(|p| c.pod_of_cgroup(p));
+        match flow.direction {
+            Direction::Egress => {
+                r.src = local.map(|i| c.endpoint_of_pod(i)).or_else(|| c.endpoint_of_ip(r.src_ip));
+                if r.src_ip.is_unspecified() {
+                    if let Some(ip) = local.and_then(|i| c.engine.pods()[i].ips.iter().find(|ip| ip.is_ipv4() == r.dst_ip.is_ipv4()).copied()) {
+                        r.src_ip = ip;
+                    }
+                }
+                r.dst = c.endpoint_of_ip(r.dst_ip).or_else(|| {
+                    // A Service ClusterIP: name the Service's first backend pod.
+                    let (ip, _) = *c.backends(r.dst_ip, r.dst_port, r.protocol).first()?;
+                    c.endpoint_of_ip(ip)
+                });
+            }
+            Direction::Ingress => {
+                r.dst = local.map(|i| c.endpoint_of_pod(i)).or_else(|| c.endpoint_of_ip(r.dst_ip));
+                r.src = c.endpoint_of_ip(r.src_ip);
+            }
+        }
+        Some(c.verdict(r.src_ip, r.dst_ip, r.dst_port, r.protocol).1)
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -245,10 +304,15 @@ impl State {
             if f.protocol != proto {
                 continue;
             }
+            // A Service ClusterIP flow: the dropped packet carries a backend after DNAT.
+            let backends = self.cluster.as_ref().map(|c| c.backends(f.dst_ip, f.dst_port, f.protocol)).unwrap_or_default();
+            let src_ok = |ip: &IpAddr| f.src_ip == *ip || unspecified(&f.src_ip) || self.pod_ip_of(f).is_some_and(|p| p == *ip);
             let hit = match f.direction {
                 Direction::Egress => {
-                    (f.dst_ip == dst && f.dst_port == dp && (f.src_ip == s || unspecified(&f.src_ip)))
-                        || (f.dst_ip == s && f.dst_port == sp && (f.src_ip == dst || unspecified(&f.src_ip)))
+                    (f.dst_ip == dst && f.dst_port == dp && src_ok(&s))
+                        || (f.dst_ip == s && f.dst_port == sp && src_ok(&dst))
+                        || (backends.contains(&(dst, dp)) && src_ok(&s))
+                        || (backends.contains(&(s, sp)) && src_ok(&dst))
                 }
                 Direction::Ingress => f.src_ip == s && f.dst_ip == dst && f.dst_port == dp,
             };
@@ -257,6 +321,45 @@ impl State {
             }
         }
         best
+    }
+}
+
+/// Where alerts go: standard error (the log stream) or a file of JSON lines.
+enum AlertSink {
+    Stderr,
+    File(PathBuf, File),
+}
+
+impl State {
+    fn send_alerts(&mut self, alerts: Vec<crate::alerts::Alert>) {
+        for a in alerts {
+            self.summary.alerts += 1;
+            let line = serde_json::to_string(&a).unwrap_or_default();
+            match &mut self.alerts_out {
+                AlertSink::Stderr => {
+                    tracing::warn!(
+                        alert = a.kind,
+                        namespace = a.namespace.as_deref().unwrap_or(""),
+                        workload = a.workload.as_deref().unwrap_or(""),
+                        process = a.process.as_deref().unwrap_or(""),
+                        peer = %a.peer,
+                        peer_name = a.peer_name.as_deref().unwrap_or(""),
+                        port = a.port,
+                        protocol = %a.protocol,
+                        reason = %a.reason,
+                        count = a.count,
+                        verdict = a.verdict.as_deref().unwrap_or(""),
+                        "{}",
+                        a.sentence()
+                    );
+                }
+                AlertSink::File(path, f) => {
+                    if let Err(e) = writeln!(f, "{line}") {
+                        tracing::error!(path = %path.display(), error = %e, "cannot write alert");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -303,7 +406,24 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1).map_err(|source| RecordError::Io { op: "poll ring buffer", path: "EVENTS".into(), source })?;
 
+    let cluster = match &args.cluster {
+        Some(path) => {
+            let snap = crate::cluster::read_snapshot(path)?;
+            Some(crate::enrich::Cluster::new(&snap).map_err(|source| RecordError::Policy { path: path.clone(), source })?)
+        }
+        None => None,
+    };
+    let alerts_out = if args.alerts.as_os_str() == "-" {
+        AlertSink::Stderr
+    } else {
+        let f = OpenOptions::new().create(true).append(true).open(&args.alerts).map_err(|source| RecordError::Io { op: "open alerts file", path: args.alerts.clone(), source })?;
+        AlertSink::File(args.alerts.clone(), f)
+    };
     let mut state = State {
+        cluster,
+        dedup: crate::alerts::Deduper::new(args.alert_window),
+        alerts_out,
+        started: Instant::now(),
         comms: args.comms.iter().cloned().collect(),
         cgroup_prefix,
         resolver: root.clone().map(CgroupResolver::new),
@@ -355,6 +475,8 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         }
     }
     flush(&mut probe, ring.get_mut(), &mut state, &mut out)?;
+    let owed = state.dedup.flush();
+    state.send_alerts(owed);
     state.summary.duration_s = started.elapsed().as_secs_f64();
     state.summary.flows = state.flows.values().filter(|m| m.keep).count();
     if let Some(p) = &args.summary {
@@ -503,7 +625,7 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
                 st
             }
         });
-        records.push((last_ns, FlowRecord {
+        let mut rec = FlowRecord {
             src_ip: flow.src_ip,
             src_port: m.src_port,
             dst_ip: flow.dst_ip,
@@ -529,8 +651,18 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             drops,
             src: None,
             dst: None,
-        }));
+        };
+        let verdict = state.enrich(&flow, &mut rec);
+        let alerts = crate::alerts::Alert::from_record(&rec, verdict);
+        if !alerts.is_empty() {
+            let now = state.started.elapsed();
+            let send = state.dedup.push(now, alerts);
+            state.send_alerts(send);
+        }
+        records.push((last_ns, rec));
     }
+    let due = state.dedup.tick(state.started.elapsed());
+    state.send_alerts(due);
     records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| sort_key(&a.1).cmp(&sort_key(&b.1))));
     let records: Vec<FlowRecord> = records.into_iter().map(|(_, r)| r).collect();
     out.write(&records)?;
@@ -678,6 +810,10 @@ mod tests {
             drop_reasons: BTreeMap::new(),
             boot_to_unix_ns: 0,
             summary: Summary::default(),
+            cluster: None,
+            dedup: crate::alerts::Deduper::new(Duration::from_secs(60)),
+            alerts_out: AlertSink::Stderr,
+            started: Instant::now(),
         }
     }
 

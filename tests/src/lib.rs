@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod demo;
+pub mod enforce;
+pub mod node;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Skips the test (returns `None` and prints why) unless we are root with tracefs, cgroup v2 and `ip`.

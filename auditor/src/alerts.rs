@@ -1,0 +1,227 @@
+//! Drop alerts: what is blocked now, said the way an operator needs it, deduplicated
+//! per stream and window (pure; the recorder writes them out).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::flowlog::{Direction, FlowRecord};
+
+/// One alert. Serialized as one JSON line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// `drop` (the kernel dropped packets) or `connect_timeout` (SYNs unanswered).
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub direction: String,
+    pub peer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_workload: Option<String>,
+    pub port: u16,
+    pub protocol: String,
+    /// Kernel drop reason, or "connect timed out after N SYN retransmits".
+    pub reason: String,
+    /// Drops or timed-out connects in this alert's window so far.
+    pub count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// The policy verdict, when the recorder knows the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+}
+
+impl Alert {
+    /// The alerts a flow record calls for (drops and connect timeouts), without dedup.
+    pub fn from_record(r: &FlowRecord, verdict: Option<String>) -> Vec<Alert> {
+        let (me, peer_ep, peer_ip) = match r.direction {
+            Some(Direction::Ingress) => (r.dst.as_ref(), r.src.as_ref(), r.src_ip),
+            _ => (r.src.as_ref(), r.dst.as_ref(), r.dst_ip),
+        };
+        let base = |kind: &'static str, reason: String, count: u64| Alert {
+            kind,
+            namespace: me.and_then(|e| e.namespace.clone()),
+            workload: me.and_then(|e| e.workload.clone()),
+            pod: me.and_then(|e| e.pod.clone()),
+            process: r.comm.clone(),
+            pid: r.pid,
+            direction: r.direction.map(|d| if d == Direction::Ingress { "ingress" } else { "egress" }).unwrap_or("unknown").to_string(),
+            peer: peer_ip.to_string(),
+            peer_name: r.dns_name.clone(),
+            peer_workload: peer_ep.and_then(|e| match (&e.namespace, &e.workload) {
+                (Some(ns), Some(w)) => Some(format!("{ns}/{w}")),
+                (None, Some(w)) => Some(w.clone()),
+                _ => None,
+            }),
+            port: r.dst_port,
+            protocol: r.protocol.to_string(),
+            reason,
+            count,
+            first_seen: r.first_seen.clone(),
+            last_seen: r.last_seen.clone(),
+            verdict: verdict.clone(),
+        };
+        let mut out = Vec::new();
+        if r.drops > 0 {
+            out.push(base("drop", r.drop_reason.clone().unwrap_or_else(|| "unknown".into()), r.drops));
+        }
+        if r.timed_out > 0 {
+            let n = r.syn_retransmits.max(1);
+            out.push(base("connect_timeout", format!("connect timed out after {n} SYN retransmits"), r.timed_out));
+        }
+        out
+    }
+
+    /// The alert in one line for people: who, what, to whom, why.
+    pub fn sentence(&self) -> String {
+        let who = match (&self.namespace, &self.workload, &self.pod) {
+            (Some(ns), Some(w), _) => format!("{ns}/{w}"),
+            (Some(ns), None, Some(p)) => format!("{ns}/{p}"),
+            _ => "unknown workload".into(),
+        };
+        let process = self.process.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
+        let peer = match (&self.peer_name, &self.peer_workload) {
+            (Some(n), _) => format!("{n} [{}]", self.peer),
+            (None, Some(w)) => format!("{w} [{}]", self.peer),
+            _ => self.peer.clone(),
+        };
+        let arrow = if self.direction == "ingress" { "<-" } else { "->" };
+        let verdict = self.verdict.as_deref().map(|v| format!("; {v}")).unwrap_or_default();
+        format!("{}: {who}{process} {arrow} {peer} {}/{}: {} x{}{verdict}", self.kind, self.port, self.protocol, self.reason, self.count)
+    }
+
+    /// The stream an alert belongs to, for deduplication.
+    fn key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}",
+            self.kind,
+            self.namespace.as_deref().unwrap_or(""),
+            self.workload.as_deref().unwrap_or(""),
+            self.process.as_deref().unwrap_or(""),
+            self.peer,
+            self.port,
+            self.protocol,
+            self.reason
+        )
+    }
+}
+
+struct Open {
+    alert: Alert,
+    opened: Duration,
+    /// Count already announced.
+    told: u64,
+}
+
+/// Deduplicates alerts per stream: the first of a stream goes out at once; more of the
+/// same stream within `window` are added up and go out once when the window closes.
+pub struct Deduper {
+    window: Duration,
+    open: BTreeMap<String, Open>,
+}
+
+impl Deduper {
+    pub fn new(window: Duration) -> Self {
+        Self { window, open: BTreeMap::new() }
+    }
+
+    /// Feeds alerts seen at time `now` (any monotonic clock); returns those to send now.
+    pub fn push(&mut self, now: Duration, alerts: Vec<Alert>) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for a in alerts {
+            let k = a.key();
+            match self.open.get_mut(&k) {
+                Some(o) => {
+                    o.alert.count += a.count;
+                    o.alert.last_seen = a.last_seen.or(o.alert.last_seen.take());
+                    if a.verdict.is_some() {
+                        o.alert.verdict = a.verdict;
+                    }
+                }
+                None => {
+                    out.push(a.clone());
+                    self.open.insert(k, Open { told: a.count, alert: a, opened: now });
+                }
+            }
+        }
+        out.extend(self.tick(now));
+        out
+    }
+
+    /// Closes windows that have run out; returns the updates they owe.
+    pub fn tick(&mut self, now: Duration) -> Vec<Alert> {
+        let mut out = Vec::new();
+        let expired: Vec<String> = self.open.iter().filter(|(_, o)| now.saturating_sub(o.opened) >= self.window).map(|(k, _)| k.clone()).collect();
+        for k in expired {
+            if let Some(o) = self.open.remove(&k) {
+                if o.alert.count > o.told {
+                    out.push(o.alert);
+                }
+            }
+        }
+        out
+    }
+
+    /// Everything still owed (at the end of a run).
+    pub fn flush(&mut self) -> Vec<Alert> {
+        let open = std::mem::take(&mut self.open);
+        open.into_values().filter(|o| o.alert.count > o.told).map(|o| o.alert).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flowlog::{Endpoint, Protocol};
+
+    fn record(drops: u64, timed_out: u64) -> FlowRecord {
+        let mut r: FlowRecord = serde_json::from_str(r#"{"src_ip":"10.244.1.30","dst_ip":"10.96.2.40","dst_port":5001,"protocol":"UDP","direction":"egress","comm":"ffmpeg","pid":7}"#).unwrap();
+        r.drops = drops;
+        r.timed_out = timed_out;
+        r.syn_retransmits = 2;
+        r.drop_reason = Some("NETFILTER_DROP".into());
+        r.src = Some(Endpoint { namespace: Some("transcode".into()), workload: Some("Deployment/transcoder".into()), ..Default::default() });
+        r.dns_name = Some("ingest.ingest.svc.cluster.local".into());
+        r.protocol = Protocol::Udp;
+        r
+    }
+
+    #[test]
+    fn drop_and_timeout_alerts_say_everything() {
+        let a = Alert::from_record(&record(3, 1), Some("denied: x".into()));
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].kind, "drop");
+        assert_eq!(a[0].reason, "NETFILTER_DROP");
+        assert_eq!(a[0].count, 3);
+        assert_eq!(a[0].workload.as_deref(), Some("Deployment/transcoder"));
+        assert_eq!(a[0].peer_name.as_deref(), Some("ingest.ingest.svc.cluster.local"));
+        assert_eq!(a[1].reason, "connect timed out after 2 SYN retransmits");
+        assert!(Alert::from_record(&record(0, 0), None).is_empty());
+    }
+
+    #[test]
+    fn dedup_per_stream_and_window() {
+        let mut d = Deduper::new(Duration::from_secs(60));
+        let s = |n| Alert::from_record(&record(n, 0), None);
+        assert_eq!(d.push(Duration::from_secs(0), s(1)).len(), 1, "first goes out at once");
+        assert!(d.push(Duration::from_secs(10), s(4)).is_empty(), "same stream within the window: held");
+        let later = d.tick(Duration::from_secs(61));
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].count, 5, "the window's total");
+        assert_eq!(d.push(Duration::from_secs(62), s(1)).len(), 1, "a new window opens");
+        assert!(d.flush().is_empty(), "nothing more owed");
+    }
+}

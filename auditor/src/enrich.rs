@@ -1,0 +1,97 @@
+//! Attribution of recorded flows to the cluster (pure): cgroup -> pod by UID, IP ->
+//! pod / node / external, and the live verdict of a flow in words.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::attribute::parse_cgroup_path;
+use crate::cluster::Snapshot;
+use crate::flowlog::{Endpoint, Protocol};
+use crate::policy::{Engine, FlowResult, Party, PolicyError};
+
+/// The cluster the recorder evaluates flows against.
+pub struct Cluster {
+    pub engine: Engine,
+    /// Pod UID -> index into `engine.pods()`.
+    by_uid: HashMap<String, usize>,
+}
+
+impl Cluster {
+    pub fn new(snap: &Snapshot) -> Result<Self, PolicyError> {
+        let engine = Engine::build(snap)?;
+        let mut by_uid = HashMap::new();
+        for p in &snap.pods {
+            let (Some(uid), Some(ns), Some(name)) = (&p.metadata.uid, &p.metadata.namespace, &p.metadata.name) else { continue };
+            if let Some(i) = engine.pods().iter().position(|q| &q.namespace == ns && &q.name == name) {
+                by_uid.insert(uid.clone(), i);
+            }
+        }
+        Ok(Self { engine, by_uid })
+    }
+
+    /// The pod whose cgroup this is (kubelet + runtime layouts), if the snapshot has it.
+    pub fn pod_of_cgroup(&self, cgroup_path: &str) -> Option<usize> {
+        let owner = parse_cgroup_path(cgroup_path).ok()??;
+        self.by_uid.get(&owner.pod()?.uid).copied()
+    }
+
+    pub fn endpoint_of_pod(&self, id: usize) -> Endpoint {
+        let p = &self.engine.pods()[id];
+        Endpoint {
+            namespace: Some(p.namespace.clone()),
+            pod: Some(p.name.clone()),
+            workload: Some(workload_name(&p.workload)),
+            labels: p.labels.clone(),
+        }
+    }
+
+    /// What an address is: a pod, a node (`workload: node/<name>`), or None for external.
+    pub fn endpoint_of_ip(&self, ip: IpAddr) -> Option<Endpoint> {
+        match self.engine.classify(ip) {
+            Party::Pod(id) => Some(self.endpoint_of_pod(id)),
+            Party::Node(name) => Some(Endpoint {
+                namespace: None,
+                pod: None,
+                workload: Some(format!("node/{}", name.unwrap_or_else(|| ip.to_string()))),
+                labels: BTreeMap::new(),
+            }),
+            Party::External => None,
+        }
+    }
+
+    /// Backend (ip, port) pairs of a Service ClusterIP:port, empty if it is none.
+    pub fn backends(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Vec<(IpAddr, u16)> {
+        self.engine.service_at(ip, port, protocol).map(|s| s.backends.iter().map(|b| (b.ip, b.port)).collect()).unwrap_or_default()
+    }
+
+    /// "allowed" or "denied: ..." naming the policies, as an operator would say it.
+    pub fn verdict(&self, src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> (bool, String) {
+        let r = self.engine.evaluate(src, dst, port, protocol);
+        (r.allowed, self.verdict_text(&r, port, protocol))
+    }
+
+    pub fn verdict_text(&self, r: &FlowResult, port: u16, protocol: Protocol) -> String {
+        let t = r.deciding_target();
+        if r.allowed {
+            return "allowed".into();
+        }
+        let mut parts = Vec::new();
+        for (side, what) in [(&t.egress, "egress"), (&t.ingress, "ingress")] {
+            if side.allowed {
+                continue;
+            }
+            let pod = side.pod.map(|p| self.engine.pod_name(p)).unwrap_or_default();
+            let by: Vec<String> = side.isolated_by.iter().map(|&p| self.engine.policy_name(p)).collect();
+            let target_port = if t.dst_port != port { format!(" (target port {})", t.dst_port) } else { String::new() };
+            parts.push(format!("{pod} isolated for {what} by {}, no rule allows {port}/{protocol}{target_port}", by.join(", ")));
+        }
+        format!("denied: {}", parts.join("; "))
+    }
+}
+
+/// `namespace/Kind/name` -> `Kind/name` (the namespace is a field of its own).
+fn workload_name(w: &str) -> String {
+    let mut it = w.splitn(2, '/');
+    let (_ns, rest) = (it.next(), it.next());
+    rest.unwrap_or(w).to_string()
+}

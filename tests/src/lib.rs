@@ -254,6 +254,19 @@ impl Recorder {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Kills the recorder with SIGKILL (no flush, no summary).
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// Stops with SIGINT (a clean stop) and returns the flow log lines and the summary.
     pub fn stop(mut self) -> (Vec<Value>, Value) {
         let mut child = self.child.take().expect("running");

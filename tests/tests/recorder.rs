@@ -4,6 +4,8 @@
 //! that cgroup, drives traffic with real tools, stops the recorder with SIGINT
 //! and checks the flow log. Run as root with one test thread (`cargo xtask test`).
 
+use std::io::Write as _;
+
 use integration_tests::*;
 use serde_json::{json, Value};
 
@@ -319,4 +321,106 @@ fn second_instance_is_refused_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another auditor is recording"), "{err}");
     drop(rec);
+}
+
+#[test]
+fn killed_run_leaves_whole_lines_and_no_programs_behind() {
+    let Some(()) = privileged("killed run") else { return };
+    let net = NetPair::new("k");
+    let cg = Cgroup::new("kill");
+    let mut rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor p in range(42000,42050):\n    s.sendto(b'k',('{}',p))\n", net.b4));
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let log = rec.log.clone();
+    // SIGKILL: no flush, no summary, no clean detach.
+    rec.kill();
+    let before = std::fs::read(&log).expect("flow log written by the periodic flush");
+    assert!(before.ends_with(b"\n"), "only whole lines on disk");
+    let lines = read_jsonl(&log);
+    assert_eq!(lines.iter().filter(|r| r["dst_ip"] == json!(net.b4)).count(), 50, "flushed flows kept");
+    // The kernel dropped the programs with the process: nothing stays attached to the cgroup.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let attached = must(&format!("bpftool cgroup show {}", cg.path.display()));
+    assert!(attached.trim().is_empty(), "programs still attached after SIGKILL: {attached}");
+    // A partial line (as a kill in the middle of a write would leave) is cut by the next run.
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"{\"src_ip\":\"10.").unwrap();
+    let out = std::process::Command::new(auditor_bin())
+        .args(["record", "--duration", "300ms", "--lock-file"])
+        .arg(rec.dir.join("lock2"))
+        .arg("--output")
+        .arg(&log)
+        .output()
+        .expect("second run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("partial line"), "the repair is reported");
+    let after = std::fs::read(&log).unwrap();
+    assert!(after.ends_with(b"\n") && after.starts_with(&before), "earlier lines kept, partial line gone");
+    assert_eq!(read_jsonl(&log).len() >= lines.len(), true);
+}
+
+#[test]
+fn degrades_without_tracefs_or_btf_and_says_what_is_missing() {
+    let Some(()) = privileged("degradation") else { return };
+    if sh("command -v unshare").stdout.is_empty() {
+        eprintln!("SKIPPED degradation: no unshare");
+        return;
+    }
+    let net = NetPair::new("g");
+    let cg = Cgroup::new("deg");
+    let dir = std::env::temp_dir().join(format!("aud-deg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("flows.jsonl");
+    let summary = dir.join("summary.json");
+    let ready = dir.join("ready");
+    // A private mount namespace where tracefs is unmounted and BTF is an empty file.
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; \
+         mount --bind /dev/null /sys/kernel/btf/vmlinux; \
+         exec {} record --cgroup {} --output {} --summary {} --ready-file {} --lock-file {} --flush-interval 200ms --duration 4s",
+        auditor_bin().display(),
+        cg.path.display(),
+        log.display(),
+        summary.display(),
+        ready.display(),
+        dir.join("lock").display()
+    );
+    let child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ready.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'd',('{}',43000))\n", net.b4));
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "still records: {err}");
+    assert!(err.contains("tracefs is not mounted") && err.contains("mount -t tracefs"), "names what is missing and the fix: {err}");
+    assert!(err.contains("TCP connections") && err.contains("not recorded"), "says which outputs are missing: {err}");
+    let flows = read_jsonl(&log);
+    assert!(flows.iter().any(|r| r["dst_port"] == 43000), "UDP still recorded without tracefs: {flows:?}");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert!(s["degraded"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().contains("tracefs")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_capabilities_it_says_which_are_missing() {
+    let Some(()) = privileged("capabilities") else { return };
+    if sh("command -v setpriv").stdout.is_empty() {
+        eprintln!("SKIPPED capabilities: no setpriv");
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(auditor_bin())
+        .args(["record", "--duration", "1s", "--output", "-", "--lock-file", "/tmp/auditor-nocaps.lock"])
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("run as root"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

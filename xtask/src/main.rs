@@ -53,6 +53,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "python3-venv",
     "procps",
+    "bpftool",
+    "util-linux",
     // promtool, Alertmanager
     "prometheus",
     "prometheus-alertmanager",
@@ -203,13 +205,13 @@ fn test(filter: Option<String>) -> Result<()> {
 }
 
 fn demo(output: &Path) -> Result<()> {
-    step("build: cargo build --release -p auditor -p integration-tests");
-    run(cargo().args(["build", "--release", "-p", "auditor"]))?;
-    let script = root().join("tests/demo.sh");
-    run(Command::new("bash")
-        .arg(&script)
-        .arg(output)
-        .env("AUDITOR_BIN", root().join("target/release/auditor"))
+    step("build: cargo build -p auditor -p integration-tests --bins");
+    run(cargo().args(["build", "-p", "auditor", "-p", "integration-tests", "--bins"]))?;
+    step("demo: real ffmpeg pipelines on a simulated node (tests/src/demo.rs)");
+    let output = if output.is_absolute() { output.to_owned() } else { root().join(output) };
+    run(Command::new(root().join("target/debug/demo"))
+        .arg(&output)
+        .env("AUDITOR_BIN", root().join("target/debug/auditor"))
         .current_dir(root()))
 }
 

@@ -16,4 +16,5 @@ pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod record;
+pub mod suggest;
 pub mod tracefs;

@@ -33,6 +33,7 @@ enum LogFormat {
 enum Command {
     Record(auditor::record::RecordArgs),
     Diff(auditor::diff::DiffArgs),
+    Suggest(auditor::suggest::SuggestArgs),
 }
 
 fn init_logging(format: LogFormat, filter: &str) {

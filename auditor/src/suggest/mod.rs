@@ -1,0 +1,1629 @@
+//! `auditor suggest`: NetworkPolicies from observed flows.
+//!
+//! Two modes (design.md, "Suggestions"):
+//! - **allowlist**: for each audited workload (by default the pods in which a process named
+//!   `ffmpeg` or `ffprobe` made or accepted connections; `--select` takes a label selector
+//!   instead) one policy that isolates it for ingress and egress and allows exactly what
+//!   was observed, plus a separate policy for kubelet health checks, plus, where an
+//!   observed peer pod is isolated by its own policies and would refuse the flow, a policy
+//!   on the peer's side.
+//! - **fix**: the smallest additions (new policies, nothing installed is changed) that
+//!   allow every observed flow denied today. Each addition selects only pods that are
+//!   already isolated in its direction (its selector is the workload's AND the selector of
+//!   a policy that isolates it), so no other flow changes its verdict.
+//!
+//! The result is checked before it is written: the YAML is parsed back, the policy engine
+//! is built over the snapshot with the suggestion, and every observed flow (and, in
+//! allowlist mode, a sample of unobserved flows from and to each audited workload) is
+//! evaluated again. A failed check is an error.
+//!
+//! Pure apart from [`run`]: [`suggest`] takes a snapshot and flow records.
+
+pub mod cidr;
+pub mod labels;
+pub mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::cluster::{parse_snapshot, read_snapshot, ClusterError, Snapshot};
+use crate::flowlog::{read_flow_log, Direction, FlowLogError, FlowRecord, Protocol};
+use crate::policy::{Engine, FlowResult, Party, PodId, PolicyError, PolicyId, Target};
+use labels::{dns_name_part, group_of, split_group, workload_labels, LabelSel, SelectorParseError};
+use yaml::{map, s, seq, Item, Node};
+
+/// The NodeLocal DNSCache address most clusters use.
+pub const NODE_LOCAL_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 20, 10));
+/// Annotation with the DNS names of the external peers of a policy.
+pub const DNS_NAMES_ANNOTATION: &str = "auditor.dev/dns-names";
+/// Annotation naming the mode and the tool that wrote a policy.
+pub const GENERATED_ANNOTATION: &str = "auditor.dev/generated";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// The complete policies for the audited workloads: every observed flow allowed, nothing else.
+    #[default]
+    Allowlist,
+    /// The smallest additions to the installed policies that allow every observed flow denied today.
+    Fix,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowlist => "allowlist",
+            Self::Fix => "fix",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Flavor {
+    /// networking.k8s.io/v1 NetworkPolicy.
+    #[default]
+    Kubernetes,
+    /// cilium.io/v2 CiliumNetworkPolicy, with toFQDNs for external peers that have DNS names.
+    Cilium,
+}
+
+/// Suggest NetworkPolicies from observed flows: a minimal allowlist per audited workload,
+/// or the smallest additions that unblock what is denied. The suggestion is checked with
+/// the policy engine before it is written. Exit code 0, or 1 when part of the input could
+/// not be covered (stated on stderr and in the YAML).
+///
+/// Example: auditor suggest --cluster cluster.yaml --flows flows.jsonl --output suggested/
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuggestArgs {
+    /// Cluster snapshot (as for `auditor diff`; `-` for stdin).
+    ///
+    /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub cluster: PathBuf,
+    /// Flow log (JSON lines; the recorder's flow log works as is).
+    ///
+    /// Example: --flows flows.jsonl
+    #[arg(long, value_name = "FLOWS")]
+    pub flows: PathBuf,
+    /// allowlist: complete policies for the audited workloads; fix: additions that allow
+    /// the observed flows denied today.
+    ///
+    /// Example: --mode fix
+    #[arg(long, value_enum, default_value_t = Mode::Allowlist)]
+    pub mode: Mode,
+    /// Audit the pods this label selector matches instead of those where an audited
+    /// process (`--comm`) was seen.
+    ///
+    /// Example: --select app=ffmpeg,tier in (worker,edge)
+    #[arg(long, value_name = "SELECTOR")]
+    pub select: Option<String>,
+    /// Process names (comm) whose pods are audited (repeatable).
+    ///
+    /// Example: --comm ffmpeg --comm gst-launch-1.0
+    #[arg(long, value_name = "COMM", default_values_t = ["ffmpeg".to_owned(), "ffprobe".to_owned()])]
+    pub comm: Vec<String>,
+    /// Policy flavor.
+    ///
+    /// Example: --flavor cilium
+    #[arg(long, value_enum, default_value_t = Flavor::Kubernetes)]
+    pub flavor: Flavor,
+    /// Widest IPv4 prefix external addresses may be aggregated into (32: no widening;
+    /// observed addresses that fill a prefix exactly are always merged).
+    ///
+    /// Example: --max-prefix 24
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub max_prefix: u8,
+    /// Widest IPv6 prefix external addresses may be aggregated into.
+    ///
+    /// Example: --max-prefix-v6 64
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub max_prefix_v6: u8,
+    /// Count and skip invalid flow lines instead of failing on the first one.
+    ///
+    /// Example: --skip-invalid
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// `-` for stdout, or a directory to write `<mode>.yaml` (`<mode>.cilium.yaml`) into.
+    ///
+    /// Example: --output suggested/
+    #[arg(long, short, value_name = "DIR|-", default_value = "-")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuggestError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{path}: {error}")]
+    Policy { path: PathBuf, error: PolicyError },
+    #[error(transparent)]
+    Flows(#[from] FlowLogError),
+    #[error(transparent)]
+    Select(#[from] SelectorParseError),
+    #[error("cannot write {path}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The generated YAML did not parse back or the engine rejected it: a bug in suggest.
+    #[error("the generated {mode} suggestion is not valid: {message}")]
+    Generated { mode: &'static str, message: String },
+    #[error("the {mode} suggestion failed its round-trip check through the policy engine ({} problem(s)); first: {}", failures.len(), failures.first().map(String::as_str).unwrap_or(""))]
+    Verification { mode: &'static str, failures: Vec<String> },
+}
+
+/// Which pods are audited.
+#[derive(Debug, Clone)]
+pub enum Audit {
+    /// Pods where a process with one of these names made or accepted connections.
+    Comms(Vec<String>),
+    /// Pods this selector matches.
+    Selector(LabelSel),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    pub audit: Audit,
+    pub flavor: Flavor,
+    pub max_prefix_v4: u8,
+    pub max_prefix_v6: u8,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Allowlist,
+            audit: Audit::Comms(vec!["ffmpeg".into(), "ffprobe".into()]),
+            flavor: Flavor::Kubernetes,
+            max_prefix_v4: 32,
+            max_prefix_v6: 128,
+        }
+    }
+}
+
+/// The records of one distinct flow, merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    pub protocol: Protocol,
+    pub direction: Option<Direction>,
+    pub comms: BTreeSet<String>,
+    pub dns_names: BTreeSet<String>,
+    pub drop_reasons: BTreeSet<String>,
+    pub records: u64,
+    pub count: u64,
+    pub drops: u64,
+    pub timed_out: u64,
+    pub first_line: usize,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+}
+
+/// Merges records of the same flow (`src_ip, dst_ip, dst_port, protocol`: what a verdict
+/// depends on), adding up counts; sorted by that key.
+pub fn merge_flows<'a>(records: impl IntoIterator<Item = (usize, &'a FlowRecord)>) -> Vec<Observed> {
+    let mut by_key: BTreeMap<(IpAddr, IpAddr, u16, Protocol), Observed> = BTreeMap::new();
+    for (line, r) in records {
+        let key = (r.src_ip.to_canonical(), r.dst_ip.to_canonical(), r.dst_port, r.protocol);
+        let o = by_key.entry(key).or_insert_with(|| Observed {
+            src_ip: key.0,
+            dst_ip: key.1,
+            dst_port: key.2,
+            protocol: key.3,
+            direction: r.direction,
+            comms: BTreeSet::new(),
+            dns_names: BTreeSet::new(),
+            drop_reasons: BTreeSet::new(),
+            records: 0,
+            count: 0,
+            drops: 0,
+            timed_out: 0,
+            first_line: line,
+            first_seen: None,
+            last_seen: None,
+        });
+        o.records += 1;
+        o.count += r.count;
+        o.drops += r.drops;
+        o.timed_out += r.timed_out;
+        o.direction = o.direction.or(r.direction);
+        o.comms.extend(r.comm.clone());
+        o.dns_names.extend(r.dns_name.clone().map(|n| n.trim_end_matches('.').to_ascii_lowercase()));
+        o.drop_reasons.extend(r.drop_reason.clone());
+        if let Some(f) = &r.first_seen {
+            if o.first_seen.as_ref().is_none_or(|x| f < x) {
+                o.first_seen = Some(f.clone());
+            }
+        }
+        if let Some(l) = &r.last_seen {
+            if o.last_seen.as_ref().is_none_or(|x| l > x) {
+                o.last_seen = Some(l.clone());
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+impl Observed {
+    /// The address of the recorded process: the destination for ingress, else the source.
+    pub fn local_ip(&self) -> IpAddr {
+        match self.direction {
+            Some(Direction::Ingress) => self.dst_ip,
+            _ => self.src_ip,
+        }
+    }
+}
+
+/// The outcome of the round-trip check.
+#[derive(Debug, Clone, Default)]
+pub struct Verification {
+    pub observed_checked: usize,
+    pub unobserved_checked: usize,
+    pub failures: Vec<String>,
+}
+
+/// One rule of the suggestion, for the report: who needed it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleSummary {
+    pub policy: String,
+    pub direction: &'static str,
+    pub rule: usize,
+    pub peers: String,
+    pub ports: String,
+    pub processes: Vec<String>,
+    pub flows: usize,
+}
+
+/// A suggestion, rendered and checked.
+#[derive(Debug, Clone)]
+pub struct Suggestion {
+    pub mode: Mode,
+    pub flavor: Flavor,
+    /// Workloads audited (`namespace/Kind/name`), sorted.
+    pub audited: Vec<String>,
+    /// The YAML in the requested flavor.
+    pub yaml: String,
+    /// The NetworkPolicy YAML (what was checked; equal to `yaml` for the kubernetes flavor).
+    pub kubernetes_yaml: String,
+    pub policies: usize,
+    pub rules: Vec<RuleSummary>,
+    /// What could not be covered (also stated in the YAML).
+    pub gaps: Vec<String>,
+    /// Things to look at (also in the YAML).
+    pub warnings: Vec<String>,
+    pub verification: Verification,
+}
+
+/// Runs `auditor suggest`; returns the exit code.
+pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
+    let snapshot = read_snapshot(&args.cluster)?;
+    let engine = Engine::build(&snapshot).map_err(|error| SuggestError::Policy { path: args.cluster.clone(), error })?;
+    let log = read_flow_log(&args.flows, args.skip_invalid)?;
+    let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
+    let audit = match &args.select {
+        Some(sel) => Audit::Selector(labels::parse_selector(sel)?),
+        None => Audit::Comms(args.comm.clone()),
+    };
+    let opts = Options { mode: args.mode, audit, flavor: args.flavor, max_prefix_v4: args.max_prefix, max_prefix_v6: args.max_prefix_v6 };
+    let sug = suggest(&snapshot, &engine, &flows, &opts)?;
+    let out_path = if args.output.as_os_str() == "-" {
+        None
+    } else {
+        let ext = if args.flavor == Flavor::Cilium { "cilium.yaml" } else { "yaml" };
+        Some(args.output.join(format!("{}.{ext}", args.mode.as_str())))
+    };
+    match &out_path {
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(sug.yaml.as_bytes()).and_then(|_| out.flush()).map_err(|source| SuggestError::Output { path: "-".into(), source })?;
+        }
+        Some(p) => {
+            let io = |source| SuggestError::Output { path: p.clone(), source };
+            std::fs::create_dir_all(&args.output).map_err(io)?;
+            std::fs::write(p, &sug.yaml).map_err(io)?;
+        }
+    }
+    eprint!("{}", summary_text(&sug, out_path.as_deref(), log.skipped.len()));
+    if !sug.verification.failures.is_empty() {
+        return Err(SuggestError::Verification { mode: sug.mode.as_str(), failures: sug.verification.failures });
+    }
+    Ok(if sug.gaps.is_empty() { 0 } else { 1 })
+}
+
+/// The stderr summary of a suggestion.
+pub fn summary_text(sug: &Suggestion, written: Option<&Path>, skipped_lines: usize) -> String {
+    let mut t = String::new();
+    let where_ = written.map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into());
+    t.push_str(&format!(
+        "auditor suggest: {} mode, {} polic{} for {} audited workload(s), {} rule(s), written to {where_}\n",
+        sug.mode.as_str(),
+        sug.policies,
+        if sug.policies == 1 { "y" } else { "ies" },
+        sug.audited.len(),
+        sug.rules.len()
+    ));
+    let v = &sug.verification;
+    if v.failures.is_empty() {
+        let what = match sug.mode {
+            Mode::Allowlist => format!("{} observed flows allowed, {} sampled unobserved flows denied", v.observed_checked, v.unobserved_checked),
+            Mode::Fix => format!("{} observed flows re-evaluated: every denied one now allowed, no other verdict or pod isolation changed", v.observed_checked),
+        };
+        t.push_str(&format!("auditor suggest: round trip through the policy engine OK: {what}\n"));
+        if sug.flavor == Flavor::Cilium {
+            t.push_str("auditor suggest: (checked on the equivalent NetworkPolicies; toFQDNs rules cannot be checked offline)\n");
+        }
+    } else {
+        t.push_str(&format!("auditor suggest: ROUND TRIP FAILED: {} problem(s):\n", v.failures.len()));
+        for f in &v.failures {
+            t.push_str(&format!("  - {f}\n"));
+        }
+    }
+    if skipped_lines > 0 {
+        t.push_str(&format!("auditor suggest: {skipped_lines} invalid flow line(s) skipped\n"));
+    }
+    for g in &sug.gaps {
+        t.push_str(&format!("auditor suggest: gap: {g}\n"));
+    }
+    for w in &sug.warnings {
+        t.push_str(&format!("auditor suggest: warning: {w}\n"));
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------------------
+// Context: workloads, DNS, probes.
+
+/// What suggest knows about the cluster beyond the engine.
+struct Ctx<'a> {
+    engine: &'a Engine,
+    snapshot: &'a Snapshot,
+    /// Pods (not hostNetwork) by workload group, sorted.
+    groups: BTreeMap<String, Vec<PodId>>,
+    group_of: Vec<String>,
+    group_labels: BTreeMap<String, Option<BTreeMap<String, String>>>,
+    dns_pods: BTreeSet<PodId>,
+    /// ClusterIPs of the DNS Service (when known).
+    dns_service_ips: BTreeSet<IpAddr>,
+    /// Ports the pod spec names for kubelet health checks (probes) or as container ports.
+    probe_ports: Vec<BTreeSet<PortKey>>,
+    container_ports: Vec<BTreeSet<PortKey>>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(snapshot: &'a Snapshot, engine: &'a Engine) -> Self {
+        let pods = engine.pods();
+        let group_of: Vec<String> = pods.iter().map(|p| group_of(&p.workload)).collect();
+        let mut groups: BTreeMap<String, Vec<PodId>> = BTreeMap::new();
+        for (i, p) in pods.iter().enumerate() {
+            if !p.host_network {
+                groups.entry(group_of[i].clone()).or_default().push(i);
+            }
+        }
+        let group_labels = groups.iter().map(|(g, ids)| (g.clone(), workload_labels(ids.iter().map(|&i| &pods[i].labels)))).collect();
+        // DNS: the pods behind kube-system/kube-dns, else pods labelled k8s-app=kube-dns.
+        let mut dns_pods = BTreeSet::new();
+        let mut dns_service_ips = BTreeSet::new();
+        for svc in engine.services().iter().filter(|s| s.namespace == "kube-system" && s.service == "kube-dns") {
+            for b in &svc.backends {
+                if let Party::Pod(p) = engine.classify(b.ip) {
+                    dns_pods.insert(p);
+                }
+            }
+        }
+        for s in &snapshot.services {
+            let is_dns = s.metadata.namespace.as_deref() == Some("kube-system") && s.metadata.name.as_deref() == Some("kube-dns");
+            if is_dns {
+                let spec = s.spec.clone().unwrap_or_default();
+                for ip in spec.cluster_ips.unwrap_or_default().iter().chain(spec.cluster_ip.iter()) {
+                    if let Ok(ip) = ip.parse::<IpAddr>() {
+                        dns_service_ips.insert(ip.to_canonical());
+                    }
+                }
+            }
+        }
+        if dns_pods.is_empty() {
+            dns_pods = pods
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.host_network && p.labels.get("k8s-app").map(String::as_str) == Some("kube-dns"))
+                .map(|(i, _)| i)
+                .collect();
+        }
+        let by_name: HashMap<(String, String), &k8s_openapi::api::core::v1::Pod> = snapshot
+            .pods
+            .iter()
+            .map(|p| ((p.metadata.namespace.clone().unwrap_or_else(|| "default".into()), p.metadata.name.clone().unwrap_or_default()), p))
+            .collect();
+        let container_ports: Vec<BTreeSet<PortKey>> = pods
+            .iter()
+            .map(|p| p.ports.iter().map(|c| PortKey { protocol: c.protocol, port: c.port, name: c.name.clone() }).collect())
+            .collect();
+        let probe_ports = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match by_name.get(&(p.namespace.clone(), p.name.clone())) {
+                Some(pod) => probe_ports_of(pod, &container_ports[i]),
+                None => BTreeSet::new(),
+            })
+            .collect();
+        Self { engine, snapshot, groups, group_of, group_labels, dns_pods, dns_service_ips, probe_ports, container_ports }
+    }
+
+    fn labels_of_group(&self, g: &str) -> Option<&BTreeMap<String, String>> {
+        self.group_labels.get(g).and_then(Option::as_ref)
+    }
+
+    /// A port as the destination pod names it.
+    fn port_key(&self, dst_pod: Option<PodId>, port: u16, protocol: Protocol) -> PortKey {
+        let name = dst_pod.and_then(|p| self.container_ports[p].iter().find(|c| c.port == port && c.protocol == protocol && c.name.is_some()).and_then(|c| c.name.clone()));
+        PortKey { protocol, port, name }
+    }
+
+    fn is_dns_target(&self, t: &Target, service: Option<usize>, protocol: Protocol) -> Option<PeerKey> {
+        if t.dst_port != 53 || !matches!(protocol, Protocol::Udp | Protocol::Tcp) {
+            return None;
+        }
+        if t.dst_ip == NODE_LOCAL_DNS {
+            return Some(PeerKey::NodeLocalDns(t.dst_ip));
+        }
+        if let Party::Pod(p) = t.dst {
+            if self.dns_pods.contains(&p) {
+                return Some(PeerKey::Dns);
+            }
+        }
+        let via_dns_service = service.is_some_and(|s| {
+            let sp = &self.engine.services()[s];
+            sp.namespace == "kube-system" && sp.service == "kube-dns"
+        });
+        if via_dns_service || self.dns_service_ips.contains(&t.dst_ip) {
+            return Some(PeerKey::Dns);
+        }
+        None
+    }
+}
+
+fn probe_ports_of(pod: &k8s_openapi::api::core::v1::Pod, container_ports: &BTreeSet<PortKey>) -> BTreeSet<PortKey> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut out = BTreeSet::new();
+    let Some(spec) = &pod.spec else { return out };
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().flatten() {
+            let ports: Vec<IntOrString> = [probe.http_get.as_ref().map(|h| h.port.clone()), probe.tcp_socket.as_ref().map(|t| t.port.clone()), probe.grpc.as_ref().map(|g| IntOrString::Int(g.port))]
+                .into_iter()
+                .flatten()
+                .collect();
+            for port in ports {
+                let key = match port {
+                    IntOrString::Int(n) => u16::try_from(n).ok().filter(|&n| n > 0).map(|n| container_ports.iter().find(|k| k.port == n && k.protocol == Protocol::Tcp).cloned().unwrap_or(PortKey { protocol: Protocol::Tcp, port: n, name: None })),
+                    IntOrString::String(name) => container_ports.iter().find(|k| k.name.as_deref() == Some(name.as_str()) && k.protocol == Protocol::Tcp).cloned(),
+                };
+                out.extend(key);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Needs: what each side of each flow requires.
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortKey {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// The destination pod's name for the port, when it has one.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PeerKey {
+    Dns,
+    NodeLocalDns(IpAddr),
+    Pod(PodId),
+    Node(IpAddr),
+    External(IpAddr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PlanKind {
+    Allowlist,
+    Probes,
+    PeerSide,
+    Fix,
+}
+
+/// Which policy a need goes into.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PlanKey {
+    group: String,
+    kind: PlanKind,
+    /// Fix and peer-side plans: the direction, and the installed policy that isolates the
+    /// pods (the plan's selector is AND-ed with its pod selector).
+    direction: Option<Direction>,
+    anchor: Option<PolicyId>,
+}
+
+#[derive(Debug, Clone)]
+struct Need {
+    plan: PlanKey,
+    direction: Direction,
+    peer: PeerKey,
+    port: PortKey,
+    /// (flow index, target index)
+    evidence: (usize, usize),
+}
+
+fn peer_key(party: &Party, ip: IpAddr) -> PeerKey {
+    match party {
+        Party::Pod(p) => PeerKey::Pod(*p),
+        Party::Node(_) => PeerKey::Node(ip),
+        Party::External => PeerKey::External(ip),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The suggestion.
+
+/// Computes, renders and checks a suggestion.
+pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &Options) -> Result<Suggestion, SuggestError> {
+    let ctx = Ctx::new(snapshot, engine);
+    let mut gaps = Vec::new();
+    let mut warnings = Vec::new();
+    let results: Vec<FlowResult> = flows.iter().map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol)).collect();
+
+    // Audited workloads.
+    let mut audited: BTreeSet<String> = BTreeSet::new();
+    match &opts.audit {
+        Audit::Comms(comms) => {
+            let mut missing: BTreeMap<IpAddr, (BTreeSet<String>, usize)> = BTreeMap::new();
+            for f in flows {
+                let hit: BTreeSet<String> = f.comms.iter().filter(|c| comms.contains(c)).cloned().collect();
+                if hit.is_empty() {
+                    continue;
+                }
+                match engine.classify(f.local_ip()) {
+                    Party::Pod(p) => {
+                        audited.insert(ctx.group_of[p].clone());
+                    }
+                    _ => {
+                        let e = missing.entry(f.local_ip()).or_insert_with(|| (BTreeSet::new(), f.first_line));
+                        e.0.extend(hit);
+                    }
+                }
+            }
+            for (ip, (comms, line)) in missing {
+                gaps.push(format!(
+                    "{} at {ip} (first at flow line {line}) ran in no pod of the snapshot: the pod is missing from the snapshot (take the snapshot while the pipeline runs) or it is not a pod; no policy written for it",
+                    comms.into_iter().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if audited.is_empty() && opts.mode == Mode::Allowlist {
+                gaps.push(format!(
+                    "no audited workload found: no flow with comm {} from or to a pod of the snapshot; pass --select with a label selector, or --comm",
+                    comms.join("/")
+                ));
+            }
+        }
+        Audit::Selector(sel) => {
+            for (i, p) in engine.pods().iter().enumerate() {
+                if !p.host_network && sel.matches(&p.labels) {
+                    audited.insert(ctx.group_of[i].clone());
+                }
+            }
+            if audited.is_empty() && opts.mode == Mode::Allowlist {
+                gaps.push("no audited workload found: --select matches no pod of the snapshot (hostNetwork pods are out of scope)".to_owned());
+            }
+        }
+    }
+    let is_audited = |p: PodId| !engine.pods()[p].host_network && audited.contains(&ctx.group_of[p]);
+
+    // Needs.
+    let mut needs: Vec<Need> = Vec::new();
+    let mut dns_seen_without_pods = BTreeSet::new();
+    for (fi, (f, r)) in flows.iter().zip(&results).enumerate() {
+        for (ti, t) in r.targets.iter().enumerate() {
+            let src_pod = match t.src {
+                Party::Pod(p) if !engine.pods()[p].host_network => Some(p),
+                _ => None,
+            };
+            let dst_pod = match t.dst {
+                Party::Pod(p) if !engine.pods()[p].host_network => Some(p),
+                _ => None,
+            };
+            let dns = ctx.is_dns_target(t, r.service, f.protocol);
+            if dns == Some(PeerKey::Dns) && ctx.dns_pods.is_empty() {
+                dns_seen_without_pods.insert(t.dst_ip);
+            }
+            let egress_peer = dns.clone().unwrap_or_else(|| peer_key(&t.dst, t.dst_ip));
+            let egress_port = ctx.port_key(dst_pod, t.dst_port, f.protocol);
+            let ingress_peer = peer_key(&t.src, f.src_ip);
+            let mut push = |plan: PlanKey, direction: Direction| {
+                let (peer, port) = match direction {
+                    Direction::Egress => (egress_peer.clone(), egress_port.clone()),
+                    Direction::Ingress => (ingress_peer.clone(), egress_port.clone()),
+                };
+                needs.push(Need { plan, direction, peer, port, evidence: (fi, ti) });
+            };
+            let same_pod = src_pod.is_some() && src_pod == dst_pod;
+            if same_pod {
+                continue;
+            }
+            match opts.mode {
+                Mode::Allowlist => {
+                    if let Some(s) = src_pod.filter(|&s| is_audited(s)) {
+                        push(PlanKey { group: ctx.group_of[s].clone(), kind: PlanKind::Allowlist, direction: None, anchor: None }, Direction::Egress);
+                        if let Some(d) = dst_pod.filter(|&d| !is_audited(d) && !t.ingress.allowed) {
+                            push(PlanKey { group: ctx.group_of[d].clone(), kind: PlanKind::PeerSide, direction: Some(Direction::Ingress), anchor: t.ingress.isolated_by.first().copied() }, Direction::Ingress);
+                        }
+                    }
+                    if let Some(d) = dst_pod.filter(|&d| is_audited(d)) {
+                        let probe = matches!(t.src, Party::Node(_)) && (ctx.probe_ports[d].contains(&egress_port) || ctx.container_ports[d].contains(&egress_port));
+                        let kind = if probe { PlanKind::Probes } else { PlanKind::Allowlist };
+                        push(PlanKey { group: ctx.group_of[d].clone(), kind, direction: None, anchor: None }, Direction::Ingress);
+                        if let Some(s) = src_pod.filter(|&s| !is_audited(s) && !t.egress.allowed) {
+                            push(PlanKey { group: ctx.group_of[s].clone(), kind: PlanKind::PeerSide, direction: Some(Direction::Egress), anchor: t.egress.isolated_by.first().copied() }, Direction::Egress);
+                        }
+                    }
+                }
+                Mode::Fix => {
+                    if t.allowed {
+                        continue;
+                    }
+                    if let (Some(s), false) = (src_pod, t.egress.allowed) {
+                        push(PlanKey { group: ctx.group_of[s].clone(), kind: PlanKind::Fix, direction: Some(Direction::Egress), anchor: t.egress.isolated_by.first().copied() }, Direction::Egress);
+                    }
+                    if let (Some(d), false) = (dst_pod, t.ingress.allowed) {
+                        let probe = matches!(t.src, Party::Node(_)) && (ctx.probe_ports[d].contains(&egress_port) || ctx.container_ports[d].contains(&egress_port));
+                        let kind = if probe { PlanKind::Probes } else { PlanKind::Fix };
+                        push(PlanKey { group: ctx.group_of[d].clone(), kind, direction: Some(Direction::Ingress), anchor: t.ingress.isolated_by.first().copied() }, Direction::Ingress);
+                    }
+                }
+            }
+        }
+    }
+    if !dns_seen_without_pods.is_empty() {
+        gaps.push(format!(
+            "no DNS pods in the snapshot (no endpoints behind kube-system/kube-dns and no pod labelled k8s-app=kube-dns): DNS egress is written for the conventional labels and the observed DNS address(es) {}; check it",
+            dns_seen_without_pods.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    // Allowlist: every audited workload gets its policy (and its probe policy when its
+    // spec declares probes), flows or not.
+    let mut plan_keys: BTreeSet<PlanKey> = needs.iter().map(|n| n.plan.clone()).collect();
+    if opts.mode == Mode::Allowlist {
+        for g in &audited {
+            plan_keys.insert(PlanKey { group: g.clone(), kind: PlanKind::Allowlist, direction: None, anchor: None });
+            if ctx.groups.get(g).is_some_and(|ids| ids.iter().any(|&p| !ctx.probe_ports[p].is_empty())) {
+                plan_keys.insert(PlanKey { group: g.clone(), kind: PlanKind::Probes, direction: None, anchor: None });
+            }
+        }
+    }
+
+    // DNS names per external address, and names whose addresses changed.
+    let mut names_of: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    let mut addrs_of: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    for f in flows {
+        for n in &f.dns_names {
+            names_of.entry(f.dst_ip).or_default().insert(n.clone());
+            if engine.classify(f.dst_ip) == Party::External {
+                addrs_of.entry(n.clone()).or_default().insert(f.dst_ip);
+            }
+        }
+    }
+    let changing: BTreeMap<String, BTreeSet<IpAddr>> = addrs_of.into_iter().filter(|(_, a)| a.len() > 1).collect();
+    for (name, addrs) in &changing {
+        warnings.push(format!(
+            "{name} resolved to {} addresses during the recording ({}): its addresses change, so CIDRs will go stale; use --flavor cilium (toFQDNs) if the cluster runs Cilium, or reach it through a stable in-cluster Service",
+            addrs.len(),
+            addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
+
+    let build = Builder { ctx: &ctx, flows, results: &results, opts, names_of: &names_of, changing: &changing };
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut used_names = BTreeSet::new();
+    for key in &plan_keys {
+        let mine: Vec<&Need> = needs.iter().filter(|n| &n.plan == key).collect();
+        if let Some(plan) = build.plan(key, &mine, &mut used_names, &mut warnings) {
+            plans.push(plan);
+        }
+    }
+    plans.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+
+    let header = build.header(&audited, &gaps, &warnings);
+    let kubernetes_yaml = render_all(&header, &plans, Flavor::Kubernetes, &ctx);
+    let yaml = match opts.flavor {
+        Flavor::Kubernetes => kubernetes_yaml.clone(),
+        Flavor::Cilium => render_all(&header, &plans, Flavor::Cilium, &ctx),
+    };
+    let rules = plans.iter().flat_map(|p| p.summaries(&build)).collect();
+
+    let verification = verify(&ctx, flows, &results, &audited, &plans, &kubernetes_yaml, opts.mode)?;
+    let mut warnings = warnings;
+    warnings.sort();
+    warnings.dedup();
+    Ok(Suggestion {
+        mode: opts.mode,
+        flavor: opts.flavor,
+        audited: audited.into_iter().collect(),
+        yaml,
+        kubernetes_yaml,
+        policies: plans.len(),
+        rules,
+        gaps,
+        warnings,
+        verification,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Plans: policies before rendering.
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PeerDesc {
+    Dns,
+    NodeLocalDns(IpAddr),
+    /// `namespace: None`: the policy's own namespace.
+    Pods { namespace: Option<String>, labels: BTreeMap<String, String> },
+    /// Every node address the snapshot knows (kubelet health checks).
+    Nodes,
+    /// Addresses: externals (aggregated), nodes, pods without labels.
+    Blocks(Vec<IpNet>),
+}
+
+#[derive(Debug, Clone)]
+struct RulePlan {
+    peer: PeerDesc,
+    ports: BTreeSet<PortKey>,
+    evidence: BTreeSet<(usize, usize)>,
+    comments: Vec<String>,
+    /// DNS names of the addresses in this rule (externals).
+    dns_names: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Plan {
+    namespace: String,
+    name: String,
+    selector: LabelSel,
+    types: Vec<Direction>,
+    ingress: Vec<RulePlan>,
+    egress: Vec<RulePlan>,
+    comments: Vec<String>,
+    annotations: BTreeMap<String, String>,
+}
+
+struct Builder<'a> {
+    ctx: &'a Ctx<'a>,
+    flows: &'a [Observed],
+    results: &'a [FlowResult],
+    opts: &'a Options,
+    names_of: &'a BTreeMap<IpAddr, BTreeSet<String>>,
+    changing: &'a BTreeMap<String, BTreeSet<IpAddr>>,
+}
+
+const MAX_EVIDENCE_LINES: usize = 6;
+
+impl Builder<'_> {
+    fn header(&self, audited: &BTreeSet<String>, gaps: &[String], warnings: &[String]) -> Vec<String> {
+        let mut h = vec![format!("Suggested by `auditor suggest --mode {}` from {} observed flow(s).", self.opts.mode.as_str(), self.flows.len())];
+        match self.opts.mode {
+            Mode::Allowlist => {
+                h.push("Allowlist: each audited workload may send and receive exactly what was observed, nothing else.".into());
+                h.push("Policies select pods, not processes: sidecars' flows are included; each rule names the processes that needed it.".into());
+            }
+            Mode::Fix => h.push("Fix: new policies only; each selects only pods already isolated in its direction, so no other verdict changes.".into()),
+        }
+        if !audited.is_empty() {
+            h.push(format!("Audited workloads: {}", audited.iter().cloned().collect::<Vec<_>>().join(", ")));
+        }
+        for g in gaps {
+            h.push(format!("GAP: {g}"));
+        }
+        for w in warnings {
+            h.push(format!("WARNING: {w}"));
+        }
+        h
+    }
+
+    fn plan(&self, key: &PlanKey, needs: &[&Need], used_names: &mut BTreeSet<(String, String)>, warnings: &mut Vec<String>) -> Option<Plan> {
+        let ctx = self.ctx;
+        let engine = ctx.engine;
+        let (namespace, kind_name, wname) = split_group(&key.group);
+        let namespace = namespace.to_owned();
+        let mut comments = vec![format!("Workload {}.", key.group)];
+        let Some(workload_sel) = ctx.labels_of_group(&key.group).cloned() else {
+            let msg = format!("{} has no labels a selector could use; no policy written for it (label its pods)", key.group);
+            if !warnings.contains(&msg) {
+                warnings.push(msg);
+            }
+            return None;
+        };
+        let mut selector = LabelSel::labels(workload_sel);
+        if let Some(anchor) = key.anchor {
+            if let Some(np) = self.installed(anchor) {
+                selector = selector.and(&LabelSel::from_k8s(&np.spec.clone().unwrap_or_default().pod_selector.unwrap_or_default()));
+                comments.push(format!("Selects only pods that {} already isolates, so no other pod's isolation changes.", engine.policy_name(anchor)));
+            }
+        }
+        // Pods the selector selects beyond the workload.
+        let extra: Vec<String> = engine
+            .pods()
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| p.namespace == namespace && !p.host_network && ctx.group_of[*i] != key.group && selector.matches(&p.labels))
+            .map(|(i, _)| engine.pod_name(i))
+            .collect();
+        if !extra.is_empty() {
+            let msg = format!("the selector for {} also selects {} (they share its labels)", key.group, extra.join(", "));
+            comments.push(format!("Note: {msg}."));
+            warnings.push(msg);
+        }
+        let base = dns_name_part(wname);
+        let suffix = match (&key.kind, key.direction) {
+            (PlanKind::Allowlist, _) => "allowlist".to_owned(),
+            (PlanKind::Probes, _) => "kubelet-probes".to_owned(),
+            (PlanKind::PeerSide, Some(d)) => format!("allow-{}-for-audited", direction_str(d)),
+            (PlanKind::Fix, Some(d)) => format!("fix-{}", direction_str(d)),
+            (_, None) => "fix".to_owned(),
+        };
+        let mut name = format!("{base}-{suffix}");
+        if used_names.contains(&(namespace.clone(), name.clone())) {
+            name = format!("{base}-{}-{suffix}", dns_name_part(kind_name));
+        }
+        let mut n = 2;
+        while used_names.contains(&(namespace.clone(), name.clone())) {
+            name = format!("{base}-{suffix}-{n}");
+            n += 1;
+        }
+        used_names.insert((namespace.clone(), name.clone()));
+
+        let types = match (&key.kind, key.direction) {
+            (PlanKind::Allowlist, _) => vec![Direction::Ingress, Direction::Egress],
+            (PlanKind::Probes, None) => vec![Direction::Ingress],
+            (_, Some(d)) => vec![d],
+            (_, None) => vec![Direction::Ingress],
+        };
+        match key.kind {
+            PlanKind::Allowlist => {}
+            PlanKind::Probes => comments.push("Kubelet health checks: from node addresses to the ports the pod spec names for probes (and container ports node traffic was seen on).".into()),
+            PlanKind::PeerSide => comments.push("Peer side: this pod is isolated by its own policies and would refuse observed traffic of an audited workload.".into()),
+            PlanKind::Fix => {}
+        }
+
+        let mut ingress = Vec::new();
+        let mut egress = Vec::new();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            if !types.contains(&direction) {
+                continue;
+            }
+            let rules = self.rules(key, needs.iter().filter(|n| n.direction == direction).copied(), &namespace, direction);
+            match direction {
+                Direction::Ingress => ingress = rules,
+                Direction::Egress => egress = rules,
+            }
+        }
+        let mut annotations = BTreeMap::new();
+        annotations.insert(GENERATED_ANNOTATION.to_owned(), format!("auditor suggest --mode {}", self.opts.mode.as_str()));
+        let names: Vec<String> = ingress
+            .iter()
+            .chain(&egress)
+            .filter(|r| !r.dns_names.is_empty())
+            .map(|r| {
+                let blocks = match &r.peer {
+                    PeerDesc::Blocks(b) => b.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                    _ => String::new(),
+                };
+                format!("{blocks}={}", r.dns_names.iter().cloned().collect::<Vec<_>>().join(","))
+            })
+            .collect();
+        if !names.is_empty() {
+            annotations.insert(DNS_NAMES_ANNOTATION.to_owned(), names.join("; "));
+        }
+        if key.kind == PlanKind::Allowlist && ingress.is_empty() && egress.is_empty() {
+            comments.push("No flow of this workload was observed: it is isolated and allowed nothing.".into());
+        }
+        Some(Plan { namespace, name, selector, types, ingress, egress, comments, annotations })
+    }
+
+    fn installed(&self, id: PolicyId) -> Option<&k8s_openapi::api::networking::v1::NetworkPolicy> {
+        let name = self.ctx.engine.policy_name(id);
+        self.ctx.snapshot.network_policies.iter().find(|np| format!("{}/{}", np.metadata.namespace.as_deref().unwrap_or("default"), np.metadata.name.as_deref().unwrap_or("")) == name)
+    }
+
+    fn rules<'n>(&self, key: &PlanKey, needs: impl Iterator<Item = &'n Need>, namespace: &str, direction: Direction) -> Vec<RulePlan> {
+        let ctx = self.ctx;
+        let mut by_peer: BTreeMap<PeerDesc, (BTreeSet<PortKey>, BTreeSet<(usize, usize)>)> = BTreeMap::new();
+        let mut externals: BTreeMap<IpAddr, (BTreeSet<PortKey>, BTreeSet<(usize, usize)>)> = BTreeMap::new();
+        let mut notes: BTreeMap<PeerDesc, Vec<String>> = BTreeMap::new();
+        for n in needs {
+            let desc = match &n.peer {
+                PeerKey::Dns => PeerDesc::Dns,
+                PeerKey::NodeLocalDns(ip) => PeerDesc::NodeLocalDns(*ip),
+                PeerKey::Node(_) if key.kind == PlanKind::Probes => PeerDesc::Nodes,
+                PeerKey::Node(ip) => PeerDesc::Blocks(vec![IpNet::from(*ip)]),
+                PeerKey::External(ip) => {
+                    let e = externals.entry(*ip).or_default();
+                    e.0.insert(n.port.clone());
+                    e.1.insert(n.evidence);
+                    continue;
+                }
+                PeerKey::Pod(q) => {
+                    let g = &ctx.group_of[*q];
+                    match ctx.labels_of_group(g) {
+                        Some(l) => {
+                            let peer_ns = &ctx.engine.pods()[*q].namespace;
+                            PeerDesc::Pods { namespace: (peer_ns != namespace).then(|| peer_ns.clone()), labels: l.clone() }
+                        }
+                        None => {
+                            let ip = match direction {
+                                Direction::Egress => self.results[n.evidence.0].targets[n.evidence.1].dst_ip,
+                                Direction::Ingress => self.flows[n.evidence.0].src_ip,
+                            };
+                            let d = PeerDesc::Blocks(vec![IpNet::from(ip)]);
+                            notes.entry(d.clone()).or_default().push(format!("{} has no labels to select it by: its pod address is used and goes stale when the pod is replaced", ctx.engine.pod_name(*q)));
+                            d
+                        }
+                    }
+                }
+            };
+            let e = by_peer.entry(desc).or_default();
+            e.0.insert(n.port.clone());
+            e.1.insert(n.evidence);
+        }
+        if key.kind == PlanKind::Probes && direction == Direction::Ingress {
+            // The declared probe ports, observed or not.
+            let e = by_peer.entry(PeerDesc::Nodes).or_default();
+            for &p in ctx.groups.get(&key.group).into_iter().flatten() {
+                e.0.extend(ctx.probe_ports[p].iter().cloned());
+            }
+        }
+        let mut rules: Vec<RulePlan> = Vec::new();
+        for (peer, (ports, evidence)) in by_peer {
+            let mut comments = notes.remove(&peer).unwrap_or_default();
+            comments.dedup();
+            let ports = match &peer {
+                PeerDesc::Dns | PeerDesc::NodeLocalDns(_) => {
+                    [Protocol::Udp, Protocol::Tcp].into_iter().map(|protocol| PortKey { protocol, port: 53, name: None }).collect()
+                }
+                _ => ports,
+            };
+            if peer == PeerDesc::Dns {
+                comments.push("DNS: only to the cluster's DNS pods, UDP and TCP 53.".into());
+            }
+            if peer == PeerDesc::Nodes && evidence.is_empty() {
+                comments.push("Declared probes in the pod spec (no probe traffic was recorded).".into());
+            }
+            rules.push(RulePlan { peer, ports, evidence, comments, dns_names: BTreeSet::new() });
+        }
+        // Externals: aggregated per identical port set, so no address gains a port.
+        let mut by_ports: BTreeMap<BTreeSet<PortKey>, (BTreeSet<IpAddr>, BTreeSet<(usize, usize)>)> = BTreeMap::new();
+        for (ip, (ports, ev)) in externals {
+            let e = by_ports.entry(ports).or_default();
+            e.0.insert(ip);
+            e.1.extend(ev);
+        }
+        for (ports, (ips, evidence)) in by_ports {
+            let nets = cidr::aggregate(&ips, self.opts.max_prefix_v4, self.opts.max_prefix_v6);
+            let mut comments = Vec::new();
+            let mut dns_names = BTreeSet::new();
+            for net in &nets {
+                let inside: Vec<&IpAddr> = ips.iter().filter(|ip| net.contains(*ip)).collect();
+                let names: BTreeSet<String> = inside.iter().flat_map(|ip| self.names_of.get(ip).into_iter().flatten().cloned()).collect();
+                let widened = net.prefix_len() < net.max_prefix_len() && (inside.len() as u128) < (1u128 << (net.max_prefix_len() - net.prefix_len()));
+                let mut line = format!("{net}");
+                if !names.is_empty() {
+                    line.push_str(&format!(": {}", names.iter().cloned().collect::<Vec<_>>().join(", ")));
+                }
+                if widened {
+                    line.push_str(&format!(" (aggregated from {} observed address(es), as --max-prefix allows)", inside.len()));
+                }
+                for n in &names {
+                    if let Some(addrs) = self.changing.get(n) {
+                        line.push_str(&format!("; WARNING: {n} had {} addresses during recording", addrs.len()));
+                    }
+                }
+                comments.push(line);
+                dns_names.extend(names);
+            }
+            rules.push(RulePlan { peer: PeerDesc::Blocks(nets), ports, evidence, comments, dns_names });
+        }
+        for r in &mut rules {
+            let mut ev = self.evidence_lines(&r.evidence);
+            ev.append(&mut r.comments);
+            r.comments = ev;
+        }
+        rules
+    }
+
+    fn evidence_lines(&self, evidence: &BTreeSet<(usize, usize)>) -> Vec<String> {
+        if evidence.is_empty() {
+            return Vec::new();
+        }
+        let flows: BTreeSet<usize> = evidence.iter().map(|e| e.0).collect();
+        let comms: BTreeSet<&str> = flows.iter().flat_map(|&f| self.flows[f].comms.iter().map(String::as_str)).collect();
+        let mut out = vec![format!(
+            "Needed by {} observed flow(s){}:",
+            flows.len(),
+            if comms.is_empty() { String::new() } else { format!(" of process(es) {}", comms.into_iter().collect::<Vec<_>>().join(", ")) }
+        )];
+        for &(f, t) in evidence.iter().take(MAX_EVIDENCE_LINES) {
+            out.push(format!("  {}", describe_flow(self.ctx.engine, &self.flows[f], &self.results[f], t)));
+        }
+        if evidence.len() > MAX_EVIDENCE_LINES {
+            out.push(format!("  ... and {} more", evidence.len() - MAX_EVIDENCE_LINES));
+        }
+        out
+    }
+}
+
+fn direction_str(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+/// `namespace/pod`, `node n (ip)` or the address.
+pub fn party_text(engine: &Engine, party: &Party, ip: IpAddr) -> String {
+    match party {
+        Party::Pod(p) => engine.pod_name(*p),
+        Party::Node(Some(n)) => format!("node {n} ({ip})"),
+        Party::Node(None) => format!("node {ip}"),
+        Party::External => ip.to_string(),
+    }
+}
+
+/// One line about one target of a flow: `src -> dst:port/proto [via Service] (dns) [comm]`.
+pub fn describe_flow(engine: &Engine, f: &Observed, r: &FlowResult, target: usize) -> String {
+    let t = &r.targets[target.min(r.targets.len().saturating_sub(1))];
+    let mut s = format!("{} -> ", party_text(engine, &t.src, f.src_ip));
+    if let Some(svc) = r.service.map(|i| &engine.services()[i]) {
+        s.push_str(&format!("Service {}/{}:{}/{} -> ", svc.namespace, svc.service, svc.port, svc.protocol));
+    }
+    s.push_str(&format!("{}:{}/{}", party_text(engine, &t.dst, t.dst_ip), t.dst_port, f.protocol));
+    if !f.dns_names.is_empty() {
+        s.push_str(&format!(" ({})", f.dns_names.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    if !f.comms.is_empty() {
+        s.push_str(&format!(" [{}]", f.comms.iter().cloned().collect::<Vec<_>>().join(", ")));
+    }
+    s
+}
+
+impl Plan {
+    fn summaries(&self, b: &Builder) -> Vec<RuleSummary> {
+        let mut out = Vec::new();
+        for (direction, rules) in [(Direction::Ingress, &self.ingress), (Direction::Egress, &self.egress)] {
+            for (i, r) in rules.iter().enumerate() {
+                let flows: BTreeSet<usize> = r.evidence.iter().map(|e| e.0).collect();
+                out.push(RuleSummary {
+                    policy: format!("{}/{}", self.namespace, self.name),
+                    direction: direction_str(direction),
+                    rule: i,
+                    peers: peer_text(&r.peer),
+                    ports: ports_text(&r.ports),
+                    processes: flows.iter().flat_map(|&f| b.flows[f].comms.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect(),
+                    flows: flows.len(),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn peer_text(p: &PeerDesc) -> String {
+    match p {
+        PeerDesc::Dns => "cluster DNS pods".into(),
+        PeerDesc::NodeLocalDns(ip) => format!("NodeLocal DNS {ip}"),
+        PeerDesc::Pods { namespace, labels } => format!(
+            "{}pods {}",
+            namespace.as_ref().map(|n| format!("namespace {n}, ")).unwrap_or_default(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        ),
+        PeerDesc::Nodes => "node addresses".into(),
+        PeerDesc::Blocks(b) => b.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+    }
+}
+
+fn ports_text(ports: &BTreeSet<PortKey>) -> String {
+    port_docs(ports)
+        .iter()
+        .map(|p| match p {
+            PortDoc::Named { protocol, name } => format!("{name}/{protocol}"),
+            PortDoc::Num { protocol, port, end: None } => format!("{port}/{protocol}"),
+            PortDoc::Num { protocol, port, end: Some(e) } => format!("{port}-{e}/{protocol}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------------------
+// Ports: named where the destination names them, runs merged into endPort ranges.
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PortDoc {
+    Named { protocol: Protocol, name: String },
+    Num { protocol: Protocol, port: u16, end: Option<u16> },
+}
+
+/// Ports as a policy writes them: named ports by name, numeric ports per protocol with
+/// runs of consecutive ports merged into `port`/`endPort` ranges. Sorted.
+pub fn port_docs(ports: &BTreeSet<PortKey>) -> Vec<PortDoc> {
+    let mut out = Vec::new();
+    let mut numeric: BTreeMap<Protocol, BTreeSet<u16>> = BTreeMap::new();
+    let mut named = BTreeSet::new();
+    for p in ports {
+        match &p.name {
+            Some(n) => {
+                named.insert((p.protocol, n.clone()));
+            }
+            None => {
+                numeric.entry(p.protocol).or_default().insert(p.port);
+            }
+        }
+    }
+    for (protocol, set) in numeric {
+        let mut run: Option<(u16, u16)> = None;
+        for port in set {
+            run = match run {
+                Some((a, b)) if b.checked_add(1) == Some(port) => Some((a, port)),
+                Some((a, b)) => {
+                    out.push(PortDoc::Num { protocol, port: a, end: (b > a).then_some(b) });
+                    Some((port, port))
+                }
+                None => Some((port, port)),
+            };
+        }
+        if let Some((a, b)) = run {
+            out.push(PortDoc::Num { protocol, port: a, end: (b > a).then_some(b) });
+        }
+    }
+    out.extend(named.into_iter().map(|(protocol, name)| PortDoc::Named { protocol, name }));
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering.
+
+fn sel_node(sel: &LabelSel) -> Node {
+    let mut entries = Vec::new();
+    if !sel.match_labels.is_empty() {
+        entries.push(("matchLabels".to_owned(), Node::Map(sel.match_labels.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect())));
+    }
+    if !sel.expressions.is_empty() {
+        entries.push((
+            "matchExpressions".to_owned(),
+            seq(sel.expressions.iter().map(|(k, op, values)| {
+                let mut m = vec![("key".to_owned(), s(k.clone())), ("operator".to_owned(), s(op.clone()))];
+                if !values.is_empty() {
+                    m.push(("values".to_owned(), seq(values.iter().map(|v| s(v.clone())))));
+                }
+                Node::Map(m)
+            })),
+        ));
+    }
+    Node::Map(entries)
+}
+
+fn ns_sel(ns: &str) -> Node {
+    map([("matchLabels", Node::Map(vec![("kubernetes.io/metadata.name".to_owned(), s(ns))]))])
+}
+
+fn k8s_ports(ports: &BTreeSet<PortKey>) -> Node {
+    seq(port_docs(ports).into_iter().map(|p| match p {
+        PortDoc::Named { protocol, name } => map([("protocol", s(protocol.as_str())), ("port", s(name))]),
+        PortDoc::Num { protocol, port, end } => {
+            let mut m = vec![("protocol".to_owned(), s(protocol.as_str())), ("port".to_owned(), Node::Int(port.into()))];
+            if let Some(e) = end {
+                m.push(("endPort".to_owned(), Node::Int(e.into())));
+            }
+            Node::Map(m)
+        }
+    }))
+}
+
+fn k8s_peers(peer: &PeerDesc, ctx: &Ctx) -> Vec<Node> {
+    match peer {
+        PeerDesc::Dns => {
+            let mut v = Vec::new();
+            match dns_selector(ctx) {
+                Some((ns, labels)) => v.push(map([("namespaceSelector", ns_sel(&ns)), ("podSelector", sel_node(&LabelSel::labels(labels)))])),
+                None => {
+                    v.push(map([("namespaceSelector", ns_sel("kube-system")), ("podSelector", map([("matchLabels", map([("k8s-app", s("kube-dns"))]))]))]));
+                }
+            }
+            if ctx.dns_pods.is_empty() {
+                for ip in &ctx.dns_service_ips {
+                    v.push(map([("ipBlock", map([("cidr", s(IpNet::from(*ip).to_string()))]))]));
+                }
+            }
+            v
+        }
+        PeerDesc::NodeLocalDns(ip) => vec![map([("ipBlock", map([("cidr", s(IpNet::from(*ip).to_string()))]))])],
+        PeerDesc::Pods { namespace, labels } => {
+            let mut m = Vec::new();
+            if let Some(ns) = namespace {
+                m.push(("namespaceSelector".to_owned(), ns_sel(ns)));
+            }
+            m.push(("podSelector".to_owned(), sel_node(&LabelSel::labels(labels.clone()))));
+            vec![Node::Map(m)]
+        }
+        PeerDesc::Nodes => ctx.engine.node_addresses().into_iter().map(|ip| map([("ipBlock", map([("cidr", s(IpNet::from(ip).to_string()))]))])).collect(),
+        PeerDesc::Blocks(nets) => nets.iter().map(|n| map([("ipBlock", map([("cidr", s(n.to_string()))]))])).collect(),
+    }
+}
+
+/// The namespace and labels that select the cluster's DNS pods.
+fn dns_selector(ctx: &Ctx) -> Option<(String, BTreeMap<String, String>)> {
+    let first = *ctx.dns_pods.iter().next()?;
+    let pods = ctx.engine.pods();
+    let ns = pods[first].namespace.clone();
+    let labels = workload_labels(ctx.dns_pods.iter().map(|&p| &pods[p].labels))?;
+    Some((ns, labels))
+}
+
+fn metadata(plan: &Plan) -> Node {
+    map([
+        ("name", s(plan.name.clone())),
+        ("namespace", s(plan.namespace.clone())),
+        ("annotations", Node::Map(plan.annotations.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect())),
+    ])
+}
+
+fn render_k8s(plan: &Plan, ctx: &Ctx) -> Node {
+    let mut spec = vec![("podSelector".to_owned(), sel_node(&plan.selector))];
+    spec.push(("policyTypes".to_owned(), seq(plan.types.iter().map(|d| s(if *d == Direction::Ingress { "Ingress" } else { "Egress" })))));
+    for (key, rules, peer_key) in [("ingress", &plan.ingress, "from"), ("egress", &plan.egress, "to")] {
+        if rules.is_empty() {
+            continue;
+        }
+        let items = rules
+            .iter()
+            .map(|r| {
+                let mut m = vec![(peer_key.to_owned(), seq(k8s_peers(&r.peer, ctx)))];
+                if !r.ports.is_empty() {
+                    m.push(("ports".to_owned(), k8s_ports(&r.ports)));
+                }
+                Item { comments: r.comments.clone(), node: Node::Map(m) }
+            })
+            .collect();
+        spec.push((key.to_owned(), Node::Seq(items)));
+    }
+    Node::Map(vec![
+        ("apiVersion".to_owned(), s("networking.k8s.io/v1")),
+        ("kind".to_owned(), s("NetworkPolicy")),
+        ("metadata".to_owned(), metadata(plan)),
+        ("spec".to_owned(), Node::Map(spec)),
+    ])
+}
+
+fn cilium_sel(namespace: Option<&str>, labels: &BTreeMap<String, String>) -> Node {
+    let mut m: Vec<(String, Node)> = labels.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect();
+    if let Some(ns) = namespace {
+        m.insert(0, ("k8s:io.kubernetes.pod.namespace".to_owned(), s(ns)));
+    }
+    map([("matchLabels", Node::Map(m))])
+}
+
+fn cilium_ports(ports: &BTreeSet<PortKey>) -> Node {
+    let list = port_docs(ports)
+        .into_iter()
+        .map(|p| match p {
+            PortDoc::Named { protocol, name } => map([("port", s(name)), ("protocol", s(protocol.as_str()))]),
+            PortDoc::Num { protocol, port, end } => {
+                let mut m = vec![("port".to_owned(), s(port.to_string())), ("protocol".to_owned(), s(protocol.as_str()))];
+                if let Some(e) = end {
+                    m.push(("endPort".to_owned(), Node::Int(e.into())));
+                }
+                Node::Map(m)
+            }
+        })
+        .collect::<Vec<_>>();
+    seq([map([("ports", Node::Seq(list.into_iter().map(Item::new).collect()))])])
+}
+
+fn render_cilium(plan: &Plan, ctx: &Ctx) -> Node {
+    let mut spec = vec![("endpointSelector".to_owned(), sel_node(&plan.selector))];
+    let dns_sel = dns_selector(ctx).unwrap_or_else(|| ("kube-system".to_owned(), [("k8s-app".to_owned(), "kube-dns".to_owned())].into()));
+    for (key, rules, direction) in [("ingress", &plan.ingress, Direction::Ingress), ("egress", &plan.egress, Direction::Egress)] {
+        let isolates = plan.types.contains(&direction);
+        if !isolates {
+            continue;
+        }
+        let (from_ep, from_cidr, from_ent) = match direction {
+            Direction::Ingress => ("fromEndpoints", "fromCIDR", "fromEntities"),
+            Direction::Egress => ("toEndpoints", "toCIDR", "toEntities"),
+        };
+        let mut items: Vec<Item> = Vec::new();
+        for r in rules {
+            let mut m: Vec<(String, Node)> = Vec::new();
+            let mut comments = r.comments.clone();
+            match &r.peer {
+                PeerDesc::Dns => {
+                    m.push((from_ep.to_owned(), seq([cilium_sel(Some(&dns_sel.0), &dns_sel.1)])));
+                    comments.push("Cilium learns the names for toFQDNs from this rule's DNS proxy (dns matchPattern).".into());
+                    let ports = seq([map([("port", s("53")), ("protocol", s("ANY"))])]);
+                    m.push(("toPorts".to_owned(), seq([map([("ports", ports), ("rules", map([("dns", seq([map([("matchPattern", s("*"))])]))]))])])));
+                    items.push(Item { comments, node: Node::Map(m) });
+                    continue;
+                }
+                PeerDesc::Pods { namespace, labels } => {
+                    let ns = namespace.clone().unwrap_or_else(|| plan.namespace.clone());
+                    m.push((from_ep.to_owned(), seq([cilium_sel(Some(&ns), labels)])));
+                }
+                PeerDesc::Nodes => m.push((from_ent.to_owned(), seq([s("host"), s("remote-node")]))),
+                PeerDesc::NodeLocalDns(ip) => m.push((from_cidr.to_owned(), seq([s(IpNet::from(*ip).to_string())]))),
+                PeerDesc::Blocks(nets) if direction == Direction::Egress && !r.dns_names.is_empty() => {
+                    comments.push("toFQDNs instead of the observed addresses: they follow the names' DNS answers.".into());
+                    m.push(("toFQDNs".to_owned(), seq(r.dns_names.iter().map(|n| map([("matchName", s(n.clone()))])))));
+                    let _ = nets;
+                }
+                PeerDesc::Blocks(nets) => m.push((from_cidr.to_owned(), seq(nets.iter().map(|n| s(n.to_string()))))),
+            }
+            if !r.ports.is_empty() {
+                m.push(("toPorts".to_owned(), cilium_ports(&r.ports)));
+            }
+            items.push(Item { comments, node: Node::Map(m) });
+        }
+        if direction == Direction::Egress && rules.iter().any(|r| !r.dns_names.is_empty()) && !rules.iter().any(|r| r.peer == PeerDesc::Dns) {
+            let ports = seq([map([("port", s("53")), ("protocol", s("ANY"))])]);
+            items.push(Item {
+                comments: vec!["DNS visibility for toFQDNs: Cilium must see the lookups of these names.".into()],
+                node: map([
+                    ("toEndpoints", seq([cilium_sel(Some(&dns_sel.0), &dns_sel.1)])),
+                    ("toPorts", seq([map([("ports", ports), ("rules", map([("dns", seq([map([("matchPattern", s("*"))])]))]))])])),
+                ]),
+            });
+        }
+        if items.is_empty() {
+            // An empty rule list isolates without allowing anything in Cilium too.
+            spec.push((key.to_owned(), seq([map([])])));
+            continue;
+        }
+        spec.push((key.to_owned(), Node::Seq(items)));
+    }
+    Node::Map(vec![
+        ("apiVersion".to_owned(), s("cilium.io/v2")),
+        ("kind".to_owned(), s("CiliumNetworkPolicy")),
+        ("metadata".to_owned(), metadata(plan)),
+        ("spec".to_owned(), Node::Map(spec)),
+    ])
+}
+
+fn render_all(header: &[String], plans: &[Plan], flavor: Flavor, ctx: &Ctx) -> String {
+    let mut out = String::new();
+    for h in header {
+        for line in h.lines() {
+            out.push_str(&format!("# {line}\n"));
+        }
+    }
+    if plans.is_empty() {
+        out.push_str("# No policy to write.\n");
+    }
+    for p in plans {
+        let node = match flavor {
+            Flavor::Kubernetes => render_k8s(p, ctx),
+            Flavor::Cilium => render_cilium(p, ctx),
+        };
+        out.push_str(&yaml::document(&p.comments, &node));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Round trip.
+
+fn with_policies(snapshot: &Snapshot, policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>) -> Snapshot {
+    let mut s = snapshot.clone();
+    s.network_policies = policies;
+    s
+}
+
+fn verify(ctx: &Ctx, flows: &[Observed], before: &[FlowResult], audited: &BTreeSet<String>, plans: &[Plan], yaml_text: &str, mode: Mode) -> Result<Verification, SuggestError> {
+    let generated = |message: String| SuggestError::Generated { mode: mode.as_str(), message };
+    let parsed = parse_snapshot(Path::new("<suggestion>"), yaml_text.as_bytes()).map_err(|e| generated(e.to_string()))?;
+    let engine0 = ctx.engine;
+    let snapshot = ctx.snapshot;
+    let mut all = snapshot.network_policies.clone();
+    all.extend(parsed.network_policies.iter().cloned());
+    let full = Engine::build(&with_policies(snapshot, all)).map_err(|e| generated(e.to_string()))?;
+    let mut v = Verification::default();
+    let is_audited = |p: PodId| audited.contains(&ctx.group_of[p]);
+    let touches_audited = |r: &FlowResult| r.targets.iter().any(|t| [&t.src, &t.dst].into_iter().any(|x| matches!(x, Party::Pod(p) if is_audited(*p))));
+    match mode {
+        Mode::Fix => {
+            for (i, f) in flows.iter().enumerate() {
+                let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+                v.observed_checked += 1;
+                if !after.allowed {
+                    v.failures.push(format!("observed flow still denied: {}", describe_flow(&full, f, &after, 0)));
+                } else if before[i].allowed != after.allowed && before[i].allowed {
+                    v.failures.push(format!("verdict changed: {}", describe_flow(&full, f, &after, 0)));
+                }
+            }
+            for (i, (a, b)) in engine0.pods().iter().zip(full.pods()).enumerate() {
+                if a.ingress_policies.is_empty() != b.ingress_policies.is_empty() || a.egress_policies.is_empty() != b.egress_policies.is_empty() {
+                    v.failures.push(format!("pod {} changed isolation", engine0.pod_name(i)));
+                }
+            }
+        }
+        Mode::Allowlist => {
+            let alone = Engine::build(&with_policies(snapshot, parsed.network_policies.clone())).map_err(|e| generated(e.to_string()))?;
+            for (i, f) in flows.iter().enumerate() {
+                if !touches_audited(&before[i]) {
+                    continue;
+                }
+                v.observed_checked += 1;
+                let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+                if !after.allowed {
+                    let t = after.deciding_target();
+                    let side = if t.egress.allowed { "ingress" } else { "egress" };
+                    v.failures.push(format!("observed flow denied ({side}) with the suggestion applied: {}", describe_flow(&full, f, &after, 0)));
+                    continue;
+                }
+                let own = alone.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+                for t in &own.targets {
+                    let bad = (matches!(t.src, Party::Pod(p) if is_audited(p)) && !t.egress.allowed) || (matches!(t.dst, Party::Pod(p) if is_audited(p)) && !t.ingress.allowed);
+                    if bad {
+                        v.failures.push(format!("observed flow not allowed by the suggestion alone: {}", describe_flow(&alone, f, &own, 0)));
+                        break;
+                    }
+                }
+            }
+            sample_unobserved(ctx, &alone, flows, before, audited, plans, &mut v);
+        }
+    }
+    Ok(v)
+}
+
+/// Addresses for "somewhere nobody talked to" (benchmarking, documentation, shared and
+/// reserved ranges), first one outside every CIDR the plan allows is used.
+const UNOBSERVED_V4: &[[u8; 4]] = &[[198, 18, 0, 1], [198, 19, 255, 254], [192, 0, 2, 254], [100, 64, 0, 1], [240, 0, 0, 1], [233, 252, 0, 1]];
+const UNOBSERVED_PORTS: &[u16] = &[9, 7, 13, 37, 113, 65001];
+
+fn sample_unobserved(ctx: &Ctx, alone: &Engine, flows: &[Observed], before: &[FlowResult], audited: &BTreeSet<String>, plans: &[Plan], v: &mut Verification) {
+    let pods = alone.pods();
+    for g in audited {
+        let Some(&p) = ctx.groups.get(g).and_then(|ids| ids.iter().find(|&&i| !pods[i].ips.is_empty())) else { continue };
+        let pip = pods[p].ips[0];
+        let mine: Vec<&Plan> = plans.iter().filter(|pl| pl.namespace == pods[p].namespace && pl.selector.matches(&pods[p].labels)).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        // Observed ports and peers of this workload.
+        let mut egress_ports: BTreeSet<(u16, Protocol)> = BTreeSet::new();
+        let mut ingress_ports: BTreeSet<(u16, Protocol)> = BTreeSet::new();
+        let mut egress_peers: BTreeSet<PodId> = BTreeSet::new();
+        for (f, r) in flows.iter().zip(before) {
+            for t in &r.targets {
+                if matches!(t.src, Party::Pod(s) if ctx.group_of[s] == *g) {
+                    egress_ports.insert((t.dst_port, f.protocol));
+                    if let Party::Pod(q) = t.dst {
+                        egress_peers.insert(q);
+                    }
+                }
+                if matches!(t.dst, Party::Pod(d) if ctx.group_of[d] == *g) {
+                    ingress_ports.insert((t.dst_port, f.protocol));
+                }
+            }
+        }
+        let blocks = |dir: Direction| -> Vec<IpNet> {
+            mine.iter()
+                .flat_map(|pl| if dir == Direction::Ingress { &pl.ingress } else { &pl.egress })
+                .flat_map(|r| match &r.peer {
+                    PeerDesc::Blocks(b) => b.clone(),
+                    PeerDesc::NodeLocalDns(ip) => vec![IpNet::from(*ip)],
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        let pod_peer_matches = |dir: Direction, q: PodId| -> bool {
+            mine.iter().flat_map(|pl| if dir == Direction::Ingress { &pl.ingress } else { &pl.egress }).any(|r| match &r.peer {
+                PeerDesc::Pods { namespace, labels } => {
+                    let ns = namespace.clone().unwrap_or_else(|| pods[p].namespace.clone());
+                    pods[q].namespace == ns && labels.iter().all(|(k, v)| pods[q].labels.get(k) == Some(v))
+                }
+                PeerDesc::Dns => ctx.dns_pods.contains(&q),
+                PeerDesc::Blocks(b) => pods[q].ips.iter().any(|ip| b.iter().any(|n| n.contains(ip))),
+                _ => false,
+            })
+        };
+        let outside = |nets: &[IpNet]| -> Option<IpAddr> {
+            UNOBSERVED_V4.iter().map(|o| IpAddr::from(*o)).find(|ip| !nets.iter().any(|n| n.contains(ip)) && alone.classify(*ip) == Party::External)
+        };
+        let free_port = |used: &BTreeSet<(u16, Protocol)>, proto: Protocol| UNOBSERVED_PORTS.iter().copied().find(|pt| !used.contains(&(*pt, proto)) && !ctx.probe_ports[p].iter().any(|k| k.port == *pt));
+        let mut check = |src: IpAddr, dst: IpAddr, port: u16, proto: Protocol, dir: Direction, what: &str| {
+            let r = alone.evaluate(src, dst, port, proto);
+            v.unobserved_checked += 1;
+            for t in &r.targets {
+                let side = if dir == Direction::Egress { &t.egress } else { &t.ingress };
+                if side.allowed && side.exception.is_none() {
+                    v.failures.push(format!("{what}: {src} -> {dst}:{port}/{proto} is allowed by the suggestion for {g} but was never observed"));
+                    break;
+                }
+            }
+        };
+        let mut e_ports: Vec<(u16, Protocol)> = egress_ports.iter().copied().collect();
+        e_ports.extend(free_port(&egress_ports, Protocol::Tcp).map(|pt| (pt, Protocol::Tcp)));
+        if let Some(x) = outside(&blocks(Direction::Egress)) {
+            for &(port, proto) in &e_ports {
+                check(pip, x, port, proto, Direction::Egress, "egress to an unobserved address");
+            }
+        }
+        for &q in &egress_peers {
+            if q == p || pods[q].ips.is_empty() || pods[q].host_network {
+                continue;
+            }
+            for proto in [Protocol::Tcp, Protocol::Udp] {
+                let used: BTreeSet<(u16, Protocol)> = ctx.container_ports[q].iter().map(|k| (k.port, k.protocol)).chain(egress_ports.iter().copied()).chain([(53, Protocol::Tcp), (53, Protocol::Udp)]).collect();
+                if let Some(port) = free_port(&used, proto) {
+                    check(pip, pods[q].ips[0], port, proto, Direction::Egress, "egress to an observed peer on an unobserved port");
+                }
+            }
+        }
+        if let Some(r) = (0..pods.len()).find(|&r| !pods[r].host_network && !pods[r].ips.is_empty() && ctx.group_of[r] != *g && !pod_peer_matches(Direction::Egress, r)) {
+            for &(port, proto) in &e_ports {
+                check(pip, pods[r].ips[0], port, proto, Direction::Egress, "egress to an unobserved pod");
+            }
+        }
+        let mut i_ports: Vec<(u16, Protocol)> = ingress_ports.iter().copied().collect();
+        i_ports.extend(free_port(&ingress_ports, Protocol::Tcp).map(|pt| (pt, Protocol::Tcp)));
+        if let Some(x) = outside(&blocks(Direction::Ingress)) {
+            for &(port, proto) in &i_ports {
+                check(x, pip, port, proto, Direction::Ingress, "ingress from an unobserved address");
+            }
+        }
+        if let Some(r) = (0..pods.len()).find(|&r| !pods[r].host_network && !pods[r].ips.is_empty() && ctx.group_of[r] != *g && !pod_peer_matches(Direction::Ingress, r)) {
+            for &(port, proto) in &i_ports {
+                check(pods[r].ips[0], pip, port, proto, Direction::Ingress, "ingress from an unobserved pod");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &[(Protocol, u16)]) -> BTreeSet<PortKey> {
+        v.iter().map(|&(protocol, port)| PortKey { protocol, port, name: None }).collect()
+    }
+
+    #[test]
+    fn udp_runs_become_end_port_ranges() {
+        use Protocol::*;
+        let got = port_docs(&keys(&[(Udp, 5000), (Udp, 5001), (Udp, 5002), (Udp, 5004), (Tcp, 80), (Udp, 65535), (Udp, 65534)]));
+        assert_eq!(
+            got,
+            vec![
+                PortDoc::Num { protocol: Tcp, port: 80, end: None },
+                PortDoc::Num { protocol: Udp, port: 5000, end: Some(5002) },
+                PortDoc::Num { protocol: Udp, port: 5004, end: None },
+                PortDoc::Num { protocol: Udp, port: 65534, end: Some(65535) },
+            ]
+        );
+        let mut named = keys(&[(Tcp, 8080)]);
+        named.insert(PortKey { protocol: Tcp, port: 1935, name: Some("rtmp".into()) });
+        assert_eq!(port_docs(&named)[1], PortDoc::Named { protocol: Tcp, name: "rtmp".into() });
+    }
+
+    #[test]
+    fn merging_adds_counts_and_processes() {
+        let a: FlowRecord = serde_json::from_str(r#"{"src_ip":"10.0.0.1","dst_ip":"10.0.0.2","dst_port":80,"protocol":"TCP","comm":"ffmpeg","count":2}"#).unwrap();
+        let b: FlowRecord = serde_json::from_str(r#"{"src_ip":"::ffff:10.0.0.1","dst_ip":"10.0.0.2","dst_port":80,"protocol":"TCP","comm":"envoy","count":3,"dns_name":"Origin.Example."}"#).unwrap();
+        let m = merge_flows([(1, &a), (2, &b)]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].count, 5);
+        assert_eq!(m[0].records, 2);
+        assert_eq!(m[0].comms.iter().collect::<Vec<_>>(), ["envoy", "ffmpeg"]);
+        assert_eq!(m[0].dns_names.iter().collect::<Vec<_>>(), ["origin.example"]);
+    }
+}

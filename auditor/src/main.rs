@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<u8> = match cli.command {
         Command::Record(args) => record(args),
         Command::Diff(args) => auditor::diff::run(&args).map(|c| c as u8).map_err(Into::into),
+        Command::Suggest(args) => auditor::suggest::run(&args).map(|c| c as u8).map_err(Into::into),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,7 +8,7 @@
 //! which reports its wall time and peak resident memory (`ru_maxrss`), so the memory
 //! figure is that of the diff alone, not of the generator.
 //!
-//! `cargo bench -p auditor --bench policy`; figures go to docs/benchmarks-policy.md.
+//! `cargo bench -p auditor --bench policy`; figures go to auditor/docs/benchmarks-policy.md.
 //! Set `AUDITOR_BENCH_RECORDS` to change the record count (e.g. for a quick run).
 
 use std::fmt::Write as _;

@@ -262,6 +262,8 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             let lk = ListenKey { cgroup_id: bpf_get_current_cgroup_id(), port: sport, family, _pad: [0; 4] };
             let info = ListenInfo { tgid: (pid_tgid >> 32) as u32, _pad: [0; 4], comm: comm() };
             let _ = LISTENERS.insert(&lk, &info, 0);
+            // Rare (one per listen(2)); shows up with `--log auditor=debug,aya_log=debug`.
+            aya_log_ebpf::debug!(ctx, "listener on port {} (pid {}, cgroup {})", sport, info.tgid, lk.cgroup_id);
         } else if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
             // A child socket of a listener completed the handshake (softirq context).
             let mut tk = TupleKey { family, local_port: sport, remote_port: dport, ..Default::default() };

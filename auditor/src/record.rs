@@ -400,6 +400,15 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         tracing::warn!("degraded: {d}");
     }
     let mut out = Output::open(&args.output)?;
+    // Log records of the kernel programs (aya-log), forwarded to our log; keep it alive.
+    let mut kernel_log = match aya_log::EbpfLogger::init(&mut probe.ebpf) {
+        // SAFETY: the logger owns its ring buffer fd for as long as it is registered.
+        Ok(l) => unsafe { AsyncFd::register(l) }.ok(),
+        Err(e) => {
+            tracing::debug!(error = %e, "no kernel log map");
+            None
+        }
+    };
 
     let ring = probe.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|e| RecordError::Ring(e.to_string()))?;
@@ -466,6 +475,12 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
             _ = sleep_until(stall_until), if stalled => {}
             _ = tick.tick(), if !stalled => {
                 flush(&mut probe, ring.get_mut(), &mut state, &mut out)?;
+            }
+            guard = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
+                if let Ok(mut g) = guard {
+                    g.get_inner_mut().flush();
+                    g.clear_ready();
+                }
             }
             guard = ring.readable_mut(), if !stalled => {
                 let mut guard = guard.map_err(|source| RecordError::Io { op: "poll ring buffer", path: "EVENTS".into(), source })?;

@@ -141,6 +141,24 @@ pub struct TupleKey {
     pub remote_addr: [u8; 16],
 }
 
+/// A UDP conversation seen from one socket: who spoke first decides whether a datagram
+/// is a new flow or a reply (UDP has no handshake; a server's answers to a client's
+/// ephemeral port must not count as flows of the server).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConvKey {
+    pub cgroup_id: u64,
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: [u8; 2],
+    pub remote_addr: [u8; 16],
+}
+
+/// `ConvKey` value: which side sent the first datagram.
+pub const CONV_LOCAL_FIRST: u8 = 1;
+pub const CONV_REMOTE_FIRST: u8 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventHeader {
@@ -250,6 +268,7 @@ mod pod {
     unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for ListenInfo {}
     unsafe impl aya::Pod for TupleKey {}
+    unsafe impl aya::Pod for ConvKey {}
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for Config {}
 }
@@ -261,4 +280,5 @@ const _: () = assert!(core::mem::size_of::<DropKey>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 56 + 16 + 16);
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == 16 + 8 + 8 + 32 + DNS_PAYLOAD);
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
+const _: () = assert!(core::mem::size_of::<ConvKey>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 40);

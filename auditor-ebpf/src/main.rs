@@ -93,6 +93,20 @@ static LISTENERS: LruHashMap<ListenKey, ListenInfo> = LruHashMap::with_max_entri
 static PENDING: LruHashMap<TupleKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[map]
+static UDP_CONV: LruHashMap<ConvKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Who spoke first in a UDP conversation; records `side` when it is the first datagram.
+/// Returns true when the other side spoke first (this datagram is a reply).
+#[inline(always)]
+fn udp_is_reply(key: &ConvKey, side: u8) -> bool {
+    if let Some(first) = UDP_CONV.get_ptr(key) {
+        return unsafe { *first } != side;
+    }
+    let _ = UDP_CONV.insert(key, &side, 1);
+    false
+}
+
+#[map]
 static LOST: Array<u64> = Array::with_max_entries(EVENT_KINDS, 0);
 
 #[inline(always)]
@@ -366,6 +380,12 @@ unsafe fn udp_flow(ctx: &SockAddrContext, family: u16) {
                 src_port = (*sk).src_port as u16;
             }
         }
+        if src_port != 0 {
+            let conv = ConvKey { cgroup_id: key.cgroup_id, family, local_port: src_port, remote_port: key.dst_port, _pad: [0; 2], remote_addr: key.dst_addr };
+            if udp_is_reply(&conv, CONV_LOCAL_FIRST) {
+                return;
+            }
+        }
         let c = comm();
         touch_flow(&key, src_port, STATE_SENT, pid_tgid as u32, &c);
     }
@@ -443,6 +463,10 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         if sport == 53 && cfg().dns != 0 {
             emit_dns(ctx, fam, cgroup_id, dport, l4 + 8, &remote, &local);
         } else {
+            let conv = ConvKey { cgroup_id, family: fam, local_port: dport, remote_port: sport, _pad: [0; 2], remote_addr: remote };
+            if udp_is_reply(&conv, CONV_REMOTE_FIRST) {
+                return Ok(());
+            }
             let key = FlowKey {
                 cgroup_id,
                 tgid: 0,

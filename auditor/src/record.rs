@@ -125,6 +125,10 @@ pub struct Summary {
     pub flows: usize,
     pub records_written: u64,
     pub drops: u64,
+    /// Kernel drops by reason, attributed to a recorded flow or not.
+    pub drops_by_reason: BTreeMap<String, u64>,
+    /// Drops that belong to no recorded flow (with `--comm`/`--cgroup`, other processes' drops), by reason.
+    pub unattributed_drops: BTreeMap<String, u64>,
     pub dns_answers: u64,
     /// Ring buffer records received, by kind.
     pub events: BTreeMap<String, u64>,
@@ -570,6 +574,7 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
     for (d, delta, last) in new_drops {
         state.summary.drops += delta;
         let reason = state.reason_name(d.reason);
+        *state.summary.drops_by_reason.entry(reason.clone()).or_default() += delta;
         match state.attribute_drop(&d) {
             Some(flow) => {
                 let m = state.flows.get_mut(&flow).expect("attributed flows exist");
@@ -596,7 +601,9 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
                     }));
                 }
             }
-            None => {}
+            None => {
+                *state.summary.unattributed_drops.entry(reason).or_default() += delta;
+            }
         }
     }
     // Changed flows -> records.

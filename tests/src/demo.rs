@@ -118,9 +118,11 @@ pub struct Round {
 }
 
 impl Round {
-    /// Kernel drops recorded in this round (attributed to flows or not).
+    /// Packets the enforced policies dropped in this round (NETFILTER_DROP, attributed to
+    /// flows or not). Other reasons (e.g. NO_SOCKET when a probe hits a sidecar that was
+    /// just stopped) are in `summary.drops_by_reason`.
     pub fn drops(&self) -> u64 {
-        self.summary["drops"].as_u64().unwrap_or(0)
+        self.summary["drops_by_reason"]["NETFILTER_DROP"].as_u64().unwrap_or(0)
     }
     pub fn denied(&self) -> u64 {
         self.diff["summary"]["denied"].as_u64().or_else(|| self.diff["summary"]["denied_flows"].as_u64()).unwrap_or_else(|| {
@@ -227,9 +229,9 @@ impl Demo {
         self.node.nft(&rules);
         say(&self.opts, &format!("{name}: {} NetworkPolicies enforced with nftables on the node ({})", engine.policies().len(), dir.join("enforced.nft").display()));
 
-        // Fresh state of the sinks.
+        // Fresh state of the sinks; the ingest keeps running totals, so remember them.
         let _ = std::fs::remove_dir_all(self.work.join("storage"));
-        let _ = std::fs::remove_file(self.work.join("ingest.json"));
+        let ingest_before: Value = std::fs::read_to_string(self.work.join("ingest.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
 
         let flows = dir.join("flows.jsonl");
         let summary = dir.join("summary.json");
@@ -291,7 +293,7 @@ impl Demo {
                 "{} ffmpeg -hide_banner -loglevel warning -nostdin -y -rw_timeout 4000000 -i http://origin.media.svc.cluster.local/source.ts \
                  -rw_timeout 4000000 -i http://cdn.example.test/bumper.ts \
                  -filter_complex '[1:v][0:v]concat=n=2:v=1:a=0[v]' -map '[v]' -c:v mpeg2video -b:v 500k \
-                 -f hls -hls_time 1 -hls_list_size 0 -method PUT -timeout 4000000 http://gateway.storage.svc.cluster.local/live/index.m3u8",
+                 -f hls -hls_time 1 -hls_list_size 0 -method PUT http://gateway.storage.svc.cluster.local/live/index.m3u8",
                 self.node.in_pod(&tc)
             ))
             .stdout(std::fs::File::create(logs.join("hls.log")).expect("log"))
@@ -302,10 +304,11 @@ impl Demo {
         crate::node::check_interrupted();
         let hls_ok = wait_child(hls, Duration::from_secs(40)) && self.work.join("storage/live/index.m3u8").exists();
         std::thread::sleep(Duration::from_millis(1200));
-        // SAFETY: signalling processes we started.
+        // SAFETY: signalling processes we started (probes first, so none hits a dead sidecar).
         unsafe {
-            libc::kill(sidecar as i32, libc::SIGKILL);
             libc::kill(probes as i32, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(200));
+            libc::kill(sidecar as i32, libc::SIGKILL);
         }
         let _ = Command::new("sh").arg("-c").arg(format!("pkill -9 -f {}", demo_dir.join("sidecar.py").display())).status();
         std::thread::sleep(Duration::from_millis(700));
@@ -314,7 +317,12 @@ impl Demo {
         let st = rec.wait().expect("wait recorder");
         let recorder_log = std::fs::read_to_string(&rec_log).unwrap_or_default();
         assert!(st.success(), "auditor record failed: {recorder_log}");
-        let ingest_counts: Value = std::fs::read_to_string(self.work.join("ingest.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+        let ingest_after: Value = std::fs::read_to_string(self.work.join("ingest.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+        let ingest_counts: Value = ["5000", "5001"]
+            .iter()
+            .map(|p| (p.to_string(), Value::from(ingest_after[p].as_u64().unwrap_or(0).saturating_sub(ingest_before[p].as_u64().unwrap_or(0)))))
+            .collect::<serde_json::Map<String, Value>>()
+            .into();
         let heartbeats = self.work.join("storage/heartbeat").exists();
 
         let diff_out = self.auditor().args(["diff", "--format", "json", "--cluster"]).arg(&snapshot).arg("--flows").arg(&flows).output().expect("auditor diff");

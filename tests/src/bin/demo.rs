@@ -15,10 +15,10 @@ fn main() -> ExitCode {
     let o = demo::run(Options { out: out.clone(), auditor: integration_tests::auditor_bin(), tag: "dm".into(), verbose: true });
     let mut ok = true;
     println!();
-    println!("{:<18} {:>6} {:>6} {:>9} {:>6} {:>7}", "round", "live", "HLS", "sidecar", "drops", "denied");
+    println!("{:<18} {:>6} {:>6} {:>9} {:>12} {:>7}", "round", "live", "HLS", "sidecar", "policy drops", "denied");
     for r in &o.rounds {
         println!(
-            "{:<18} {:>6} {:>6} {:>9} {:>6} {:>7}",
+            "{:<18} {:>6} {:>6} {:>9} {:>12} {:>7}",
             r.name,
             if r.live_ok { "ok" } else { "failed" },
             if r.hls_ok { "ok" } else { "failed" },

@@ -424,3 +424,35 @@ fn without_capabilities_it_says_which_are_missing() {
     assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("run as root"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn udp_replies_are_not_flows_of_their_own() {
+    let Some(()) = privileged("udp replies") else { return };
+    let net = NetPair::new("r");
+    let cg = Cgroup::new("rep");
+    let echo = |addr: &str, port: u16| {
+        format!("python3 -c \"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('{addr}',{port}))\nwhile True:\n  d,a=s.recvfrom(2000); s.sendto(d,a)\"")
+    };
+    // An audited UDP server in a, and an unaudited one in b.
+    let _srv_a = spawn(&format!("{} {}", cg.exec_in(&net.a), echo(&net.a4, 47000)));
+    let _srv_b = spawn(&format!("ip netns exec {} {}", net.b, echo(&net.b4, 47001)));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    let client = |to: &str, port: u16| {
+        format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\nfor i in range(3):\n    s.sendto(b'q',('{to}',{port}))\n    s.recvfrom(100)\n")
+    };
+    // Unaudited client in b -> audited server in a; audited client in a -> unaudited server in b.
+    let f = std::env::temp_dir().join(format!("aud-udpc-{}.py", std::process::id()));
+    std::fs::write(&f, client(&net.a4, 47000)).unwrap();
+    must(&format!("ip netns exec {} python3 {}", net.b, f.display()));
+    py(&cg, &net.a, &client(&net.b4, 47001));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let (flows, _) = rec.stop();
+    eprintln!("flows: {flows:#?}");
+    let inbound = find(&flows, &[("direction", json!("ingress")), ("dst_port", json!(47000)), ("protocol", json!("UDP"))]);
+    assert_eq!(sum(&inbound, "count"), 3, "the audited server's inbound flow: {flows:?}");
+    let outbound = find(&flows, &[("direction", json!("egress")), ("dst_port", json!(47001)), ("protocol", json!("UDP"))]);
+    assert_eq!(sum(&outbound, "count"), 3, "the audited client's flow: {flows:?}");
+    let udp: Vec<&Value> = flows.iter().filter(|r| r["protocol"] == "UDP").collect();
+    assert_eq!(udp.iter().map(|r| format!("{}:{}", r["direction"], r["dst_port"])).collect::<std::collections::BTreeSet<_>>().len(), 2, "no flows for the replies (to ephemeral ports): {udp:?}");
+}

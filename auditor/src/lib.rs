@@ -16,5 +16,6 @@ pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod record;
+pub mod report;
 pub mod suggest;
 pub mod tracefs;

@@ -34,6 +34,7 @@ enum Command {
     Record(auditor::record::RecordArgs),
     Diff(auditor::diff::DiffArgs),
     Suggest(auditor::suggest::SuggestArgs),
+    Report(auditor::report::ReportArgs),
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         Command::Record(args) => record(args),
         Command::Diff(args) => auditor::diff::run(&args).map(|c| c as u8).map_err(Into::into),
         Command::Suggest(args) => auditor::suggest::run(&args).map(|c| c as u8).map_err(Into::into),
+        Command::Report(args) => auditor::report::run(&args).map(|c| c as u8).map_err(Into::into),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,700 @@
+//! `auditor report`: what the media pipelines did on the network, in one place.
+//!
+//! Writes into a directory: `report.md`, `report.html` (self-contained: inline CSS and an
+//! inline SVG picture of the flows, no external assets), `report.json`, and the suggested
+//! policies `allowlist.yaml` and `fix.yaml` (see [`crate::suggest`]). Contents: a summary,
+//! per workload the observed flows with the processes that made them, the blocked flows
+//! with the verdict that blocks them, installed rules no observed flow used, and the
+//! suggested YAML with the result of its round trip through the policy engine.
+//!
+//! Pure apart from [`run`]: [`Report::build`] computes, the `render_*` functions format.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cluster::{read_snapshot, ClusterError, Snapshot};
+use crate::flowlog::{read_flow_log, Direction, FlowLogError};
+use crate::policy::{Engine, FlowResult, Party, PolicyError, RuleRef, Side};
+use crate::suggest::labels::{group_of, parse_selector, SelectorParseError};
+use crate::suggest::{merge_flows, party_text, suggest, Audit, Mode, Observed, Options, RuleSummary, SuggestError, Suggestion};
+
+/// Write the report: Markdown, self-contained HTML with a picture of the flows, JSON, and
+/// the suggested policies (allowlist and fix), into a directory.
+///
+/// Example: auditor report --cluster cluster.yaml --flows flows.jsonl --output report/
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// Cluster snapshot (as for `auditor diff`; `-` for stdin).
+    ///
+    /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub cluster: PathBuf,
+    /// Flow log (JSON lines; the recorder's flow log works as is).
+    ///
+    /// Example: --flows flows.jsonl
+    #[arg(long, value_name = "FLOWS")]
+    pub flows: PathBuf,
+    /// Directory to write report.md, report.html, report.json, allowlist.yaml and fix.yaml into.
+    ///
+    /// Example: --output report/
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Audit the pods this label selector matches instead of those where `--comm` ran.
+    ///
+    /// Example: --select app=ffmpeg
+    #[arg(long, value_name = "SELECTOR")]
+    pub select: Option<String>,
+    /// Process names (comm) whose pods are audited (repeatable).
+    ///
+    /// Example: --comm ffmpeg --comm ffprobe
+    #[arg(long, value_name = "COMM", default_values_t = ["ffmpeg".to_owned(), "ffprobe".to_owned()])]
+    pub comm: Vec<String>,
+    /// Widest IPv4 prefix external addresses may be aggregated into in the suggestion.
+    ///
+    /// Example: --max-prefix 24
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub max_prefix: u8,
+    /// Count and skip invalid flow lines instead of failing on the first one.
+    ///
+    /// Example: --skip-invalid
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{path}: {error}")]
+    Policy { path: PathBuf, error: PolicyError },
+    #[error(transparent)]
+    Flows(#[from] FlowLogError),
+    #[error(transparent)]
+    Select(#[from] SelectorParseError),
+    #[error("building the suggestion for the report")]
+    Suggest(#[source] SuggestError),
+    #[error("cannot write {path}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One observed flow in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRow {
+    pub source: String,
+    pub destination: String,
+    /// `Service ns/name:port/proto` when the destination was a ClusterIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub port: u16,
+    pub protocol: String,
+    pub processes: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub records: u64,
+    pub count: u64,
+    pub drops: u64,
+    pub verdict: &'static str,
+    /// Why it is denied (empty when allowed).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub why: String,
+    /// Source and destination nodes of the picture.
+    #[serde(skip)]
+    src_node: String,
+    #[serde(skip)]
+    dst_node: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadSection {
+    pub workload: String,
+    pub audited: bool,
+    pub flows: Vec<FlowRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnusedRule {
+    pub policy: String,
+    pub direction: &'static str,
+    pub rule: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SuggestionSection {
+    pub mode: &'static str,
+    pub file: String,
+    pub policies: usize,
+    pub verified: bool,
+    pub verification: String,
+    pub failures: Vec<String>,
+    pub gaps: Vec<String>,
+    pub warnings: Vec<String>,
+    pub rules: Vec<RuleSummary>,
+    pub yaml: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub records: u64,
+    pub distinct_flows: usize,
+    pub allowed_flows: usize,
+    pub denied_flows: usize,
+    pub audited_workloads: Vec<String>,
+    pub unused_rules: usize,
+    pub skipped_lines: usize,
+}
+
+/// The report's content.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub summary: Summary,
+    pub workloads: Vec<WorkloadSection>,
+    pub blocked: Vec<FlowRow>,
+    pub unused_rules: Vec<UnusedRule>,
+    pub suggestions: Vec<SuggestionSection>,
+    pub notes: Vec<String>,
+}
+
+/// Runs `auditor report`; returns the exit code (1 when a suggestion failed its check).
+pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
+    let snapshot = read_snapshot(&args.cluster)?;
+    let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy { path: args.cluster.clone(), error })?;
+    let log = read_flow_log(&args.flows, args.skip_invalid)?;
+    let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
+    let audit = match &args.select {
+        Some(s) => Audit::Selector(parse_selector(s)?),
+        None => Audit::Comms(args.comm.clone()),
+    };
+    let opts = Options { audit, max_prefix_v4: args.max_prefix, ..Options::default() };
+    let mut notes = snapshot.notes.clone();
+    notes.extend(engine.notes.iter().cloned());
+    let report = Report::build(&snapshot, &engine, &flows, &opts, log.skipped.len(), notes)?;
+    let write = |name: &str, text: &str| {
+        let path = args.output.join(name);
+        std::fs::write(&path, text).map_err(|source| ReportError::Output { path, source })
+    };
+    std::fs::create_dir_all(&args.output).map_err(|source| ReportError::Output { path: args.output.clone(), source })?;
+    for s in &report.suggestions {
+        write(&s.file, &s.yaml)?;
+    }
+    write("report.md", &render_markdown(&report))?;
+    write("report.html", &render_html(&report))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| ReportError::Output { path: args.output.join("report.json"), source: std::io::Error::other(e) })?;
+    write("report.json", &(json + "\n"))?;
+    let failed = report.suggestions.iter().filter(|s| !s.verified).count();
+    eprintln!(
+        "auditor report: {} flows ({} denied), {} audited workload(s), {} unused rule(s); wrote report.md, report.html, report.json, allowlist.yaml, fix.yaml to {}",
+        report.summary.distinct_flows,
+        report.summary.denied_flows,
+        report.summary.audited_workloads.len(),
+        report.summary.unused_rules,
+        args.output.display()
+    );
+    for s in &report.suggestions {
+        eprintln!("auditor report: {} suggestion: {}", s.mode, s.verification);
+        for g in &s.gaps {
+            eprintln!("auditor report: gap: {g}");
+        }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+impl Report {
+    pub fn build(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &Options, skipped_lines: usize, notes: Vec<String>) -> Result<Self, ReportError> {
+        let results: Vec<FlowResult> = flows.iter().map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol)).collect();
+        let mut suggestions = Vec::new();
+        let mut audited = Vec::new();
+        for mode in [Mode::Allowlist, Mode::Fix] {
+            let o = Options { mode, ..opts.clone() };
+            let s = suggest(snapshot, engine, flows, &o).map_err(ReportError::Suggest)?;
+            if mode == Mode::Allowlist {
+                audited = s.audited.clone();
+            }
+            suggestions.push(section(&s));
+        }
+        let audited_set: BTreeSet<&str> = audited.iter().map(String::as_str).collect();
+        let mut by_workload: BTreeMap<String, Vec<FlowRow>> = BTreeMap::new();
+        let mut blocked = Vec::new();
+        let mut used: BTreeSet<RuleRef> = BTreeSet::new();
+        for (f, r) in flows.iter().zip(&results) {
+            for t in &r.targets {
+                used.extend(t.egress.allowed_by.iter().copied());
+                used.extend(t.ingress.allowed_by.iter().copied());
+            }
+            let row = flow_row(engine, f, r);
+            let t = &r.targets[0];
+            let mut owners = BTreeSet::new();
+            if let Party::Pod(p) = t.src {
+                owners.insert(group_of(&engine.pods()[p].workload));
+            }
+            for t in &r.targets {
+                if let Party::Pod(p) = t.dst {
+                    owners.insert(group_of(&engine.pods()[p].workload));
+                }
+            }
+            if owners.is_empty() {
+                owners.insert("(no pod)".to_owned());
+            }
+            for o in owners {
+                by_workload.entry(o).or_default().push(row.clone());
+            }
+            if !r.allowed {
+                blocked.push(row);
+            }
+        }
+        let mut workloads: Vec<WorkloadSection> = by_workload.into_iter().map(|(workload, flows)| WorkloadSection { audited: audited_set.contains(workload.as_str()), workload, flows }).collect();
+        // Audited first, then by name.
+        workloads.sort_by(|a, b| (!a.audited, &a.workload).cmp(&(!b.audited, &b.workload)));
+        let unused_rules: Vec<UnusedRule> = engine
+            .all_rules()
+            .filter(|r| !used.contains(r))
+            .map(|r| UnusedRule { policy: engine.policy_name(r.policy), direction: dir_str(r.direction), rule: r.rule })
+            .collect();
+        let denied = results.iter().filter(|r| !r.allowed).count();
+        Ok(Self {
+            summary: Summary {
+                records: flows.iter().map(|f| f.records).sum(),
+                distinct_flows: flows.len(),
+                allowed_flows: flows.len() - denied,
+                denied_flows: denied,
+                audited_workloads: audited,
+                unused_rules: unused_rules.len(),
+                skipped_lines,
+            },
+            workloads,
+            blocked,
+            unused_rules,
+            suggestions,
+            notes,
+        })
+    }
+}
+
+fn section(s: &Suggestion) -> SuggestionSection {
+    let v = &s.verification;
+    let verification = if v.failures.is_empty() {
+        match s.mode {
+            Mode::Allowlist => format!("checked with the policy engine: {} observed flows allowed, {} sampled unobserved flows denied", v.observed_checked, v.unobserved_checked),
+            Mode::Fix => format!("checked with the policy engine: {} observed flows re-evaluated, every denied one now allowed, no other verdict or isolation changed", v.observed_checked),
+        }
+    } else {
+        format!("FAILED its check with the policy engine ({} problem(s))", v.failures.len())
+    };
+    SuggestionSection {
+        mode: s.mode.as_str(),
+        file: format!("{}.yaml", s.mode.as_str()),
+        policies: s.policies,
+        verified: v.failures.is_empty(),
+        verification,
+        failures: v.failures.clone(),
+        gaps: s.gaps.clone(),
+        warnings: s.warnings.clone(),
+        rules: s.rules.clone(),
+        yaml: s.kubernetes_yaml.clone(),
+    }
+}
+
+fn dir_str(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+/// The picture's node for one end of a flow: a workload, a node, or an external address.
+fn picture_node(engine: &Engine, party: &Party, ip: IpAddr, names: &BTreeSet<String>) -> String {
+    match party {
+        Party::Pod(p) => {
+            let g = group_of(&engine.pods()[*p].workload);
+            let mut parts = g.splitn(3, '/');
+            let (ns, kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            format!("{ns}/{name} ({kind})")
+        }
+        Party::Node(_) => "nodes (kubelet, host network)".to_owned(),
+        Party::External => match names.iter().next() {
+            Some(n) => format!("{n} ({ip})"),
+            None => ip.to_string(),
+        },
+    }
+}
+
+fn side_why(engine: &Engine, side: &Side, what: &str) -> String {
+    let pod = side.pod.map(|p| engine.pod_name(p)).unwrap_or_default();
+    let policies: Vec<String> = side.isolated_by.iter().map(|&p| engine.policy_name(p)).collect();
+    format!("{what}: {pod} is isolated by {} and no rule allows this flow", policies.join(", "))
+}
+
+fn flow_row(engine: &Engine, f: &Observed, r: &FlowResult) -> FlowRow {
+    let t = r.deciding_target();
+    let mut why = Vec::new();
+    if !t.egress.allowed {
+        why.push(side_why(engine, &t.egress, "denied on egress"));
+    }
+    if !t.ingress.allowed {
+        why.push(side_why(engine, &t.ingress, "denied on ingress"));
+    }
+    let service = r.service.map(|i| {
+        let s = &engine.services()[i];
+        format!("Service {}/{}:{}/{}", s.namespace, s.service, s.port, s.protocol)
+    });
+    FlowRow {
+        source: party_text(engine, &t.src, f.src_ip),
+        destination: party_text(engine, &t.dst, t.dst_ip),
+        service,
+        port: t.dst_port,
+        protocol: f.protocol.as_str().to_owned(),
+        processes: f.comms.iter().cloned().collect(),
+        dns_names: f.dns_names.iter().cloned().collect(),
+        records: f.records,
+        count: f.count,
+        drops: f.drops,
+        verdict: if r.allowed { "allow" } else { "deny" },
+        why: why.join("; "),
+        src_node: picture_node(engine, &t.src, f.src_ip, &BTreeSet::new()),
+        dst_node: picture_node(engine, &t.dst, t.dst_ip, &f.dns_names),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Markdown.
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn flow_table_md(out: &mut String, rows: &[FlowRow], with_why: bool) {
+    out.push_str("| verdict | source | destination | port | processes | DNS name | records |");
+    out.push_str(if with_why { " why |\n|---|---|---|---|---|---|---|---|\n" } else { "\n|---|---|---|---|---|---|---|\n" });
+    for r in rows {
+        let dst = match &r.service {
+            Some(s) => format!("{} via {s}", r.destination),
+            None => r.destination.clone(),
+        };
+        let _ = write!(
+            out,
+            "| {} | {} | {} | {}/{} | {} | {} | {} |",
+            r.verdict,
+            md_cell(&r.source),
+            md_cell(&dst),
+            r.port,
+            r.protocol,
+            md_cell(&r.processes.join(", ")),
+            md_cell(&r.dns_names.join(", ")),
+            r.records
+        );
+        if with_why {
+            let _ = write!(out, " {} |", md_cell(&r.why));
+        }
+        out.push('\n');
+    }
+}
+
+pub fn render_markdown(r: &Report) -> String {
+    let mut out = String::from("# auditor report\n\n## Summary\n\n");
+    let s = &r.summary;
+    let _ = writeln!(out, "- {} distinct flows from {} records: **{} allowed, {} denied**", s.distinct_flows, s.records, s.allowed_flows, s.denied_flows);
+    let _ = writeln!(out, "- audited workloads: {}", if s.audited_workloads.is_empty() { "none found".to_owned() } else { s.audited_workloads.join(", ") });
+    let _ = writeln!(out, "- installed rules no observed flow used: {}", s.unused_rules);
+    for sug in &r.suggestions {
+        let _ = writeln!(out, "- suggested {} (`{}`, {} policies): {}", sug.mode, sug.file, sug.policies, sug.verification);
+    }
+    if s.skipped_lines > 0 {
+        let _ = writeln!(out, "- invalid flow lines skipped: {}", s.skipped_lines);
+    }
+    out.push_str("\n## Blocked flows\n\n");
+    if r.blocked.is_empty() {
+        out.push_str("None.\n");
+    } else {
+        flow_table_md(&mut out, &r.blocked, true);
+    }
+    out.push_str("\n## Flows per workload\n");
+    for w in &r.workloads {
+        let _ = writeln!(out, "\n### {}{}\n", w.workload, if w.audited { " (audited)" } else { "" });
+        flow_table_md(&mut out, &w.flows, false);
+    }
+    out.push_str("\n## Installed rules no observed flow used\n\n");
+    if r.unused_rules.is_empty() {
+        out.push_str("None.\n");
+    }
+    for u in &r.unused_rules {
+        let _ = writeln!(out, "- `{}` {}[{}]", u.policy, u.direction, u.rule);
+    }
+    for sug in &r.suggestions {
+        let _ = writeln!(out, "\n## Suggested {} (`{}`)\n\n{}\n", sug.mode, sug.file, sug.verification);
+        for f in &sug.failures {
+            let _ = writeln!(out, "- FAILED: {f}");
+        }
+        for g in &sug.gaps {
+            let _ = writeln!(out, "- gap: {g}");
+        }
+        for w in &sug.warnings {
+            let _ = writeln!(out, "- warning: {w}");
+        }
+        if !sug.rules.is_empty() {
+            out.push_str("\n| policy | rule | peers | ports | processes | flows |\n|---|---|---|---|---|---|\n");
+            for rule in &sug.rules {
+                let _ = writeln!(out, "| {} | {}[{}] | {} | {} | {} | {} |", rule.policy, rule.direction, rule.rule, md_cell(&rule.peers), md_cell(&rule.ports), rule.processes.join(", "), rule.flows);
+            }
+        }
+        let _ = writeln!(out, "\n```yaml\n{}```", sug.yaml);
+    }
+    if !r.notes.is_empty() {
+        out.push_str("\n## Notes\n\n");
+        for n in &r.notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// HTML and SVG.
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px;font-size:26px}h2{margin-top:32px;border-bottom:2px solid #dde1e7;padding-bottom:4px}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
+.card{background:#fff;border-radius:8px;padding:12px 18px;box-shadow:0 1px 2px #0002;min-width:140px}
+.card b{display:block;font-size:26px}.card.deny b{color:#c62828}.card.allow b{color:#2e7d32}
+table{border-collapse:collapse;width:100%;background:#fff;font-size:13px;margin:8px 0}
+th,td{border:1px solid #dde1e7;padding:4px 8px;text-align:left;vertical-align:top}th{background:#eef1f5}
+.v-allow{color:#2e7d32;font-weight:600}.v-deny{color:#c62828;font-weight:600}
+tr.deny td{background:#fdecea}
+pre{background:#1d2330;color:#e8eaf0;padding:12px;border-radius:6px;overflow:auto;font-size:12px}
+.ok{color:#2e7d32}.bad{color:#c62828}.tag{font-size:11px;background:#e3f2fd;border-radius:4px;padding:1px 6px;margin-left:6px}
+svg{background:#fff;border-radius:8px;box-shadow:0 1px 2px #0002;max-width:100%;height:auto}
+svg text{font-family:system-ui,sans-serif}";
+
+fn flow_table_html(out: &mut String, rows: &[FlowRow], with_why: bool) {
+    out.push_str("<table><tr><th>verdict</th><th>source</th><th>destination</th><th>port</th><th>processes</th><th>DNS name</th><th>records</th>");
+    if with_why {
+        out.push_str("<th>why</th>");
+    }
+    out.push_str("</tr>\n");
+    for r in rows {
+        let dst = match &r.service {
+            Some(s) => format!("{} <small>via {}</small>", esc(&r.destination), esc(s)),
+            None => esc(&r.destination),
+        };
+        let _ = write!(
+            out,
+            "<tr class=\"{}\"><td class=\"v-{}\">{}</td><td>{}</td><td>{dst}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            r.verdict,
+            r.verdict,
+            r.verdict,
+            esc(&r.source),
+            r.port,
+            r.protocol,
+            esc(&r.processes.join(", ")),
+            esc(&r.dns_names.join(", ")),
+            r.records
+        );
+        if with_why {
+            let _ = write!(out, "<td>{}</td>", esc(&r.why));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
+/// The picture: sources left, destinations right (parties that are both in the middle),
+/// one edge per (source, destination, verdict), green allowed, red denied.
+pub fn render_svg(r: &Report) -> String {
+    let mut rows: Vec<&FlowRow> = r.workloads.iter().flat_map(|w| &w.flows).collect();
+    rows.sort_by(|a, b| (&a.src_node, &a.dst_node, a.port).cmp(&(&b.src_node, &b.dst_node, b.port)));
+    rows.dedup_by(|a, b| a.src_node == b.src_node && a.dst_node == b.dst_node && a.port == b.port && a.protocol == b.protocol && a.source == b.source && a.destination == b.destination);
+    let srcs: BTreeSet<&str> = rows.iter().map(|f| f.src_node.as_str()).collect();
+    let dsts: BTreeSet<&str> = rows.iter().map(|f| f.dst_node.as_str()).collect();
+    let audited: BTreeSet<String> = r
+        .summary
+        .audited_workloads
+        .iter()
+        .map(|g| {
+            let mut p = g.splitn(3, '/');
+            let (ns, kind, name) = (p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""));
+            format!("{ns}/{name} ({kind})")
+        })
+        .collect();
+    let mut cols: [Vec<&str>; 3] = Default::default();
+    for n in srcs.union(&dsts) {
+        let c = match (srcs.contains(n), dsts.contains(n)) {
+            (true, true) => 1,
+            (true, false) if audited.contains(*n) => 1,
+            (false, true) if audited.contains(*n) => 1,
+            (true, false) => 0,
+            _ => 2,
+        };
+        cols[c].push(n);
+    }
+    let (w, box_w, box_h, gap) = (1120.0_f64, 300.0_f64, 44.0_f64, 26.0_f64);
+    let xs = [20.0, (w - box_w) / 2.0, w - box_w - 20.0];
+    let max_rows = cols.iter().map(Vec::len).max().unwrap_or(0).max(1) as f64;
+    let h = 70.0 + max_rows * (box_h + gap);
+    let mut pos: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (c, nodes) in cols.iter().enumerate() {
+        let offset = 60.0 + (max_rows - nodes.len() as f64) * (box_h + gap) / 2.0;
+        for (i, n) in nodes.iter().enumerate() {
+            pos.insert(n, (xs[c], offset + i as f64 * (box_h + gap)));
+        }
+    }
+    let mut edges: BTreeMap<(&str, &str, &str), BTreeSet<String>> = BTreeMap::new();
+    for f in &rows {
+        edges.entry((f.src_node.as_str(), f.dst_node.as_str(), f.verdict)).or_default().insert(format!("{}/{}", f.port, f.protocol));
+    }
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"flows\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"observed flows by verdict\">\n\
+<defs><marker id=\"a-allow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0L10,5L0,10z\" fill=\"#2e7d32\"/></marker>\
+<marker id=\"a-deny\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0L10,5L0,10z\" fill=\"#c62828\"/></marker></defs>\n\
+<text x=\"{}\" y=\"30\" font-size=\"14\" font-weight=\"600\" fill=\"#555\">sources</text><text x=\"{}\" y=\"30\" font-size=\"14\" font-weight=\"600\" fill=\"#555\">audited workloads</text><text x=\"{}\" y=\"30\" font-size=\"14\" font-weight=\"600\" fill=\"#555\">destinations</text>\n\
+<g font-size=\"12\"><rect x=\"{}\" y=\"14\" width=\"14\" height=\"4\" fill=\"#2e7d32\"/><text x=\"{}\" y=\"20\">allowed</text><rect x=\"{}\" y=\"14\" width=\"14\" height=\"4\" fill=\"#c62828\"/><text x=\"{}\" y=\"20\">denied</text></g>\n",
+        xs[0],
+        xs[1],
+        xs[2],
+        w - 170.0,
+        w - 152.0,
+        w - 90.0,
+        w - 72.0
+    );
+    for ((s, d, verdict), ports) in &edges {
+        let (Some(&(sx, sy)), Some(&(dx, dy))) = (pos.get(s), pos.get(d)) else { continue };
+        let colour = if *verdict == "allow" { "#2e7d32" } else { "#c62828" };
+        let (x1, y1) = (sx + box_w, sy + box_h / 2.0);
+        let (x2, y2) = if dx > sx { (dx, dy + box_h / 2.0) } else { (dx + box_w, dy + box_h / 2.0 + 6.0) };
+        let path = if dx > sx {
+            let mx = (x1 + x2) / 2.0;
+            format!("M{x1:.1},{y1:.1} C{mx:.1},{y1:.1} {mx:.1},{y2:.1} {x2:.1},{y2:.1}")
+        } else {
+            // Same column: loop out to the right.
+            let bend = x1 + 60.0;
+            format!("M{x1:.1},{y1:.1} C{bend:.1},{y1:.1} {bend:.1},{y2:.1} {x2:.1},{y2:.1}")
+        };
+        let label = ports.iter().cloned().collect::<Vec<_>>().join(", ");
+        let (lx, ly) = if dx > sx { ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 4.0) } else { (x1 + 48.0, (y1 + y2) / 2.0) };
+        let dash = if *verdict == "deny" { " stroke-dasharray=\"6 4\"" } else { "" };
+        let _ = writeln!(
+            svg,
+            "<g class=\"edge {verdict}\" data-verdict=\"{verdict}\"><title>{} -&gt; {} {label}: {verdict}</title><path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2.2\"{dash} marker-end=\"url(#a-{verdict})\"/><text x=\"{lx:.1}\" y=\"{ly:.1}\" font-size=\"11\" fill=\"{colour}\" text-anchor=\"middle\" paint-order=\"stroke\" stroke=\"#fff\" stroke-width=\"3\">{} {}</text></g>",
+            esc(s),
+            esc(d),
+            esc(&label),
+            if *verdict == "deny" { "DENIED" } else { "" }
+        );
+    }
+    for (n, (x, y)) in &pos {
+        let is_audited = audited.contains(*n);
+        let is_pod = n.ends_with(')') && n.contains('/') && !n.contains("nodes (");
+        let (fill, stroke) = if is_audited {
+            ("#e3f2fd", "#1565c0")
+        } else if is_pod {
+            ("#f3f4f6", "#6b7280")
+        } else {
+            ("#fff8e1", "#b7791f")
+        };
+        let text: String = if n.chars().count() > 44 { format!("{}…", n.chars().take(43).collect::<String>()) } else { (*n).to_owned() };
+        let _ = writeln!(
+            svg,
+            "<g class=\"node\" data-name=\"{}\"><title>{}</title><rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{box_w}\" height=\"{box_h}\" rx=\"8\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"middle\" fill=\"#1d2330\">{}</text></g>",
+            esc(n),
+            esc(n),
+            if is_audited { 2.5 } else { 1.2 },
+            x + box_w / 2.0,
+            y + box_h / 2.0 + 4.5,
+            esc(&text)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+pub fn render_html(r: &Report) -> String {
+    let s = &r.summary;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>auditor report</title><style>{CSS}</style></head><body><main>\n<h1>auditor report</h1><div>Observed flows evaluated against the installed NetworkPolicies.</div>\n<div class=\"cards\"><div class=\"card\"><b>{}</b>distinct flows</div><div class=\"card allow\" id=\"allowed\"><b>{}</b>allowed</div><div class=\"card deny\" id=\"denied\"><b>{}</b>denied</div><div class=\"card\"><b>{}</b>audited workloads</div><div class=\"card\"><b>{}</b>unused installed rules</div></div>\n",
+        s.distinct_flows,
+        s.allowed_flows,
+        s.denied_flows,
+        s.audited_workloads.len(),
+        s.unused_rules
+    );
+    out.push_str("<h2>Flows</h2>\n");
+    out.push_str(&render_svg(r));
+    out.push_str("<h2>Blocked flows</h2>\n");
+    if r.blocked.is_empty() {
+        out.push_str("<p class=\"ok\">None.</p>\n");
+    } else {
+        flow_table_html(&mut out, &r.blocked, true);
+    }
+    out.push_str("<h2>Flows per workload</h2>\n");
+    for w in &r.workloads {
+        let _ = writeln!(out, "<h3 class=\"workload\">{}{}</h3>", esc(&w.workload), if w.audited { "<span class=\"tag\">audited</span>" } else { "" });
+        flow_table_html(&mut out, &w.flows, false);
+    }
+    out.push_str("<h2>Installed rules no observed flow used</h2>\n");
+    if r.unused_rules.is_empty() {
+        out.push_str("<p>None.</p>\n");
+    } else {
+        out.push_str("<ul>");
+        for u in &r.unused_rules {
+            let _ = write!(out, "<li><code>{}</code> {}[{}]</li>", esc(&u.policy), u.direction, u.rule);
+        }
+        out.push_str("</ul>\n");
+    }
+    for sug in &r.suggestions {
+        let _ = writeln!(
+            out,
+            "<h2>Suggested {} <small>({})</small></h2><p class=\"{}\">{}</p>",
+            sug.mode,
+            esc(&sug.file),
+            if sug.verified { "ok" } else { "bad" },
+            esc(&sug.verification)
+        );
+        for f in &sug.failures {
+            let _ = writeln!(out, "<p class=\"bad\">FAILED: {}</p>", esc(f));
+        }
+        for g in &sug.gaps {
+            let _ = writeln!(out, "<p class=\"bad\">Gap: {}</p>", esc(g));
+        }
+        for w in &sug.warnings {
+            let _ = writeln!(out, "<p>Warning: {}</p>", esc(w));
+        }
+        if !sug.rules.is_empty() {
+            out.push_str("<table><tr><th>policy</th><th>rule</th><th>peers</th><th>ports</th><th>processes</th><th>flows</th></tr>\n");
+            for rule in &sug.rules {
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{}[{}]</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&rule.policy),
+                    rule.direction,
+                    rule.rule,
+                    esc(&rule.peers),
+                    esc(&rule.ports),
+                    esc(&rule.processes.join(", ")),
+                    rule.flows
+                );
+            }
+            out.push_str("</table>\n");
+        }
+        let _ = writeln!(out, "<pre>{}</pre>", esc(&sug.yaml));
+    }
+    if !r.notes.is_empty() {
+        out.push_str("<h2>Notes</h2><ul>");
+        for n in &r.notes {
+            let _ = write!(out, "<li>{}</li>", esc(n));
+        }
+        out.push_str("</ul>\n");
+    }
+    out.push_str("</main></body></html>\n");
+    out
+}

@@ -3,6 +3,7 @@
 //! One module a pipeline stage (see ARCHITECTURE.md). Only `probe`, `record`
 //! (the sinks) and `procfs` do I/O; the other stages are pure.
 
+pub mod alertmanager;
 pub mod alerts;
 pub mod attribute;
 pub mod btf;
@@ -12,10 +13,12 @@ pub mod diff;
 pub mod dns;
 pub mod enrich;
 pub mod flowlog;
+pub mod kube;
 pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod record;
+pub mod serve;
 pub mod report;
 pub mod suggest;
 pub mod tracefs;

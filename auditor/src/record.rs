@@ -75,6 +75,18 @@ pub struct RecordArgs {
     /// are sent once, then once more with the window's total.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "AUDITOR_ALERT_WINDOW")]
     pub alert_window: Duration,
+    /// Serve `/metrics`, `/healthz` and `/flows?since=RFC3339` on this address (e.g. `0.0.0.0:9090`).
+    #[arg(long, env = "AUDITOR_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Flow log records kept in memory for `/flows`.
+    #[arg(long, default_value_t = 200_000, env = "AUDITOR_FLOWS_BUFFER")]
+    pub flows_buffer: usize,
+    /// Also send drop alerts to this Alertmanager (API v2), e.g. `http://alertmanager.monitoring:9093`.
+    #[arg(long, env = "AUDITOR_ALERTMANAGER_URL")]
+    pub alertmanager_url: Option<String>,
+    /// Node name for alert labels (the DaemonSet sets it from spec.nodeName).
+    #[arg(long, env = "AUDITOR_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Lock file that keeps a second recorder from running on the same host.
     #[arg(long, default_value = "/run/auditor.lock", env = "AUDITOR_LOCK_FILE")]
     pub lock_file: PathBuf,
@@ -109,6 +121,14 @@ pub enum RecordError {
     #[error("ring buffer: {0}")]
     Ring(String),
     #[error(transparent)]
+    Alertmanager(#[from] crate::alertmanager::AlertmanagerError),
+    #[error("listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("{path}: {source}")]
     Policy {
@@ -135,6 +155,8 @@ pub struct Summary {
     /// Ring buffer records the kernel could not reserve (full buffer), by kind.
     pub lost_events: BTreeMap<String, u64>,
     pub decode_errors: u64,
+    /// Flows whose kernel counters restarted (LRU eviction between two flushes).
+    pub flow_map_evictions: u64,
     pub alerts: u64,
     pub degraded: Vec<String>,
     pub attached: Vec<String>,
@@ -184,6 +206,11 @@ struct State {
     dedup: crate::alerts::Deduper,
     alerts_out: AlertSink,
     started: Instant,
+    shared: std::sync::Arc<crate::serve::Shared>,
+    alertmanager: Option<crate::alertmanager::Target>,
+    node_name: Option<String>,
+    /// Flows already counted in `auditor_flows_total`.
+    counted: std::collections::HashSet<Flow>,
 }
 
 impl State {
@@ -253,6 +280,40 @@ impl State {
             }
         }
         Some(c.verdict(r.src_ip, r.dst_ip, r.dst_port, r.protocol).1)
+    }
+
+    /// Prometheus counters for one record (labels bounded: namespace and workload only).
+    fn count_metrics(&mut self, flow: &Flow, r: &FlowRecord, verdict: Option<&str>) {
+        let me = match flow.direction {
+            Direction::Egress => r.src.as_ref(),
+            Direction::Ingress => r.dst.as_ref(),
+        };
+        let namespace = me.and_then(|e| e.namespace.clone()).unwrap_or_default();
+        let workload = me.and_then(|e| e.workload.clone()).unwrap_or_default();
+        let m = &self.shared.metrics;
+        if self.counted.insert(*flow) {
+            let verdict = match verdict {
+                None => "unknown",
+                Some(v) if v.starts_with("denied") => "deny",
+                Some(_) => "allow",
+            };
+            m.flows
+                .get_or_create(&crate::serve::FlowLabels {
+                    namespace: namespace.clone(),
+                    workload: workload.clone(),
+                    direction: if flow.direction == Direction::Egress { "egress" } else { "ingress" }.into(),
+                    protocol: flow.protocol.to_string(),
+                    verdict: verdict.into(),
+                })
+                .inc();
+        }
+        if r.drops > 0 {
+            let reason = r.drop_reason.clone().unwrap_or_else(|| "unknown".into());
+            m.drops.get_or_create(&crate::serve::DropLabels { namespace: namespace.clone(), workload: workload.clone(), reason }).inc_by(r.drops);
+        }
+        if r.timed_out > 0 {
+            m.connect_timeouts.get_or_create(&crate::serve::WorkloadLabels { namespace, workload }).inc_by(r.timed_out);
+        }
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -336,6 +397,16 @@ enum AlertSink {
 
 impl State {
     fn send_alerts(&mut self, alerts: Vec<crate::alerts::Alert>) {
+        if let (Some(t), false) = (&self.alertmanager, alerts.is_empty()) {
+            let now = SystemTime::now();
+            let body: Vec<serde_json::Value> = alerts.iter().map(|a| crate::alertmanager::postable(a, self.node_name.as_deref(), now, Duration::from_secs(300))).collect();
+            let t = t.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::alertmanager::send(&t, &body, Duration::from_secs(5)).await {
+                    tracing::warn!(error = %e, "alert not delivered to Alertmanager");
+                }
+            });
+        }
         for a in alerts {
             self.summary.alerts += 1;
             let line = serde_json::to_string(&a).unwrap_or_default();
@@ -432,7 +503,17 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         let f = OpenOptions::new().create(true).append(true).open(&args.alerts).map_err(|source| RecordError::Io { op: "open alerts file", path: args.alerts.clone(), source })?;
         AlertSink::File(args.alerts.clone(), f)
     };
+    let alertmanager = args.alertmanager_url.as_deref().map(crate::alertmanager::Target::parse).transpose()?;
+    let shared = crate::serve::Shared::new(args.flows_buffer);
+    if let Some(addr) = args.listen {
+        let bound = crate::serve::spawn(addr, shared.clone()).await.map_err(|source| RecordError::Listen { addr, source })?;
+        tracing::info!(%bound, "serving /metrics, /healthz, /flows");
+    }
     let mut state = State {
+        shared: shared.clone(),
+        alertmanager,
+        node_name: args.node_name.clone(),
+        counted: Default::default(),
         cluster,
         dedup: crate::alerts::Deduper::new(args.alert_window),
         alerts_out,
@@ -453,6 +534,8 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
             .map_err(|source| RecordError::Io { op: "write ready file", path: p.clone(), source })?;
     }
     tracing::info!(output = %args.output.display(), hooks = probe.attached.len(), "recording");
+    shared.recording.store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.metrics.up.set(1);
 
     let started = Instant::now();
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -496,6 +579,12 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     flush(&mut probe, ring.get_mut(), &mut state, &mut out)?;
     let owed = state.dedup.flush();
     state.send_alerts(owed);
+    shared.recording.store(false, std::sync::atomic::Ordering::Relaxed);
+    shared.metrics.up.set(0);
+    // Let alert deliveries in flight finish (bounded by their own timeout).
+    if state.alertmanager.is_some() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     state.summary.duration_s = started.elapsed().as_secs_f64();
     state.summary.flows = state.flows.values().filter(|m| m.keep).count();
     if let Some(p) = &args.summary {
@@ -630,6 +719,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
         m.dirty = false;
         let now = [s.count, s.established, s.refused, s.timed_out, s.errors, s.syn_retransmits];
         let mut delta = [0u64; 6];
+        // A kernel counter below what was written: the LRU evicted the flow and it came
+        // back; what it counted between the last flush and the eviction is lost.
+        if now.iter().zip(m.written.iter()).any(|(n, w)| n < w) {
+            state.summary.flow_map_evictions += 1;
+        }
         for i in 0..6 {
             delta[i] = if now[i] >= m.written[i] { now[i] - m.written[i] } else { now[i] };
         }
@@ -675,6 +769,7 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             dst: None,
         };
         let verdict = state.enrich(&flow, &mut rec);
+        state.count_metrics(&flow, &rec, verdict.as_deref());
         let alerts = crate::alerts::Alert::from_record(&rec, verdict);
         if !alerts.is_empty() {
             let now = state.started.elapsed();
@@ -685,9 +780,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
     }
     let due = state.dedup.tick(state.started.elapsed());
     state.send_alerts(due);
+    state.shared.metrics.set_lost("decode", state.summary.decode_errors);
     records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| sort_key(&a.1).cmp(&sort_key(&b.1))));
     let records: Vec<FlowRecord> = records.into_iter().map(|(_, r)| r).collect();
     out.write(&records)?;
+    state.shared.keep_lines(records.iter().map(|r| (r.last_seen.clone().unwrap_or_default(), serde_json::to_string(r).unwrap_or_default())));
     state.summary.records_written += records.len() as u64;
     // Lost events.
     if let Some(map) = probe.ebpf.map("LOST") {
@@ -705,6 +802,8 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             }
         }
     }
+    state.shared.metrics.set_lost("ringbuf", state.summary.lost_events.values().sum());
+    state.shared.metrics.set_lost("flow_map", state.summary.flow_map_evictions);
     Ok(())
 }
 
@@ -836,6 +935,10 @@ mod tests {
             dedup: crate::alerts::Deduper::new(Duration::from_secs(60)),
             alerts_out: AlertSink::Stderr,
             started: Instant::now(),
+            shared: crate::serve::Shared::new(10),
+            alertmanager: None,
+            node_name: None,
+            counted: Default::default(),
         }
     }
 

@@ -20,7 +20,10 @@ use crate::cluster::{read_snapshot, ClusterError, Snapshot};
 use crate::flowlog::{read_flow_log, Direction, FlowLogError};
 use crate::policy::{Engine, FlowResult, Party, PolicyError, RuleRef, Side};
 use crate::suggest::labels::{group_of, parse_selector, SelectorParseError};
-use crate::suggest::{merge_flows, party_text, suggest, Audit, Mode, Observed, Options, RuleSummary, SuggestError, Suggestion};
+use crate::suggest::{
+    merge_flows, party_text, suggest, Audit, Mode, Observed, Options, RuleSummary, SuggestError,
+    Suggestion,
+};
 
 /// Write the report: Markdown, self-contained HTML with a picture of the flows, JSON, and
 /// the suggested policies (allowlist and fix), into a directory.
@@ -164,14 +167,21 @@ pub struct Report {
 /// Runs `auditor report`; returns the exit code (1 when a suggestion failed its check).
 pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     let snapshot = read_snapshot(&args.cluster)?;
-    let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy { path: args.cluster.clone(), error })?;
+    let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy {
+        path: args.cluster.clone(),
+        error,
+    })?;
     let log = read_flow_log(&args.flows, args.skip_invalid)?;
     let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
     let audit = match &args.select {
         Some(s) => Audit::Selector(parse_selector(s)?),
         None => Audit::Comms(args.comm.clone()),
     };
-    let opts = Options { audit, max_prefix_v4: args.max_prefix, ..Options::default() };
+    let opts = Options {
+        audit,
+        max_prefix_v4: args.max_prefix,
+        ..Options::default()
+    };
     let mut notes = snapshot.notes.clone();
     notes.extend(engine.notes.iter().cloned());
     let report = Report::build(&snapshot, &engine, &flows, &opts, log.skipped.len(), notes)?;
@@ -179,13 +189,19 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
         let path = args.output.join(name);
         std::fs::write(&path, text).map_err(|source| ReportError::Output { path, source })
     };
-    std::fs::create_dir_all(&args.output).map_err(|source| ReportError::Output { path: args.output.clone(), source })?;
+    std::fs::create_dir_all(&args.output).map_err(|source| ReportError::Output {
+        path: args.output.clone(),
+        source,
+    })?;
     for s in &report.suggestions {
         write(&s.file, &s.yaml)?;
     }
     write("report.md", &render_markdown(&report))?;
     write("report.html", &render_html(&report))?;
-    let json = serde_json::to_string_pretty(&report).map_err(|e| ReportError::Output { path: args.output.join("report.json"), source: std::io::Error::other(e) })?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| ReportError::Output {
+        path: args.output.join("report.json"),
+        source: std::io::Error::other(e),
+    })?;
     write("report.json", &(json + "\n"))?;
     let failed = report.suggestions.iter().filter(|s| !s.verified).count();
     eprintln!(
@@ -206,12 +222,25 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
 }
 
 impl Report {
-    pub fn build(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &Options, skipped_lines: usize, notes: Vec<String>) -> Result<Self, ReportError> {
-        let results: Vec<FlowResult> = flows.iter().map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol)).collect();
+    pub fn build(
+        snapshot: &Snapshot,
+        engine: &Engine,
+        flows: &[Observed],
+        opts: &Options,
+        skipped_lines: usize,
+        notes: Vec<String>,
+    ) -> Result<Self, ReportError> {
+        let results: Vec<FlowResult> = flows
+            .iter()
+            .map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol))
+            .collect();
         let mut suggestions = Vec::new();
         let mut audited = Vec::new();
         for mode in [Mode::Allowlist, Mode::Fix] {
-            let o = Options { mode, ..opts.clone() };
+            let o = Options {
+                mode,
+                ..opts.clone()
+            };
             let s = suggest(snapshot, engine, flows, &o).map_err(ReportError::Suggest)?;
             if mode == Mode::Allowlist {
                 audited = s.audited.clone();
@@ -248,13 +277,24 @@ impl Report {
                 blocked.push(row);
             }
         }
-        let mut workloads: Vec<WorkloadSection> = by_workload.into_iter().map(|(workload, flows)| WorkloadSection { audited: audited_set.contains(workload.as_str()), workload, flows }).collect();
+        let mut workloads: Vec<WorkloadSection> = by_workload
+            .into_iter()
+            .map(|(workload, flows)| WorkloadSection {
+                audited: audited_set.contains(workload.as_str()),
+                workload,
+                flows,
+            })
+            .collect();
         // Audited first, then by name.
         workloads.sort_by(|a, b| (!a.audited, &a.workload).cmp(&(!b.audited, &b.workload)));
         let unused_rules: Vec<UnusedRule> = engine
             .all_rules()
             .filter(|r| !used.contains(r))
-            .map(|r| UnusedRule { policy: engine.policy_name(r.policy), direction: dir_str(r.direction), rule: r.rule })
+            .map(|r| UnusedRule {
+                policy: engine.policy_name(r.policy),
+                direction: dir_str(r.direction),
+                rule: r.rule,
+            })
             .collect();
         let denied = results.iter().filter(|r| !r.allowed).count();
         Ok(Self {
@@ -284,7 +324,10 @@ fn section(s: &Suggestion) -> SuggestionSection {
             Mode::Fix => format!("checked with the policy engine: {} observed flows re-evaluated, every denied one now allowed, no other verdict or isolation changed", v.observed_checked),
         }
     } else {
-        format!("FAILED its check with the policy engine ({} problem(s))", v.failures.len())
+        format!(
+            "FAILED its check with the policy engine ({} problem(s))",
+            v.failures.len()
+        )
     };
     SuggestionSection {
         mode: s.mode.as_str(),
@@ -313,7 +356,11 @@ fn picture_node(engine: &Engine, party: &Party, ip: IpAddr, names: &BTreeSet<Str
         Party::Pod(p) => {
             let g = group_of(&engine.pods()[*p].workload);
             let mut parts = g.splitn(3, '/');
-            let (ns, kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (ns, kind, name) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
             format!("{ns}/{name} ({kind})")
         }
         Party::Node(_) => "nodes (kubelet, host network)".to_owned(),
@@ -326,8 +373,15 @@ fn picture_node(engine: &Engine, party: &Party, ip: IpAddr, names: &BTreeSet<Str
 
 fn side_why(engine: &Engine, side: &Side, what: &str) -> String {
     let pod = side.pod.map(|p| engine.pod_name(p)).unwrap_or_default();
-    let policies: Vec<String> = side.isolated_by.iter().map(|&p| engine.policy_name(p)).collect();
-    format!("{what}: {pod} is isolated by {} and no rule allows this flow", policies.join(", "))
+    let policies: Vec<String> = side
+        .isolated_by
+        .iter()
+        .map(|&p| engine.policy_name(p))
+        .collect();
+    format!(
+        "{what}: {pod} is isolated by {} and no rule allows this flow",
+        policies.join(", ")
+    )
 }
 
 fn flow_row(engine: &Engine, f: &Observed, r: &FlowResult) -> FlowRow {
@@ -341,7 +395,10 @@ fn flow_row(engine: &Engine, f: &Observed, r: &FlowResult) -> FlowRow {
     }
     let service = r.service.map(|i| {
         let s = &engine.services()[i];
-        format!("Service {}/{}:{}/{}", s.namespace, s.service, s.port, s.protocol)
+        format!(
+            "Service {}/{}:{}/{}",
+            s.namespace, s.service, s.port, s.protocol
+        )
     });
     FlowRow {
         source: party_text(engine, &t.src, f.src_ip),
@@ -370,7 +427,11 @@ fn md_cell(s: &str) -> String {
 
 fn flow_table_md(out: &mut String, rows: &[FlowRow], with_why: bool) {
     out.push_str("| verdict | source | destination | port | processes | DNS name | records |");
-    out.push_str(if with_why { " why |\n|---|---|---|---|---|---|---|---|\n" } else { "\n|---|---|---|---|---|---|---|\n" });
+    out.push_str(if with_why {
+        " why |\n|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "\n|---|---|---|---|---|---|---|\n"
+    });
     for r in rows {
         let dst = match &r.service {
             Some(s) => format!("{} via {s}", r.destination),
@@ -398,11 +459,31 @@ fn flow_table_md(out: &mut String, rows: &[FlowRow], with_why: bool) {
 pub fn render_markdown(r: &Report) -> String {
     let mut out = String::from("# auditor report\n\n## Summary\n\n");
     let s = &r.summary;
-    let _ = writeln!(out, "- {} distinct flows from {} records: **{} allowed, {} denied**", s.distinct_flows, s.records, s.allowed_flows, s.denied_flows);
-    let _ = writeln!(out, "- audited workloads: {}", if s.audited_workloads.is_empty() { "none found".to_owned() } else { s.audited_workloads.join(", ") });
-    let _ = writeln!(out, "- installed rules no observed flow used: {}", s.unused_rules);
+    let _ = writeln!(
+        out,
+        "- {} distinct flows from {} records: **{} allowed, {} denied**",
+        s.distinct_flows, s.records, s.allowed_flows, s.denied_flows
+    );
+    let _ = writeln!(
+        out,
+        "- audited workloads: {}",
+        if s.audited_workloads.is_empty() {
+            "none found".to_owned()
+        } else {
+            s.audited_workloads.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- installed rules no observed flow used: {}",
+        s.unused_rules
+    );
     for sug in &r.suggestions {
-        let _ = writeln!(out, "- suggested {} (`{}`, {} policies): {}", sug.mode, sug.file, sug.policies, sug.verification);
+        let _ = writeln!(
+            out,
+            "- suggested {} (`{}`, {} policies): {}",
+            sug.mode, sug.file, sug.policies, sug.verification
+        );
     }
     if s.skipped_lines > 0 {
         let _ = writeln!(out, "- invalid flow lines skipped: {}", s.skipped_lines);
@@ -415,7 +496,12 @@ pub fn render_markdown(r: &Report) -> String {
     }
     out.push_str("\n## Flows per workload\n");
     for w in &r.workloads {
-        let _ = writeln!(out, "\n### {}{}\n", w.workload, if w.audited { " (audited)" } else { "" });
+        let _ = writeln!(
+            out,
+            "\n### {}{}\n",
+            w.workload,
+            if w.audited { " (audited)" } else { "" }
+        );
         flow_table_md(&mut out, &w.flows, false);
     }
     out.push_str("\n## Installed rules no observed flow used\n\n");
@@ -426,7 +512,11 @@ pub fn render_markdown(r: &Report) -> String {
         let _ = writeln!(out, "- `{}` {}[{}]", u.policy, u.direction, u.rule);
     }
     for sug in &r.suggestions {
-        let _ = writeln!(out, "\n## Suggested {} (`{}`)\n\n{}\n", sug.mode, sug.file, sug.verification);
+        let _ = writeln!(
+            out,
+            "\n## Suggested {} (`{}`)\n\n{}\n",
+            sug.mode, sug.file, sug.verification
+        );
         for f in &sug.failures {
             let _ = writeln!(out, "- FAILED: {f}");
         }
@@ -439,7 +529,17 @@ pub fn render_markdown(r: &Report) -> String {
         if !sug.rules.is_empty() {
             out.push_str("\n| policy | rule | peers | ports | processes | flows |\n|---|---|---|---|---|---|\n");
             for rule in &sug.rules {
-                let _ = writeln!(out, "| {} | {}[{}] | {} | {} | {} | {} |", rule.policy, rule.direction, rule.rule, md_cell(&rule.peers), md_cell(&rule.ports), rule.processes.join(", "), rule.flows);
+                let _ = writeln!(
+                    out,
+                    "| {} | {}[{}] | {} | {} | {} | {} |",
+                    rule.policy,
+                    rule.direction,
+                    rule.rule,
+                    md_cell(&rule.peers),
+                    md_cell(&rule.ports),
+                    rule.processes.join(", "),
+                    rule.flows
+                );
             }
         }
         let _ = writeln!(out, "\n```yaml\n{}```", sug.yaml);
@@ -457,7 +557,10 @@ pub fn render_markdown(r: &Report) -> String {
 // HTML and SVG.
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
@@ -511,8 +614,17 @@ fn flow_table_html(out: &mut String, rows: &[FlowRow], with_why: bool) {
 /// one edge per (source, destination, verdict), green allowed, red denied.
 pub fn render_svg(r: &Report) -> String {
     let mut rows: Vec<&FlowRow> = r.workloads.iter().flat_map(|w| &w.flows).collect();
-    rows.sort_by(|a, b| (&a.src_node, &a.dst_node, a.port).cmp(&(&b.src_node, &b.dst_node, b.port)));
-    rows.dedup_by(|a, b| a.src_node == b.src_node && a.dst_node == b.dst_node && a.port == b.port && a.protocol == b.protocol && a.source == b.source && a.destination == b.destination);
+    rows.sort_by(|a, b| {
+        (&a.src_node, &a.dst_node, a.port).cmp(&(&b.src_node, &b.dst_node, b.port))
+    });
+    rows.dedup_by(|a, b| {
+        a.src_node == b.src_node
+            && a.dst_node == b.dst_node
+            && a.port == b.port
+            && a.protocol == b.protocol
+            && a.source == b.source
+            && a.destination == b.destination
+    });
     let srcs: BTreeSet<&str> = rows.iter().map(|f| f.src_node.as_str()).collect();
     let dsts: BTreeSet<&str> = rows.iter().map(|f| f.dst_node.as_str()).collect();
     let audited: BTreeSet<String> = r
@@ -521,7 +633,11 @@ pub fn render_svg(r: &Report) -> String {
         .iter()
         .map(|g| {
             let mut p = g.splitn(3, '/');
-            let (ns, kind, name) = (p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""));
+            let (ns, kind, name) = (
+                p.next().unwrap_or(""),
+                p.next().unwrap_or(""),
+                p.next().unwrap_or(""),
+            );
             format!("{ns}/{name} ({kind})")
         })
         .collect();
@@ -549,7 +665,10 @@ pub fn render_svg(r: &Report) -> String {
     }
     let mut edges: BTreeMap<(&str, &str, &str), BTreeSet<String>> = BTreeMap::new();
     for f in &rows {
-        edges.entry((f.src_node.as_str(), f.dst_node.as_str(), f.verdict)).or_default().insert(format!("{}/{}", f.port, f.protocol));
+        edges
+            .entry((f.src_node.as_str(), f.dst_node.as_str(), f.verdict))
+            .or_default()
+            .insert(format!("{}/{}", f.port, f.protocol));
     }
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" id=\"flows\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"observed flows by verdict\">\n\
@@ -566,10 +685,20 @@ pub fn render_svg(r: &Report) -> String {
         w - 72.0
     );
     for ((s, d, verdict), ports) in &edges {
-        let (Some(&(sx, sy)), Some(&(dx, dy))) = (pos.get(s), pos.get(d)) else { continue };
-        let colour = if *verdict == "allow" { "#2e7d32" } else { "#c62828" };
+        let (Some(&(sx, sy)), Some(&(dx, dy))) = (pos.get(s), pos.get(d)) else {
+            continue;
+        };
+        let colour = if *verdict == "allow" {
+            "#2e7d32"
+        } else {
+            "#c62828"
+        };
         let (x1, y1) = (sx + box_w, sy + box_h / 2.0);
-        let (x2, y2) = if dx > sx { (dx, dy + box_h / 2.0) } else { (dx + box_w, dy + box_h / 2.0 + 6.0) };
+        let (x2, y2) = if dx > sx {
+            (dx, dy + box_h / 2.0)
+        } else {
+            (dx + box_w, dy + box_h / 2.0 + 6.0)
+        };
         let path = if dx > sx {
             let mx = (x1 + x2) / 2.0;
             format!("M{x1:.1},{y1:.1} C{mx:.1},{y1:.1} {mx:.1},{y2:.1} {x2:.1},{y2:.1}")
@@ -579,8 +708,16 @@ pub fn render_svg(r: &Report) -> String {
             format!("M{x1:.1},{y1:.1} C{bend:.1},{y1:.1} {bend:.1},{y2:.1} {x2:.1},{y2:.1}")
         };
         let label = ports.iter().cloned().collect::<Vec<_>>().join(", ");
-        let (lx, ly) = if dx > sx { ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 4.0) } else { (x1 + 48.0, (y1 + y2) / 2.0) };
-        let dash = if *verdict == "deny" { " stroke-dasharray=\"6 4\"" } else { "" };
+        let (lx, ly) = if dx > sx {
+            ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 4.0)
+        } else {
+            (x1 + 48.0, (y1 + y2) / 2.0)
+        };
+        let dash = if *verdict == "deny" {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
         let _ = writeln!(
             svg,
             "<g class=\"edge {verdict}\" data-verdict=\"{verdict}\"><title>{} -&gt; {} {label}: {verdict}</title><path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2.2\"{dash} marker-end=\"url(#a-{verdict})\"/><text x=\"{lx:.1}\" y=\"{ly:.1}\" font-size=\"11\" fill=\"{colour}\" text-anchor=\"middle\" paint-order=\"stroke\" stroke=\"#fff\" stroke-width=\"3\">{} {}</text></g>",
@@ -600,7 +737,11 @@ pub fn render_svg(r: &Report) -> String {
         } else {
             ("#fff8e1", "#b7791f")
         };
-        let text: String = if n.chars().count() > 44 { format!("{}…", n.chars().take(43).collect::<String>()) } else { (*n).to_owned() };
+        let text: String = if n.chars().count() > 44 {
+            format!("{}…", n.chars().take(43).collect::<String>())
+        } else {
+            (*n).to_owned()
+        };
         let _ = writeln!(
             svg,
             "<g class=\"node\" data-name=\"{}\"><title>{}</title><rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{box_w}\" height=\"{box_h}\" rx=\"8\" fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"middle\" fill=\"#1d2330\">{}</text></g>",
@@ -638,7 +779,16 @@ pub fn render_html(r: &Report) -> String {
     }
     out.push_str("<h2>Flows per workload</h2>\n");
     for w in &r.workloads {
-        let _ = writeln!(out, "<h3 class=\"workload\">{}{}</h3>", esc(&w.workload), if w.audited { "<span class=\"tag\">audited</span>" } else { "" });
+        let _ = writeln!(
+            out,
+            "<h3 class=\"workload\">{}{}</h3>",
+            esc(&w.workload),
+            if w.audited {
+                "<span class=\"tag\">audited</span>"
+            } else {
+                ""
+            }
+        );
         flow_table_html(&mut out, &w.flows, false);
     }
     out.push_str("<h2>Installed rules no observed flow used</h2>\n");
@@ -647,7 +797,13 @@ pub fn render_html(r: &Report) -> String {
     } else {
         out.push_str("<ul>");
         for u in &r.unused_rules {
-            let _ = write!(out, "<li><code>{}</code> {}[{}]</li>", esc(&u.policy), u.direction, u.rule);
+            let _ = write!(
+                out,
+                "<li><code>{}</code> {}[{}]</li>",
+                esc(&u.policy),
+                u.direction,
+                u.rule
+            );
         }
         out.push_str("</ul>\n");
     }

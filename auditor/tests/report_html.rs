@@ -39,37 +39,78 @@ fn report_dir(name: &str) -> PathBuf {
 #[test]
 fn writes_every_file_with_the_sections() {
     let out = report_dir("files");
-    for f in ["report.md", "report.html", "report.json", "allowlist.yaml", "fix.yaml"] {
+    for f in [
+        "report.md",
+        "report.html",
+        "report.json",
+        "allowlist.yaml",
+        "fix.yaml",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["summary"]["denied_flows"], 2);
-    assert_eq!(json["summary"]["audited_workloads"][0], "media/Deployment/ffmpeg");
+    assert_eq!(
+        json["summary"]["audited_workloads"][0],
+        "media/Deployment/ffmpeg"
+    );
     assert_eq!(json["workloads"][0]["workload"], "media/Deployment/ffmpeg");
-    assert!(json["blocked"][0]["why"].as_str().unwrap().contains("isolated by media/default-deny"));
-    assert!(json["unused_rules"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(json["blocked"][0]["why"]
+        .as_str()
+        .unwrap()
+        .contains("isolated by media/default-deny"));
+    assert!(json["unused_rules"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty()));
     assert_eq!(json["suggestions"][0]["verified"], true);
     assert_eq!(json["suggestions"][1]["verified"], true);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for s in ["## Blocked flows", "### media/Deployment/ffmpeg (audited)", "## Installed rules no observed flow used", "## Suggested allowlist", "## Suggested fix", "```yaml"] {
+    for s in [
+        "## Blocked flows",
+        "### media/Deployment/ffmpeg (audited)",
+        "## Installed rules no observed flow used",
+        "## Suggested allowlist",
+        "## Suggested fix",
+        "```yaml",
+    ] {
         assert!(md.contains(s), "{s} missing from report.md");
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     // Self-contained: nothing fetched from anywhere.
-    for bad in ["src=\"http", "href=\"http", "<link", "<script src", "@import", "url(http"] {
+    for bad in [
+        "src=\"http",
+        "href=\"http",
+        "<link",
+        "<script src",
+        "@import",
+        "url(http",
+    ] {
         assert!(!html.contains(bad), "external asset: {bad}");
     }
     assert!(html.contains("<svg") && html.contains("<style>"));
 }
 
 fn chromium() -> Option<&'static str> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists())
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
 }
 
 fn chromium_cmd(bin: &str, profile: &Path) -> Command {
     let mut c = Command::new(bin);
-    c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1280,1100"])
-        .arg(format!("--user-data-dir={}", profile.display()));
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1280,1100",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
     c
 }
 
@@ -82,23 +123,55 @@ fn chromium_renders_workloads_and_verdicts() {
     let out = report_dir("chromium");
     let url = format!("file://{}", out.join("report.html").display());
     let profile = out.join("profile");
-    let dom = chromium_cmd(bin, &profile).arg("--dump-dom").arg(&url).output().expect("run chromium");
+    let dom = chromium_cmd(bin, &profile)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("run chromium");
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for want in ["media/Deployment/ffmpeg", "media/ffmpeg (Deployment)", "ingest.example.net (203.0.113.81)", "class=\"edge deny\"", "class=\"edge allow\"", "1935/TCP", "v-deny", "v-allow", "audited"] {
+    for want in [
+        "media/Deployment/ffmpeg",
+        "media/ffmpeg (Deployment)",
+        "ingest.example.net (203.0.113.81)",
+        "class=\"edge deny\"",
+        "class=\"edge allow\"",
+        "1935/TCP",
+        "v-deny",
+        "v-allow",
+        "audited",
+    ] {
         assert!(dom.contains(want), "{want} missing from the rendered DOM");
     }
     let png = out.join("report.png");
-    let status = chromium_cmd(bin, &profile).arg(format!("--screenshot={}", png.display())).arg(&url).output().expect("run chromium");
-    assert!(png.is_file(), "no screenshot: {}", String::from_utf8_lossy(&status.stderr));
+    let status = chromium_cmd(bin, &profile)
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        png.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let (w, h, pixels) = decode_png(&std::fs::read(&png).unwrap());
     assert_eq!((w, h), (1280, 1100));
     // The verdict colours are on screen: green (#2e7d32) allowed, red (#c62828) denied,
     // and the audited workload's blue border (#1565c0).
     let near = |c: [u8; 3], p: &[u8]| c.iter().zip(p).all(|(a, b)| a.abs_diff(*b) <= 24);
     let count = |c: [u8; 3]| pixels.chunks_exact(3).filter(|p| near(c, p)).count();
-    let (green, red, blue) = (count([0x2e, 0x7d, 0x32]), count([0xc6, 0x28, 0x28]), count([0x15, 0x65, 0xc0]));
-    eprintln!("screenshot {}: green {green}, red {red}, blue {blue} pixels", png.display());
-    assert!(green > 200 && red > 200 && blue > 200, "green {green}, red {red}, blue {blue}");
+    let (green, red, blue) = (
+        count([0x2e, 0x7d, 0x32]),
+        count([0xc6, 0x28, 0x28]),
+        count([0x15, 0x65, 0xc0]),
+    );
+    eprintln!(
+        "screenshot {}: green {green}, red {red}, blue {blue} pixels",
+        png.display()
+    );
+    assert!(
+        green > 200 && red > 200 && blue > 200,
+        "green {green}, red {red}, blue {blue}"
+    );
     if std::env::var_os("AUDITOR_KEEP_REPORT").is_some() {
         eprintln!("kept {}", png.display());
     }
@@ -139,9 +212,17 @@ fn decode_png(data: &[u8]) -> (u32, u32, Vec<u8>) {
         let filter = row[0];
         let mut cur = row[1..].to_vec();
         for i in 0..stride {
-            let a = if i >= channels { cur[i - channels] as i32 } else { 0 };
+            let a = if i >= channels {
+                cur[i - channels] as i32
+            } else {
+                0
+            };
             let b = prev[i] as i32;
-            let c = if i >= channels { prev[i - channels] as i32 } else { 0 };
+            let c = if i >= channels {
+                prev[i - channels] as i32
+            } else {
+                0
+            };
             let add = match filter {
                 0 => 0,
                 1 => a,
@@ -198,7 +279,7 @@ fn inflate_zlib(data: &[u8]) -> Vec<u8> {
             counts[l as usize] += 1;
         }
         counts[0] = 0;
-        let mut offs = vec![0u16; 16];
+        let mut offs = [0u16; 16];
         for i in 1..16 {
             offs[i] = offs[i - 1] + counts[i - 1];
         }
@@ -226,11 +307,26 @@ fn inflate_zlib(data: &[u8]) -> Vec<u8> {
         }
         panic!("bad code");
     }
-    const LBASE: [u16; 29] = [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258];
-    const LEXT: [u8; 29] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0];
-    const DBASE: [u16; 30] = [1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577];
-    const DEXT: [u8; 30] = [0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13];
-    let mut b = Bits { d: &data[2..], pos: 0, bit: 0 };
+    const LBASE: [u16; 29] = [
+        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
+        131, 163, 195, 227, 258,
+    ];
+    const LEXT: [u8; 29] = [
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
+    ];
+    const DBASE: [u16; 30] = [
+        1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+        2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
+    ];
+    const DEXT: [u8; 30] = [
+        0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12,
+        13, 13,
+    ];
+    let mut b = Bits {
+        d: &data[2..],
+        pos: 0,
+        bit: 0,
+    };
     let mut out: Vec<u8> = Vec::new();
     loop {
         let last = b.get(1);
@@ -255,7 +351,9 @@ fn inflate_zlib(data: &[u8]) -> Vec<u8> {
                     let hlit = b.get(5) as usize + 257;
                     let hdist = b.get(5) as usize + 1;
                     let hclen = b.get(4) as usize + 4;
-                    const ORDER: [usize; 19] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
+                    const ORDER: [usize; 19] = [
+                        16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+                    ];
                     let mut cl = [0u8; 19];
                     for &o in ORDER.iter().take(hclen) {
                         cl[o] = b.get(3) as u8;

@@ -163,7 +163,11 @@ fn suggest_files(name: &str, cluster: &str, flows: &str, f: impl FnOnce(&mut Sug
     };
     f(&mut args);
     let code = run(&args).map_err(|e| e.to_string());
-    let ext = if args.flavor == Flavor::Cilium { "cilium.yaml" } else { "yaml" };
+    let ext = if args.flavor == Flavor::Cilium {
+        "cilium.yaml"
+    } else {
+        "yaml"
+    };
     let path = args.output.join(format!("{}.{ext}", args.mode.as_str()));
     let yaml = std::fs::read_to_string(&path).unwrap_or_default();
     Out { code, yaml, path }
@@ -185,7 +189,14 @@ fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
 fn policy<'a>(docs: &'a [serde_yaml::Value], name: &str) -> &'a serde_yaml::Value {
     docs.iter()
         .find(|d| d["metadata"]["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no policy {name} in {:?}", docs.iter().map(|d| d["metadata"]["name"].clone()).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no policy {name} in {:?}",
+                docs.iter()
+                    .map(|d| d["metadata"]["name"].clone())
+                    .collect::<Vec<_>>()
+            )
+        })
 }
 
 fn validate(path: &Path) {
@@ -193,12 +204,27 @@ fn validate(path: &Path) {
         eprintln!("SKIP schema validation: {KUBERNETES_VALIDATE} missing (cargo xtask setup creates the venv)");
         return;
     }
-    let out = Command::new(KUBERNETES_VALIDATE).arg("--strict").arg(path).output().expect("run kubernetes-validate");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(KUBERNETES_VALIDATE)
+        .arg("--strict")
+        .arg(path)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("{text}");
-    assert!(out.status.success(), "kubernetes-validate failed on {}:\n{text}", path.display());
+    assert!(
+        out.status.success(),
+        "kubernetes-validate failed on {}:\n{text}",
+        path.display()
+    );
     assert!(text.contains("passed"), "{text}");
-    assert!(!text.contains("ERROR") && !text.contains("failed"), "{text}");
+    assert!(
+        !text.contains("ERROR") && !text.contains("failed"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -206,50 +232,135 @@ fn allowlist_dns_probes_jobs_services_ranges_names() {
     let out = suggest_files("allowlist", &full_cluster(), FLOWS, |_| {});
     assert_eq!(out.code, Ok(0), "{}", out.yaml);
     let d = docs(&out.yaml);
-    let names: Vec<&str> = d.iter().filter_map(|x| x["metadata"]["name"].as_str()).collect();
+    let names: Vec<&str> = d
+        .iter()
+        .filter_map(|x| x["metadata"]["name"].as_str())
+        .collect();
     // Sorted; one policy per workload, CronJob Jobs grouped; probes separate.
-    assert_eq!(names, ["ffmpeg-allowlist", "ffmpeg-kubelet-probes", "nightly-allowlist"], "{}", out.yaml);
+    assert_eq!(
+        names,
+        [
+            "ffmpeg-allowlist",
+            "ffmpeg-kubelet-probes",
+            "nightly-allowlist"
+        ],
+        "{}",
+        out.yaml
+    );
 
     let ff = policy(&d, "ffmpeg-allowlist");
-    assert_eq!(serde_yaml::to_string(&ff["spec"]["podSelector"]).unwrap().trim(), "matchLabels:\n  app: ffmpeg");
-    assert_eq!(serde_yaml::to_string(&ff["spec"]["policyTypes"]).unwrap().trim(), "- Ingress\n- Egress");
+    assert_eq!(
+        serde_yaml::to_string(&ff["spec"]["podSelector"])
+            .unwrap()
+            .trim(),
+        "matchLabels:\n  app: ffmpeg"
+    );
+    assert_eq!(
+        serde_yaml::to_string(&ff["spec"]["policyTypes"])
+            .unwrap()
+            .trim(),
+        "- Ingress\n- Egress"
+    );
     let egress = ff["spec"]["egress"].as_sequence().unwrap();
     // DNS: the kube-dns pods by namespace and stable labels, UDP and TCP 53.
     let dns = &egress[0];
-    assert_eq!(dns["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(), Some("kube-system"));
-    assert_eq!(serde_yaml::to_string(&dns["to"][0]["podSelector"]).unwrap().trim(), "matchLabels:\n  k8s-app: kube-dns");
-    assert_eq!(serde_yaml::to_string(&dns["ports"]).unwrap().trim(), "- protocol: TCP\n  port: 53\n- protocol: UDP\n  port: 53");
+    assert_eq!(
+        dns["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+        Some("kube-system")
+    );
+    assert_eq!(
+        serde_yaml::to_string(&dns["to"][0]["podSelector"])
+            .unwrap()
+            .trim(),
+        "matchLabels:\n  k8s-app: kube-dns"
+    );
+    assert_eq!(
+        serde_yaml::to_string(&dns["ports"]).unwrap().trim(),
+        "- protocol: TCP\n  port: 53\n- protocol: UDP\n  port: 53"
+    );
     // NodeLocal DNS.
-    assert!(egress.iter().any(|r| r["to"][0]["ipBlock"]["cidr"].as_str() == Some("169.254.20.10/32") && r["ports"].as_sequence().unwrap().len() == 2), "{}", out.yaml);
+    assert!(
+        egress.iter().any(
+            |r| r["to"][0]["ipBlock"]["cidr"].as_str() == Some("169.254.20.10/32")
+                && r["ports"].as_sequence().unwrap().len() == 2
+        ),
+        "{}",
+        out.yaml
+    );
     // The Service as its backends, the named target port.
-    let svc = egress.iter().find(|r| r["to"][0]["podSelector"]["matchLabels"]["app"].as_str() == Some("origin")).expect("rule to origin");
-    assert!(svc["to"][0].get("namespaceSelector").is_none(), "same namespace: no namespaceSelector");
+    let svc = egress
+        .iter()
+        .find(|r| r["to"][0]["podSelector"]["matchLabels"]["app"].as_str() == Some("origin"))
+        .expect("rule to origin");
+    assert!(
+        svc["to"][0].get("namespaceSelector").is_none(),
+        "same namespace: no namespaceSelector"
+    );
     assert_eq!(svc["ports"][0]["port"].as_str(), Some("http"));
     // UDP 5000-5002 as one endPort range.
-    let udp = egress.iter().find(|r| r["to"][0]["ipBlock"]["cidr"].as_str() == Some("198.51.100.7/32")).unwrap();
-    assert_eq!(serde_yaml::to_string(&udp["ports"]).unwrap().trim(), "- protocol: UDP\n  port: 5000\n  endPort: 5002");
+    let udp = egress
+        .iter()
+        .find(|r| r["to"][0]["ipBlock"]["cidr"].as_str() == Some("198.51.100.7/32"))
+        .unwrap();
+    assert_eq!(
+        serde_yaml::to_string(&udp["ports"]).unwrap().trim(),
+        "- protocol: UDP\n  port: 5000\n  endPort: 5002"
+    );
     // Two addresses of one name, same ports: merged losslessly, names annotated, change warned.
-    let cdn = egress.iter().find(|r| r["to"][0]["ipBlock"]["cidr"].as_str() == Some("203.0.113.80/31")).expect("203.0.113.80/31");
+    let cdn = egress
+        .iter()
+        .find(|r| r["to"][0]["ipBlock"]["cidr"].as_str() == Some("203.0.113.80/31"))
+        .expect("203.0.113.80/31");
     assert_eq!(cdn["ports"][0]["port"].as_i64(), Some(443));
-    assert!(ff["metadata"]["annotations"]["auditor.dev/dns-names"].as_str().unwrap().contains("203.0.113.80/31=cdn.example.net"));
-    assert!(out.yaml.contains("WARNING: cdn.example.net resolved to 2 addresses"), "{}", out.yaml);
+    assert!(ff["metadata"]["annotations"]["auditor.dev/dns-names"]
+        .as_str()
+        .unwrap()
+        .contains("203.0.113.80/31=cdn.example.net"));
+    assert!(
+        out.yaml
+            .contains("WARNING: cdn.example.net resolved to 2 addresses"),
+        "{}",
+        out.yaml
+    );
     // The sidecar's flow is in the pod's allowlist, and the comment names its process.
     assert!(out.yaml.contains("of process(es) envoy:"), "{}", out.yaml);
-    assert!(out.yaml.contains("-> 203.0.113.200:9000/TCP [envoy]"), "{}", out.yaml);
+    assert!(
+        out.yaml.contains("-> 203.0.113.200:9000/TCP [envoy]"),
+        "{}",
+        out.yaml
+    );
     // Probe traffic is not in the application allowlist.
     assert!(ff["spec"]["ingress"].is_null(), "{}", out.yaml);
 
     // Kubelet probes: every node address, the ports the spec names for probes.
     let probes = policy(&d, "ffmpeg-kubelet-probes");
-    assert_eq!(serde_yaml::to_string(&probes["spec"]["policyTypes"]).unwrap().trim(), "- Ingress");
+    assert_eq!(
+        serde_yaml::to_string(&probes["spec"]["policyTypes"])
+            .unwrap()
+            .trim(),
+        "- Ingress"
+    );
     let rule = &probes["spec"]["ingress"][0];
-    let cidrs: Vec<&str> = rule["from"].as_sequence().unwrap().iter().map(|p| p["ipBlock"]["cidr"].as_str().unwrap()).collect();
+    let cidrs: Vec<&str> = rule["from"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["ipBlock"]["cidr"].as_str().unwrap())
+        .collect();
     assert_eq!(cidrs, ["192.168.0.11/32", "192.168.0.12/32"]);
-    assert_eq!(serde_yaml::to_string(&rule["ports"]).unwrap().trim(), "- protocol: TCP\n  port: 9101\n- protocol: TCP\n  port: metrics");
+    assert_eq!(
+        serde_yaml::to_string(&rule["ports"]).unwrap().trim(),
+        "- protocol: TCP\n  port: 9101\n- protocol: TCP\n  port: metrics"
+    );
 
     // Jobs of one CronJob: one policy, selector without job-name / controller-uid.
     let job = policy(&d, "nightly-allowlist");
-    assert_eq!(serde_yaml::to_string(&job["spec"]["podSelector"]).unwrap().trim(), "matchLabels:\n  app: transcode");
+    assert_eq!(
+        serde_yaml::to_string(&job["spec"]["podSelector"])
+            .unwrap()
+            .trim(),
+        "matchLabels:\n  app: transcode"
+    );
     assert!(out.yaml.contains("Workload media/CronJob/nightly."));
     validate(&out.path);
 
@@ -265,11 +376,23 @@ fn max_prefix_widens_only_as_far_as_allowed() {
 {"src_ip":"10.0.1.1","dst_ip":"203.0.114.9","dst_port":443,"protocol":"TCP","comm":"ffmpeg"}
 "#;
     let exact = suggest_files("prefix32", &full_cluster(), flows, |_| {});
-    assert!(exact.yaml.contains("203.0.113.1/32") && exact.yaml.contains("203.0.113.77/32"), "{}", exact.yaml);
+    assert!(
+        exact.yaml.contains("203.0.113.1/32") && exact.yaml.contains("203.0.113.77/32"),
+        "{}",
+        exact.yaml
+    );
     let wide = suggest_files("prefix24", &full_cluster(), flows, |a| a.max_prefix = 24);
     assert_eq!(wide.code, Ok(0));
-    assert!(wide.yaml.contains("\"203.0.113.0/25\"") && wide.yaml.contains("\"203.0.114.9/32\""), "{}", wide.yaml);
-    assert!(wide.yaml.contains("aggregated from 2 observed address(es)"), "{}", wide.yaml);
+    assert!(
+        wide.yaml.contains("\"203.0.113.0/25\"") && wide.yaml.contains("\"203.0.114.9/32\""),
+        "{}",
+        wide.yaml
+    );
+    assert!(
+        wide.yaml.contains("aggregated from 2 observed address(es)"),
+        "{}",
+        wide.yaml
+    );
 }
 
 #[test]
@@ -286,7 +409,12 @@ fn fix_mode_on_the_fixture_validates() {
     assert!(!d.is_empty());
     for p in &d {
         // Additions only isolate in the direction they add to.
-        assert_eq!(p["spec"]["policyTypes"].as_sequence().unwrap().len(), 1, "{}", out.yaml);
+        assert_eq!(
+            p["spec"]["policyTypes"].as_sequence().unwrap().len(),
+            1,
+            "{}",
+            out.yaml
+        );
     }
     validate(&out.path);
     let allow = suggest_files("fixture-allowlist", &cluster, &flows, |_| {});
@@ -297,9 +425,18 @@ fn fix_mode_on_the_fixture_validates() {
 #[test]
 fn no_dns_pods_is_a_stated_gap() {
     // kube-dns Service without any DNS pod behind it.
-    let out = suggest_files("nodns", &format!("{CLUSTER}{KUBE_DNS_SERVICE}"), FLOWS, |_| {});
+    let out = suggest_files(
+        "nodns",
+        &format!("{CLUSTER}{KUBE_DNS_SERVICE}"),
+        FLOWS,
+        |_| {},
+    );
     assert_eq!(out.code, Ok(1));
-    assert!(out.yaml.contains("# GAP: no DNS pods in the snapshot"), "{}", out.yaml);
+    assert!(
+        out.yaml.contains("# GAP: no DNS pods in the snapshot"),
+        "{}",
+        out.yaml
+    );
     // Still written, and still allowing the observed DNS address.
     assert!(out.yaml.contains("10.96.0.10/32"), "{}", out.yaml);
     validate(&out.path);
@@ -311,14 +448,26 @@ fn missing_pods_and_no_audited_workload_are_stated() {
 "#;
     let out = suggest_files("missing", &full_cluster(), flows, |_| {});
     assert_eq!(out.code, Ok(1));
-    assert!(out.yaml.contains("# GAP: ffmpeg at 10.9.9.9 (first at flow line 1) ran in no pod of the snapshot"), "{}", out.yaml);
-    assert!(out.yaml.contains("# GAP: no audited workload found"), "{}", out.yaml);
+    assert!(
+        out.yaml.contains(
+            "# GAP: ffmpeg at 10.9.9.9 (first at flow line 1) ran in no pod of the snapshot"
+        ),
+        "{}",
+        out.yaml
+    );
+    assert!(
+        out.yaml.contains("# GAP: no audited workload found"),
+        "{}",
+        out.yaml
+    );
     assert!(out.yaml.contains("No policy to write."));
 }
 
 #[test]
 fn select_audits_by_label() {
-    let out = suggest_files("select", &full_cluster(), FLOWS, |a| a.select = Some("app=origin".into()));
+    let out = suggest_files("select", &full_cluster(), FLOWS, |a| {
+        a.select = Some("app=origin".into())
+    });
     assert_eq!(out.code, Ok(0), "{}", out.yaml);
     let d = docs(&out.yaml);
     let origin = policy(&d, "origin-allowlist");
@@ -326,28 +475,58 @@ fn select_audits_by_label() {
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|r| r["from"][0]["podSelector"]["matchLabels"]["app"].as_str().unwrap().to_owned())
+        .map(|r| {
+            r["from"][0]["podSelector"]["matchLabels"]["app"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(from, ["ffmpeg", "transcode"], "{}", out.yaml);
     assert!(origin["spec"]["egress"].is_null());
-    let bad = suggest_files("select-bad", &full_cluster(), FLOWS, |a| a.select = Some("app in origin".into()));
+    let bad = suggest_files("select-bad", &full_cluster(), FLOWS, |a| {
+        a.select = Some("app in origin".into())
+    });
     assert!(bad.code.unwrap_err().contains("--select \"app in origin\""));
 }
 
 #[test]
 fn cilium_flavor_uses_fqdns_and_dns_visibility() {
-    let out = suggest_files("cilium", &full_cluster(), FLOWS, |a| a.flavor = Flavor::Cilium);
+    let out = suggest_files("cilium", &full_cluster(), FLOWS, |a| {
+        a.flavor = Flavor::Cilium
+    });
     assert_eq!(out.code, Ok(0), "{}", out.yaml);
     let d = docs(&out.yaml);
     let ff = policy(&d, "ffmpeg-allowlist");
     assert_eq!(ff["apiVersion"].as_str(), Some("cilium.io/v2"));
     assert_eq!(ff["kind"].as_str(), Some("CiliumNetworkPolicy"));
     let egress = ff["spec"]["egress"].as_sequence().unwrap();
-    assert!(egress.iter().any(|r| r["toFQDNs"][0]["matchName"].as_str() == Some("cdn.example.net")), "{}", out.yaml);
-    let dns = egress.iter().find(|r| !r["toPorts"][0]["rules"]["dns"].is_null()).expect("DNS rule with visibility");
-    assert_eq!(dns["toEndpoints"][0]["matchLabels"]["k8s:io.kubernetes.pod.namespace"].as_str(), Some("kube-system"));
+    assert!(
+        egress
+            .iter()
+            .any(|r| r["toFQDNs"][0]["matchName"].as_str() == Some("cdn.example.net")),
+        "{}",
+        out.yaml
+    );
+    let dns = egress
+        .iter()
+        .find(|r| !r["toPorts"][0]["rules"]["dns"].is_null())
+        .expect("DNS rule with visibility");
+    assert_eq!(
+        dns["toEndpoints"][0]["matchLabels"]["k8s:io.kubernetes.pod.namespace"].as_str(),
+        Some("kube-system")
+    );
     // Addresses without a name stay CIDRs.
-    assert!(egress.iter().any(|r| r["toCIDR"][0].as_str() == Some("203.0.113.200/32")), "{}", out.yaml);
+    assert!(
+        egress
+            .iter()
+            .any(|r| r["toCIDR"][0].as_str() == Some("203.0.113.200/32")),
+        "{}",
+        out.yaml
+    );
     let probes = policy(&d, "ffmpeg-kubelet-probes");
-    assert_eq!(probes["spec"]["ingress"][0]["fromEntities"][0].as_str(), Some("host"));
+    assert_eq!(
+        probes["spec"]["ingress"][0]["fromEntities"][0].as_str(),
+        Some("host")
+    );
 }

@@ -22,7 +22,13 @@ use serde_json::{json, Value};
 
 const NAMESPACES: [&str; 3] = ["media", "cdn", "ops"];
 const NODES: [(&str, &str); 2] = [("node-a", "192.168.0.11"), ("node-b", "192.168.0.12")];
-const EXTERNALS: [&str; 5] = ["203.0.113.80", "203.0.113.81", "203.0.113.82", "198.51.100.7", "198.51.100.9"];
+const EXTERNALS: [&str; 5] = [
+    "203.0.113.80",
+    "203.0.113.81",
+    "203.0.113.82",
+    "198.51.100.7",
+    "198.51.100.9",
+];
 
 #[derive(Debug, Clone)]
 struct WorkloadM {
@@ -87,9 +93,21 @@ fn build(m: &ClusterM) -> (Snapshot, Vec<FlowRecord>) {
         let ns = NAMESPACES[wl.ns];
         for i in 0..wl.pods {
             let (owner_kind, owner, mut labels) = match wl.kind {
-                0 => ("ReplicaSet", format!("{}-5d4f", wname(w)), json!({"app": wname(w), "pod-template-hash": format!("5d4f{i}")})),
-                1 => ("StatefulSet", wname(w), json!({"app": wname(w), "controller-revision-hash": format!("{}-7c", wname(w)), "statefulset.kubernetes.io/pod-name": format!("{}-{i}", wname(w))})),
-                _ => ("Job", format!("{}-2912345{i}", wname(w)), json!({"app": wname(w), "job-name": format!("{}-2912345{i}", wname(w)), "batch.kubernetes.io/job-name": format!("{}-2912345{i}", wname(w)), "controller-uid": format!("uid-{i}")})),
+                0 => (
+                    "ReplicaSet",
+                    format!("{}-5d4f", wname(w)),
+                    json!({"app": wname(w), "pod-template-hash": format!("5d4f{i}")}),
+                ),
+                1 => (
+                    "StatefulSet",
+                    wname(w),
+                    json!({"app": wname(w), "controller-revision-hash": format!("{}-7c", wname(w)), "statefulset.kubernetes.io/pod-name": format!("{}-{i}", wname(w))}),
+                ),
+                _ => (
+                    "Job",
+                    format!("{}-2912345{i}", wname(w)),
+                    json!({"app": wname(w), "job-name": format!("{}-2912345{i}", wname(w)), "batch.kubernetes.io/job-name": format!("{}-2912345{i}", wname(w)), "controller-uid": format!("uid-{i}")}),
+                ),
             };
             labels["team"] = json!("media");
             let mut container = json!({"name":"main","image":"ffmpeg","ports":[
@@ -127,8 +145,10 @@ fn build(m: &ClusterM) -> (Snapshot, Vec<FlowRecord>) {
             "spec":{"podSelector":{"matchLabels":{"app":wname(a)}},"policyTypes":["Egress"],
                 "egress":[{"to":[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":nsb}},"podSelector":{"matchLabels":{"app":wname(b)}}}],"ports":[{"port":PORTS[p % PORTS.len()]}]}]}}));
     }
-    let text = serde_json::to_string(&json!({"apiVersion":"v1","kind":"List","items":items})).unwrap();
-    let snap = parse_snapshot(Path::new("generated.yaml"), text.as_bytes()).expect("generated snapshot parses");
+    let text =
+        serde_json::to_string(&json!({"apiVersion":"v1","kind":"List","items":items})).unwrap();
+    let snap = parse_snapshot(Path::new("generated.yaml"), text.as_bytes())
+        .expect("generated snapshot parses");
 
     let mut flows = Vec::new();
     let nw = m.workloads.len();
@@ -140,21 +160,33 @@ fn build(m: &ClusterM) -> (Snapshot, Vec<FlowRecord>) {
         let port = PORTS[f.port % PORTS.len()];
         let v = match f.kind % 6 {
             // pod -> pod
-            0 => json!({"src_ip":src,"dst_ip":pod_ip(b, f.b % m.workloads[b].pods),"dst_port":port,"protocol":proto,"direction":"egress","comm":comm,"count":1}),
+            0 => {
+                json!({"src_ip":src,"dst_ip":pod_ip(b, f.b % m.workloads[b].pods),"dst_port":port,"protocol":proto,"direction":"egress","comm":comm,"count":1})
+            }
             // pod -> Service (when it has one) or pod
-            1 if m.workloads[b].service => json!({"src_ip":src,"dst_ip":svc_ip(b),"dst_port":80,"protocol":"TCP","direction":"egress","comm":comm,"count":1}),
-            1 => json!({"src_ip":src,"dst_ip":pod_ip(b, 0),"dst_port":8080,"protocol":"TCP","direction":"egress","comm":comm,"count":1}),
+            1 if m.workloads[b].service => {
+                json!({"src_ip":src,"dst_ip":svc_ip(b),"dst_port":80,"protocol":"TCP","direction":"egress","comm":comm,"count":1})
+            }
+            1 => {
+                json!({"src_ip":src,"dst_ip":pod_ip(b, 0),"dst_port":8080,"protocol":"TCP","direction":"egress","comm":comm,"count":1})
+            }
             // DNS through the Service
-            2 => json!({"src_ip":src,"dst_ip":"10.96.0.10","dst_port":53,"protocol":"UDP","direction":"egress","comm":comm,"count":2}),
+            2 => {
+                json!({"src_ip":src,"dst_ip":"10.96.0.10","dst_port":53,"protocol":"UDP","direction":"egress","comm":comm,"count":2})
+            }
             // external, with a name
             3 => {
                 let ext = EXTERNALS[f.b % EXTERNALS.len()];
                 json!({"src_ip":src,"dst_ip":ext,"dst_port":port,"protocol":proto,"direction":"egress","comm":comm,"dns_name":format!("e{}.example.net", f.b % 3),"count":1})
             }
             // inbound from outside
-            4 => json!({"src_ip":EXTERNALS[f.b % EXTERNALS.len()],"dst_ip":src,"dst_port":port,"protocol":proto,"direction":"ingress","comm":comm,"state":"accepted","count":1}),
+            4 => {
+                json!({"src_ip":EXTERNALS[f.b % EXTERNALS.len()],"dst_ip":src,"dst_port":port,"protocol":proto,"direction":"ingress","comm":comm,"state":"accepted","count":1})
+            }
             // kubelet probe from the other node
-            _ => json!({"src_ip":NODES[(a + 1) % 2].1,"dst_ip":src,"dst_port":8080,"protocol":"TCP","direction":"ingress","comm":comm,"state":"accepted","count":1}),
+            _ => {
+                json!({"src_ip":NODES[(a + 1) % 2].1,"dst_ip":src,"dst_port":8080,"protocol":"TCP","direction":"ingress","comm":comm,"state":"accepted","count":1})
+            }
         };
         flows.push(serde_json::from_value(v).unwrap());
     }
@@ -162,8 +194,36 @@ fn build(m: &ClusterM) -> (Snapshot, Vec<FlowRecord>) {
 }
 
 fn cluster() -> impl Strategy<Value = ClusterM> {
-    let workload = (0..3usize, 1..3usize, 0..3usize, any::<bool>(), any::<bool>()).prop_map(|(ns, pods, kind, service, probe)| WorkloadM { ns, pods, kind, service, probe });
-    let flow = (0..6usize, 0..8usize, 0..8usize, 0..6usize, any::<bool>(), any::<bool>()).prop_map(|(kind, a, b, port, udp, comm)| FlowM { kind, a, b, port, udp, comm });
+    let workload = (
+        0..3usize,
+        1..3usize,
+        0..3usize,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(ns, pods, kind, service, probe)| WorkloadM {
+            ns,
+            pods,
+            kind,
+            service,
+            probe,
+        });
+    let flow = (
+        0..6usize,
+        0..8usize,
+        0..8usize,
+        0..6usize,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(kind, a, b, port, udp, comm)| FlowM {
+            kind,
+            a,
+            b,
+            port,
+            udp,
+            comm,
+        });
     (
         prop::collection::vec(workload, 2..5),
         prop::collection::vec(0..4usize, 3),
@@ -173,12 +233,18 @@ fn cluster() -> impl Strategy<Value = ClusterM> {
         .prop_map(|(workloads, deny, allows, mut flows)| {
             // At least one audited process.
             flows[0].comm = true;
-            ClusterM { workloads, deny, allows, flows }
+            ClusterM {
+                workloads,
+                deny,
+                allows,
+                flows,
+            }
         })
 }
 
 fn with_suggestion(snap: &Snapshot, yaml: &str, keep_installed: bool) -> Engine {
-    let parsed = parse_snapshot(Path::new("suggestion.yaml"), yaml.as_bytes()).expect("suggestion parses");
+    let parsed =
+        parse_snapshot(Path::new("suggestion.yaml"), yaml.as_bytes()).expect("suggestion parses");
     let mut s = snap.clone();
     if !keep_installed {
         s.network_policies.clear();

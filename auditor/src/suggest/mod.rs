@@ -153,7 +153,10 @@ pub enum SuggestError {
     #[error("the generated {mode} suggestion is not valid: {message}")]
     Generated { mode: &'static str, message: String },
     #[error("the {mode} suggestion failed its round-trip check through the policy engine ({} problem(s)); first: {}", failures.len(), failures.first().map(String::as_str).unwrap_or(""))]
-    Verification { mode: &'static str, failures: Vec<String> },
+    Verification {
+        mode: &'static str,
+        failures: Vec<String>,
+    },
 }
 
 /// Which pods are audited.
@@ -208,10 +211,17 @@ pub struct Observed {
 
 /// Merges records of the same flow (`src_ip, dst_ip, dst_port, protocol`: what a verdict
 /// depends on), adding up counts; sorted by that key.
-pub fn merge_flows<'a>(records: impl IntoIterator<Item = (usize, &'a FlowRecord)>) -> Vec<Observed> {
+pub fn merge_flows<'a>(
+    records: impl IntoIterator<Item = (usize, &'a FlowRecord)>,
+) -> Vec<Observed> {
     let mut by_key: BTreeMap<(IpAddr, IpAddr, u16, Protocol), Observed> = BTreeMap::new();
     for (line, r) in records {
-        let key = (r.src_ip.to_canonical(), r.dst_ip.to_canonical(), r.dst_port, r.protocol);
+        let key = (
+            r.src_ip.to_canonical(),
+            r.dst_ip.to_canonical(),
+            r.dst_port,
+            r.protocol,
+        );
         let o = by_key.entry(key).or_insert_with(|| Observed {
             src_ip: key.0,
             dst_ip: key.1,
@@ -235,7 +245,11 @@ pub fn merge_flows<'a>(records: impl IntoIterator<Item = (usize, &'a FlowRecord)
         o.timed_out += r.timed_out;
         o.direction = o.direction.or(r.direction);
         o.comms.extend(r.comm.clone());
-        o.dns_names.extend(r.dns_name.clone().map(|n| n.trim_end_matches('.').to_ascii_lowercase()));
+        o.dns_names.extend(
+            r.dns_name
+                .clone()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase()),
+        );
         o.drop_reasons.extend(r.drop_reason.clone());
         if let Some(f) = &r.first_seen {
             if o.first_seen.as_ref().is_none_or(|x| f < x) {
@@ -304,35 +318,62 @@ pub struct Suggestion {
 /// Runs `auditor suggest`; returns the exit code.
 pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
     let snapshot = read_snapshot(&args.cluster)?;
-    let engine = Engine::build(&snapshot).map_err(|error| SuggestError::Policy { path: args.cluster.clone(), error })?;
+    let engine = Engine::build(&snapshot).map_err(|error| SuggestError::Policy {
+        path: args.cluster.clone(),
+        error,
+    })?;
     let log = read_flow_log(&args.flows, args.skip_invalid)?;
     let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
     let audit = match &args.select {
         Some(sel) => Audit::Selector(labels::parse_selector(sel)?),
         None => Audit::Comms(args.comm.clone()),
     };
-    let opts = Options { mode: args.mode, audit, flavor: args.flavor, max_prefix_v4: args.max_prefix, max_prefix_v6: args.max_prefix_v6 };
+    let opts = Options {
+        mode: args.mode,
+        audit,
+        flavor: args.flavor,
+        max_prefix_v4: args.max_prefix,
+        max_prefix_v6: args.max_prefix_v6,
+    };
     let sug = suggest(&snapshot, &engine, &flows, &opts)?;
     let out_path = if args.output.as_os_str() == "-" {
         None
     } else {
-        let ext = if args.flavor == Flavor::Cilium { "cilium.yaml" } else { "yaml" };
+        let ext = if args.flavor == Flavor::Cilium {
+            "cilium.yaml"
+        } else {
+            "yaml"
+        };
         Some(args.output.join(format!("{}.{ext}", args.mode.as_str())))
     };
     match &out_path {
         None => {
             let mut out = std::io::stdout().lock();
-            out.write_all(sug.yaml.as_bytes()).and_then(|_| out.flush()).map_err(|source| SuggestError::Output { path: "-".into(), source })?;
+            out.write_all(sug.yaml.as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|source| SuggestError::Output {
+                    path: "-".into(),
+                    source,
+                })?;
         }
         Some(p) => {
-            let io = |source| SuggestError::Output { path: p.clone(), source };
+            let io = |source| SuggestError::Output {
+                path: p.clone(),
+                source,
+            };
             std::fs::create_dir_all(&args.output).map_err(io)?;
             std::fs::write(p, &sug.yaml).map_err(io)?;
         }
     }
-    eprint!("{}", summary_text(&sug, out_path.as_deref(), log.skipped.len()));
+    eprint!(
+        "{}",
+        summary_text(&sug, out_path.as_deref(), log.skipped.len())
+    );
     if !sug.verification.failures.is_empty() {
-        return Err(SuggestError::Verification { mode: sug.mode.as_str(), failures: sug.verification.failures });
+        return Err(SuggestError::Verification {
+            mode: sug.mode.as_str(),
+            failures: sug.verification.failures,
+        });
     }
     Ok(if sug.gaps.is_empty() { 0 } else { 1 })
 }
@@ -340,7 +381,9 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
 /// The stderr summary of a suggestion.
 pub fn summary_text(sug: &Suggestion, written: Option<&Path>, skipped_lines: usize) -> String {
     let mut t = String::new();
-    let where_ = written.map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into());
+    let where_ = written
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "stdout".into());
     t.push_str(&format!(
         "auditor suggest: {} mode, {} polic{} for {} audited workload(s), {} rule(s), written to {where_}\n",
         sug.mode.as_str(),
@@ -355,18 +398,25 @@ pub fn summary_text(sug: &Suggestion, written: Option<&Path>, skipped_lines: usi
             Mode::Allowlist => format!("{} observed flows allowed, {} sampled unobserved flows denied", v.observed_checked, v.unobserved_checked),
             Mode::Fix => format!("{} observed flows re-evaluated: every denied one now allowed, no other verdict or pod isolation changed", v.observed_checked),
         };
-        t.push_str(&format!("auditor suggest: round trip through the policy engine OK: {what}\n"));
+        t.push_str(&format!(
+            "auditor suggest: round trip through the policy engine OK: {what}\n"
+        ));
         if sug.flavor == Flavor::Cilium {
             t.push_str("auditor suggest: (checked on the equivalent NetworkPolicies; toFQDNs rules cannot be checked offline)\n");
         }
     } else {
-        t.push_str(&format!("auditor suggest: ROUND TRIP FAILED: {} problem(s):\n", v.failures.len()));
+        t.push_str(&format!(
+            "auditor suggest: ROUND TRIP FAILED: {} problem(s):\n",
+            v.failures.len()
+        ));
         for f in &v.failures {
             t.push_str(&format!("  - {f}\n"));
         }
     }
     if skipped_lines > 0 {
-        t.push_str(&format!("auditor suggest: {skipped_lines} invalid flow line(s) skipped\n"));
+        t.push_str(&format!(
+            "auditor suggest: {skipped_lines} invalid flow line(s) skipped\n"
+        ));
     }
     for g in &sug.gaps {
         t.push_str(&format!("auditor suggest: gap: {g}\n"));
@@ -406,11 +456,23 @@ impl<'a> Ctx<'a> {
                 groups.entry(group_of[i].clone()).or_default().push(i);
             }
         }
-        let group_labels = groups.iter().map(|(g, ids)| (g.clone(), workload_labels(ids.iter().map(|&i| &pods[i].labels)))).collect();
+        let group_labels = groups
+            .iter()
+            .map(|(g, ids)| {
+                (
+                    g.clone(),
+                    workload_labels(ids.iter().map(|&i| &pods[i].labels)),
+                )
+            })
+            .collect();
         // DNS: the pods behind kube-system/kube-dns, else pods labelled k8s-app=kube-dns.
         let mut dns_pods = BTreeSet::new();
         let mut dns_service_ips = BTreeSet::new();
-        for svc in engine.services().iter().filter(|s| s.namespace == "kube-system" && s.service == "kube-dns") {
+        for svc in engine
+            .services()
+            .iter()
+            .filter(|s| s.namespace == "kube-system" && s.service == "kube-dns")
+        {
             for b in &svc.backends {
                 if let Party::Pod(p) = engine.classify(b.ip) {
                     dns_pods.insert(p);
@@ -418,10 +480,16 @@ impl<'a> Ctx<'a> {
             }
         }
         for s in &snapshot.services {
-            let is_dns = s.metadata.namespace.as_deref() == Some("kube-system") && s.metadata.name.as_deref() == Some("kube-dns");
+            let is_dns = s.metadata.namespace.as_deref() == Some("kube-system")
+                && s.metadata.name.as_deref() == Some("kube-dns");
             if is_dns {
                 let spec = s.spec.clone().unwrap_or_default();
-                for ip in spec.cluster_ips.unwrap_or_default().iter().chain(spec.cluster_ip.iter()) {
+                for ip in spec
+                    .cluster_ips
+                    .unwrap_or_default()
+                    .iter()
+                    .chain(spec.cluster_ip.iter())
+                {
                     if let Ok(ip) = ip.parse::<IpAddr>() {
                         dns_service_ips.insert(ip.to_canonical());
                     }
@@ -432,28 +500,63 @@ impl<'a> Ctx<'a> {
             dns_pods = pods
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| !p.host_network && p.labels.get("k8s-app").map(String::as_str) == Some("kube-dns"))
+                .filter(|(_, p)| {
+                    !p.host_network
+                        && p.labels.get("k8s-app").map(String::as_str) == Some("kube-dns")
+                })
                 .map(|(i, _)| i)
                 .collect();
         }
         let by_name: HashMap<(String, String), &k8s_openapi::api::core::v1::Pod> = snapshot
             .pods
             .iter()
-            .map(|p| ((p.metadata.namespace.clone().unwrap_or_else(|| "default".into()), p.metadata.name.clone().unwrap_or_default()), p))
+            .map(|p| {
+                (
+                    (
+                        p.metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                        p.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    p,
+                )
+            })
             .collect();
         let container_ports: Vec<BTreeSet<PortKey>> = pods
             .iter()
-            .map(|p| p.ports.iter().map(|c| PortKey { protocol: c.protocol, port: c.port, name: c.name.clone() }).collect())
+            .map(|p| {
+                p.ports
+                    .iter()
+                    .map(|c| PortKey {
+                        protocol: c.protocol,
+                        port: c.port,
+                        name: c.name.clone(),
+                    })
+                    .collect()
+            })
             .collect();
         let probe_ports = pods
             .iter()
             .enumerate()
-            .map(|(i, p)| match by_name.get(&(p.namespace.clone(), p.name.clone())) {
-                Some(pod) => probe_ports_of(pod, &container_ports[i]),
-                None => BTreeSet::new(),
-            })
+            .map(
+                |(i, p)| match by_name.get(&(p.namespace.clone(), p.name.clone())) {
+                    Some(pod) => probe_ports_of(pod, &container_ports[i]),
+                    None => BTreeSet::new(),
+                },
+            )
             .collect();
-        Self { engine, snapshot, groups, group_of, group_labels, dns_pods, dns_service_ips, probe_ports, container_ports }
+        Self {
+            engine,
+            snapshot,
+            groups,
+            group_of,
+            group_labels,
+            dns_pods,
+            dns_service_ips,
+            probe_ports,
+            container_ports,
+        }
     }
 
     fn labels_of_group(&self, g: &str) -> Option<&BTreeMap<String, String>> {
@@ -462,11 +565,25 @@ impl<'a> Ctx<'a> {
 
     /// A port as the destination pod names it.
     fn port_key(&self, dst_pod: Option<PodId>, port: u16, protocol: Protocol) -> PortKey {
-        let name = dst_pod.and_then(|p| self.container_ports[p].iter().find(|c| c.port == port && c.protocol == protocol && c.name.is_some()).and_then(|c| c.name.clone()));
-        PortKey { protocol, port, name }
+        let name = dst_pod.and_then(|p| {
+            self.container_ports[p]
+                .iter()
+                .find(|c| c.port == port && c.protocol == protocol && c.name.is_some())
+                .and_then(|c| c.name.clone())
+        });
+        PortKey {
+            protocol,
+            port,
+            name,
+        }
     }
 
-    fn is_dns_target(&self, t: &Target, service: Option<usize>, protocol: Protocol) -> Option<PeerKey> {
+    fn is_dns_target(
+        &self,
+        t: &Target,
+        service: Option<usize>,
+        protocol: Protocol,
+    ) -> Option<PeerKey> {
         if t.dst_port != 53 || !matches!(protocol, Protocol::Udp | Protocol::Tcp) {
             return None;
         }
@@ -489,20 +606,49 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn probe_ports_of(pod: &k8s_openapi::api::core::v1::Pod, container_ports: &BTreeSet<PortKey>) -> BTreeSet<PortKey> {
+fn probe_ports_of(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    container_ports: &BTreeSet<PortKey>,
+) -> BTreeSet<PortKey> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let mut out = BTreeSet::new();
     let Some(spec) = &pod.spec else { return out };
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
-        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().flatten() {
-            let ports: Vec<IntOrString> = [probe.http_get.as_ref().map(|h| h.port.clone()), probe.tcp_socket.as_ref().map(|t| t.port.clone()), probe.grpc.as_ref().map(|g| IntOrString::Int(g.port))]
-                .into_iter()
-                .flatten()
-                .collect();
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+            .into_iter()
+            .flatten()
+        {
+            let ports: Vec<IntOrString> = [
+                probe.http_get.as_ref().map(|h| h.port.clone()),
+                probe.tcp_socket.as_ref().map(|t| t.port.clone()),
+                probe.grpc.as_ref().map(|g| IntOrString::Int(g.port)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             for port in ports {
                 let key = match port {
-                    IntOrString::Int(n) => u16::try_from(n).ok().filter(|&n| n > 0).map(|n| container_ports.iter().find(|k| k.port == n && k.protocol == Protocol::Tcp).cloned().unwrap_or(PortKey { protocol: Protocol::Tcp, port: n, name: None })),
-                    IntOrString::String(name) => container_ports.iter().find(|k| k.name.as_deref() == Some(name.as_str()) && k.protocol == Protocol::Tcp).cloned(),
+                    IntOrString::Int(n) => u16::try_from(n).ok().filter(|&n| n > 0).map(|n| {
+                        container_ports
+                            .iter()
+                            .find(|k| k.port == n && k.protocol == Protocol::Tcp)
+                            .cloned()
+                            .unwrap_or(PortKey {
+                                protocol: Protocol::Tcp,
+                                port: n,
+                                name: None,
+                            })
+                    }),
+                    IntOrString::String(name) => container_ports
+                        .iter()
+                        .find(|k| {
+                            k.name.as_deref() == Some(name.as_str()) && k.protocol == Protocol::Tcp
+                        })
+                        .cloned(),
                 };
                 out.extend(key);
             }
@@ -572,11 +718,19 @@ fn peer_key(party: &Party, ip: IpAddr) -> PeerKey {
 // The suggestion.
 
 /// Computes, renders and checks a suggestion.
-pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &Options) -> Result<Suggestion, SuggestError> {
+pub fn suggest(
+    snapshot: &Snapshot,
+    engine: &Engine,
+    flows: &[Observed],
+    opts: &Options,
+) -> Result<Suggestion, SuggestError> {
     let ctx = Ctx::new(snapshot, engine);
     let mut gaps = Vec::new();
     let mut warnings = Vec::new();
-    let results: Vec<FlowResult> = flows.iter().map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol)).collect();
+    let results: Vec<FlowResult> = flows
+        .iter()
+        .map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol))
+        .collect();
 
     // Audited workloads.
     let mut audited: BTreeSet<String> = BTreeSet::new();
@@ -584,7 +738,12 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
         Audit::Comms(comms) => {
             let mut missing: BTreeMap<IpAddr, (BTreeSet<String>, usize)> = BTreeMap::new();
             for f in flows {
-                let hit: BTreeSet<String> = f.comms.iter().filter(|c| comms.contains(c)).cloned().collect();
+                let hit: BTreeSet<String> = f
+                    .comms
+                    .iter()
+                    .filter(|c| comms.contains(c))
+                    .cloned()
+                    .collect();
                 if hit.is_empty() {
                     continue;
                 }
@@ -593,7 +752,9 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
                         audited.insert(ctx.group_of[p].clone());
                     }
                     _ => {
-                        let e = missing.entry(f.local_ip()).or_insert_with(|| (BTreeSet::new(), f.first_line));
+                        let e = missing
+                            .entry(f.local_ip())
+                            .or_insert_with(|| (BTreeSet::new(), f.first_line));
                         e.0.extend(hit);
                     }
                 }
@@ -622,7 +783,8 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
             }
         }
     }
-    let is_audited = |p: PodId| !engine.pods()[p].host_network && audited.contains(&ctx.group_of[p]);
+    let is_audited =
+        |p: PodId| !engine.pods()[p].host_network && audited.contains(&ctx.group_of[p]);
 
     // Needs.
     let mut needs: Vec<Need> = Vec::new();
@@ -649,7 +811,13 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
                     Direction::Egress => (egress_peer.clone(), egress_port.clone()),
                     Direction::Ingress => (ingress_peer.clone(), egress_port.clone()),
                 };
-                needs.push(Need { plan, direction, peer, port, evidence: (fi, ti) });
+                needs.push(Need {
+                    plan,
+                    direction,
+                    peer,
+                    port,
+                    evidence: (fi, ti),
+                });
             };
             let same_pod = src_pod.is_some() && src_pod == dst_pod;
             if same_pod {
@@ -658,17 +826,55 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
             match opts.mode {
                 Mode::Allowlist => {
                     if let Some(s) = src_pod.filter(|&s| is_audited(s)) {
-                        push(PlanKey { group: ctx.group_of[s].clone(), kind: PlanKind::Allowlist, direction: None, anchor: None }, Direction::Egress);
+                        push(
+                            PlanKey {
+                                group: ctx.group_of[s].clone(),
+                                kind: PlanKind::Allowlist,
+                                direction: None,
+                                anchor: None,
+                            },
+                            Direction::Egress,
+                        );
                         if let Some(d) = dst_pod.filter(|&d| !is_audited(d) && !t.ingress.allowed) {
-                            push(PlanKey { group: ctx.group_of[d].clone(), kind: PlanKind::PeerSide, direction: Some(Direction::Ingress), anchor: t.ingress.isolated_by.first().copied() }, Direction::Ingress);
+                            push(
+                                PlanKey {
+                                    group: ctx.group_of[d].clone(),
+                                    kind: PlanKind::PeerSide,
+                                    direction: Some(Direction::Ingress),
+                                    anchor: t.ingress.isolated_by.first().copied(),
+                                },
+                                Direction::Ingress,
+                            );
                         }
                     }
                     if let Some(d) = dst_pod.filter(|&d| is_audited(d)) {
-                        let probe = matches!(t.src, Party::Node(_)) && (ctx.probe_ports[d].contains(&egress_port) || ctx.container_ports[d].contains(&egress_port));
-                        let kind = if probe { PlanKind::Probes } else { PlanKind::Allowlist };
-                        push(PlanKey { group: ctx.group_of[d].clone(), kind, direction: None, anchor: None }, Direction::Ingress);
+                        let probe = matches!(t.src, Party::Node(_))
+                            && (ctx.probe_ports[d].contains(&egress_port)
+                                || ctx.container_ports[d].contains(&egress_port));
+                        let kind = if probe {
+                            PlanKind::Probes
+                        } else {
+                            PlanKind::Allowlist
+                        };
+                        push(
+                            PlanKey {
+                                group: ctx.group_of[d].clone(),
+                                kind,
+                                direction: None,
+                                anchor: None,
+                            },
+                            Direction::Ingress,
+                        );
                         if let Some(s) = src_pod.filter(|&s| !is_audited(s) && !t.egress.allowed) {
-                            push(PlanKey { group: ctx.group_of[s].clone(), kind: PlanKind::PeerSide, direction: Some(Direction::Egress), anchor: t.egress.isolated_by.first().copied() }, Direction::Egress);
+                            push(
+                                PlanKey {
+                                    group: ctx.group_of[s].clone(),
+                                    kind: PlanKind::PeerSide,
+                                    direction: Some(Direction::Egress),
+                                    anchor: t.egress.isolated_by.first().copied(),
+                                },
+                                Direction::Egress,
+                            );
                         }
                     }
                 }
@@ -677,12 +883,34 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
                         continue;
                     }
                     if let (Some(s), false) = (src_pod, t.egress.allowed) {
-                        push(PlanKey { group: ctx.group_of[s].clone(), kind: PlanKind::Fix, direction: Some(Direction::Egress), anchor: t.egress.isolated_by.first().copied() }, Direction::Egress);
+                        push(
+                            PlanKey {
+                                group: ctx.group_of[s].clone(),
+                                kind: PlanKind::Fix,
+                                direction: Some(Direction::Egress),
+                                anchor: t.egress.isolated_by.first().copied(),
+                            },
+                            Direction::Egress,
+                        );
                     }
                     if let (Some(d), false) = (dst_pod, t.ingress.allowed) {
-                        let probe = matches!(t.src, Party::Node(_)) && (ctx.probe_ports[d].contains(&egress_port) || ctx.container_ports[d].contains(&egress_port));
-                        let kind = if probe { PlanKind::Probes } else { PlanKind::Fix };
-                        push(PlanKey { group: ctx.group_of[d].clone(), kind, direction: Some(Direction::Ingress), anchor: t.ingress.isolated_by.first().copied() }, Direction::Ingress);
+                        let probe = matches!(t.src, Party::Node(_))
+                            && (ctx.probe_ports[d].contains(&egress_port)
+                                || ctx.container_ports[d].contains(&egress_port));
+                        let kind = if probe {
+                            PlanKind::Probes
+                        } else {
+                            PlanKind::Fix
+                        };
+                        push(
+                            PlanKey {
+                                group: ctx.group_of[d].clone(),
+                                kind,
+                                direction: Some(Direction::Ingress),
+                                anchor: t.ingress.isolated_by.first().copied(),
+                            },
+                            Direction::Ingress,
+                        );
                     }
                 }
             }
@@ -699,9 +927,23 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
     let mut plan_keys: BTreeSet<PlanKey> = needs.iter().map(|n| n.plan.clone()).collect();
     if opts.mode == Mode::Allowlist {
         for g in &audited {
-            plan_keys.insert(PlanKey { group: g.clone(), kind: PlanKind::Allowlist, direction: None, anchor: None });
-            if ctx.groups.get(g).is_some_and(|ids| ids.iter().any(|&p| !ctx.probe_ports[p].is_empty())) {
-                plan_keys.insert(PlanKey { group: g.clone(), kind: PlanKind::Probes, direction: None, anchor: None });
+            plan_keys.insert(PlanKey {
+                group: g.clone(),
+                kind: PlanKind::Allowlist,
+                direction: None,
+                anchor: None,
+            });
+            if ctx
+                .groups
+                .get(g)
+                .is_some_and(|ids| ids.iter().any(|&p| !ctx.probe_ports[p].is_empty()))
+            {
+                plan_keys.insert(PlanKey {
+                    group: g.clone(),
+                    kind: PlanKind::Probes,
+                    direction: None,
+                    anchor: None,
+                });
             }
         }
     }
@@ -717,7 +959,8 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
             }
         }
     }
-    let changing: BTreeMap<String, BTreeSet<IpAddr>> = addrs_of.into_iter().filter(|(_, a)| a.len() > 1).collect();
+    let changing: BTreeMap<String, BTreeSet<IpAddr>> =
+        addrs_of.into_iter().filter(|(_, a)| a.len() > 1).collect();
     for (name, addrs) in &changing {
         warnings.push(format!(
             "{name} resolved to {} addresses during the recording ({}): its addresses change, so CIDRs will go stale; use --flavor cilium (toFQDNs) if the cluster runs Cilium, or reach it through a stable in-cluster Service",
@@ -726,7 +969,14 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
         ));
     }
 
-    let build = Builder { ctx: &ctx, flows, results: &results, opts, names_of: &names_of, changing: &changing };
+    let build = Builder {
+        ctx: &ctx,
+        flows,
+        results: &results,
+        opts,
+        names_of: &names_of,
+        changing: &changing,
+    };
     let mut plans: Vec<Plan> = Vec::new();
     let mut used_names = BTreeSet::new();
     for key in &plan_keys {
@@ -745,8 +995,15 @@ pub fn suggest(snapshot: &Snapshot, engine: &Engine, flows: &[Observed], opts: &
     };
     let rules = plans.iter().flat_map(|p| p.summaries(&build)).collect();
 
-    let verification = verify(&ctx, flows, &results, &audited, &plans, &kubernetes_yaml, opts.mode)?;
-    let mut warnings = warnings;
+    let verification = verify(
+        &ctx,
+        flows,
+        &results,
+        &audited,
+        &plans,
+        &kubernetes_yaml,
+        opts.mode,
+    )?;
     warnings.sort();
     warnings.dedup();
     Ok(Suggestion {
@@ -771,7 +1028,10 @@ enum PeerDesc {
     Dns,
     NodeLocalDns(IpAddr),
     /// `namespace: None`: the policy's own namespace.
-    Pods { namespace: Option<String>, labels: BTreeMap<String, String> },
+    Pods {
+        namespace: Option<String>,
+        labels: BTreeMap<String, String>,
+    },
     /// Every node address the snapshot knows (kubelet health checks).
     Nodes,
     /// Addresses: externals (aggregated), nodes, pods without labels.
@@ -811,9 +1071,21 @@ struct Builder<'a> {
 
 const MAX_EVIDENCE_LINES: usize = 6;
 
+/// (flow index, target index) pairs that need a rule.
+type Evidence = BTreeSet<(usize, usize)>;
+
 impl Builder<'_> {
-    fn header(&self, audited: &BTreeSet<String>, gaps: &[String], warnings: &[String]) -> Vec<String> {
-        let mut h = vec![format!("Suggested by `auditor suggest --mode {}` from {} observed flow(s).", self.opts.mode.as_str(), self.flows.len())];
+    fn header(
+        &self,
+        audited: &BTreeSet<String>,
+        gaps: &[String],
+        warnings: &[String],
+    ) -> Vec<String> {
+        let mut h = vec![format!(
+            "Suggested by `auditor suggest --mode {}` from {} observed flow(s).",
+            self.opts.mode.as_str(),
+            self.flows.len()
+        )];
         match self.opts.mode {
             Mode::Allowlist => {
                 h.push("Allowlist: each audited workload may send and receive exactly what was observed, nothing else.".into());
@@ -822,7 +1094,10 @@ impl Builder<'_> {
             Mode::Fix => h.push("Fix: new policies only; each selects only pods already isolated in its direction, so no other verdict changes.".into()),
         }
         if !audited.is_empty() {
-            h.push(format!("Audited workloads: {}", audited.iter().cloned().collect::<Vec<_>>().join(", ")));
+            h.push(format!(
+                "Audited workloads: {}",
+                audited.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
         for g in gaps {
             h.push(format!("GAP: {g}"));
@@ -833,14 +1108,23 @@ impl Builder<'_> {
         h
     }
 
-    fn plan(&self, key: &PlanKey, needs: &[&Need], used_names: &mut BTreeSet<(String, String)>, warnings: &mut Vec<String>) -> Option<Plan> {
+    fn plan(
+        &self,
+        key: &PlanKey,
+        needs: &[&Need],
+        used_names: &mut BTreeSet<(String, String)>,
+        warnings: &mut Vec<String>,
+    ) -> Option<Plan> {
         let ctx = self.ctx;
         let engine = ctx.engine;
         let (namespace, kind_name, wname) = split_group(&key.group);
         let namespace = namespace.to_owned();
         let mut comments = vec![format!("Workload {}.", key.group)];
         let Some(workload_sel) = ctx.labels_of_group(&key.group).cloned() else {
-            let msg = format!("{} has no labels a selector could use; no policy written for it (label its pods)", key.group);
+            let msg = format!(
+                "{} has no labels a selector could use; no policy written for it (label its pods)",
+                key.group
+            );
             if !warnings.contains(&msg) {
                 warnings.push(msg);
             }
@@ -849,7 +1133,13 @@ impl Builder<'_> {
         let mut selector = LabelSel::labels(workload_sel);
         if let Some(anchor) = key.anchor {
             if let Some(np) = self.installed(anchor) {
-                selector = selector.and(&LabelSel::from_k8s(&np.spec.clone().unwrap_or_default().pod_selector.unwrap_or_default()));
+                selector = selector.and(&LabelSel::from_k8s(
+                    &np.spec
+                        .clone()
+                        .unwrap_or_default()
+                        .pod_selector
+                        .unwrap_or_default(),
+                ));
                 comments.push(format!("Selects only pods that {} already isolates, so no other pod's isolation changes.", engine.policy_name(anchor)));
             }
         }
@@ -858,11 +1148,20 @@ impl Builder<'_> {
             .pods()
             .iter()
             .enumerate()
-            .filter(|(i, p)| p.namespace == namespace && !p.host_network && ctx.group_of[*i] != key.group && selector.matches(&p.labels))
+            .filter(|(i, p)| {
+                p.namespace == namespace
+                    && !p.host_network
+                    && ctx.group_of[*i] != key.group
+                    && selector.matches(&p.labels)
+            })
             .map(|(i, _)| engine.pod_name(i))
             .collect();
         if !extra.is_empty() {
-            let msg = format!("the selector for {} also selects {} (they share its labels)", key.group, extra.join(", "));
+            let msg = format!(
+                "the selector for {} also selects {} (they share its labels)",
+                key.group,
+                extra.join(", ")
+            );
             comments.push(format!("Note: {msg}."));
             warnings.push(msg);
         }
@@ -904,44 +1203,82 @@ impl Builder<'_> {
             if !types.contains(&direction) {
                 continue;
             }
-            let rules = self.rules(key, needs.iter().filter(|n| n.direction == direction).copied(), &namespace, direction);
+            let rules = self.rules(
+                key,
+                needs.iter().filter(|n| n.direction == direction).copied(),
+                &namespace,
+                direction,
+            );
             match direction {
                 Direction::Ingress => ingress = rules,
                 Direction::Egress => egress = rules,
             }
         }
         let mut annotations = BTreeMap::new();
-        annotations.insert(GENERATED_ANNOTATION.to_owned(), format!("auditor suggest --mode {}", self.opts.mode.as_str()));
+        annotations.insert(
+            GENERATED_ANNOTATION.to_owned(),
+            format!("auditor suggest --mode {}", self.opts.mode.as_str()),
+        );
         let names: Vec<String> = ingress
             .iter()
             .chain(&egress)
             .filter(|r| !r.dns_names.is_empty())
             .map(|r| {
                 let blocks = match &r.peer {
-                    PeerDesc::Blocks(b) => b.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                    PeerDesc::Blocks(b) => b
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     _ => String::new(),
                 };
-                format!("{blocks}={}", r.dns_names.iter().cloned().collect::<Vec<_>>().join(","))
+                format!(
+                    "{blocks}={}",
+                    r.dns_names.iter().cloned().collect::<Vec<_>>().join(",")
+                )
             })
             .collect();
         if !names.is_empty() {
             annotations.insert(DNS_NAMES_ANNOTATION.to_owned(), names.join("; "));
         }
         if key.kind == PlanKind::Allowlist && ingress.is_empty() && egress.is_empty() {
-            comments.push("No flow of this workload was observed: it is isolated and allowed nothing.".into());
+            comments.push(
+                "No flow of this workload was observed: it is isolated and allowed nothing.".into(),
+            );
         }
-        Some(Plan { namespace, name, selector, types, ingress, egress, comments, annotations })
+        Some(Plan {
+            namespace,
+            name,
+            selector,
+            types,
+            ingress,
+            egress,
+            comments,
+            annotations,
+        })
     }
 
     fn installed(&self, id: PolicyId) -> Option<&k8s_openapi::api::networking::v1::NetworkPolicy> {
         let name = self.ctx.engine.policy_name(id);
-        self.ctx.snapshot.network_policies.iter().find(|np| format!("{}/{}", np.metadata.namespace.as_deref().unwrap_or("default"), np.metadata.name.as_deref().unwrap_or("")) == name)
+        self.ctx.snapshot.network_policies.iter().find(|np| {
+            format!(
+                "{}/{}",
+                np.metadata.namespace.as_deref().unwrap_or("default"),
+                np.metadata.name.as_deref().unwrap_or("")
+            ) == name
+        })
     }
 
-    fn rules<'n>(&self, key: &PlanKey, needs: impl Iterator<Item = &'n Need>, namespace: &str, direction: Direction) -> Vec<RulePlan> {
+    fn rules<'n>(
+        &self,
+        key: &PlanKey,
+        needs: impl Iterator<Item = &'n Need>,
+        namespace: &str,
+        direction: Direction,
+    ) -> Vec<RulePlan> {
         let ctx = self.ctx;
-        let mut by_peer: BTreeMap<PeerDesc, (BTreeSet<PortKey>, BTreeSet<(usize, usize)>)> = BTreeMap::new();
-        let mut externals: BTreeMap<IpAddr, (BTreeSet<PortKey>, BTreeSet<(usize, usize)>)> = BTreeMap::new();
+        let mut by_peer: BTreeMap<PeerDesc, (BTreeSet<PortKey>, Evidence)> = BTreeMap::new();
+        let mut externals: BTreeMap<IpAddr, (BTreeSet<PortKey>, Evidence)> = BTreeMap::new();
         let mut notes: BTreeMap<PeerDesc, Vec<String>> = BTreeMap::new();
         for n in needs {
             let desc = match &n.peer {
@@ -960,11 +1297,16 @@ impl Builder<'_> {
                     match ctx.labels_of_group(g) {
                         Some(l) => {
                             let peer_ns = &ctx.engine.pods()[*q].namespace;
-                            PeerDesc::Pods { namespace: (peer_ns != namespace).then(|| peer_ns.clone()), labels: l.clone() }
+                            PeerDesc::Pods {
+                                namespace: (peer_ns != namespace).then(|| peer_ns.clone()),
+                                labels: l.clone(),
+                            }
                         }
                         None => {
                             let ip = match direction {
-                                Direction::Egress => self.results[n.evidence.0].targets[n.evidence.1].dst_ip,
+                                Direction::Egress => {
+                                    self.results[n.evidence.0].targets[n.evidence.1].dst_ip
+                                }
                                 Direction::Ingress => self.flows[n.evidence.0].src_ip,
                             };
                             let d = PeerDesc::Blocks(vec![IpNet::from(ip)]);
@@ -990,21 +1332,35 @@ impl Builder<'_> {
             let mut comments = notes.remove(&peer).unwrap_or_default();
             comments.dedup();
             let ports = match &peer {
-                PeerDesc::Dns | PeerDesc::NodeLocalDns(_) => {
-                    [Protocol::Udp, Protocol::Tcp].into_iter().map(|protocol| PortKey { protocol, port: 53, name: None }).collect()
-                }
+                PeerDesc::Dns | PeerDesc::NodeLocalDns(_) => [Protocol::Udp, Protocol::Tcp]
+                    .into_iter()
+                    .map(|protocol| PortKey {
+                        protocol,
+                        port: 53,
+                        name: None,
+                    })
+                    .collect(),
                 _ => ports,
             };
             if peer == PeerDesc::Dns {
                 comments.push("DNS: only to the cluster's DNS pods, UDP and TCP 53.".into());
             }
             if peer == PeerDesc::Nodes && evidence.is_empty() {
-                comments.push("Declared probes in the pod spec (no probe traffic was recorded).".into());
+                comments.push(
+                    "Declared probes in the pod spec (no probe traffic was recorded).".into(),
+                );
             }
-            rules.push(RulePlan { peer, ports, evidence, comments, dns_names: BTreeSet::new() });
+            rules.push(RulePlan {
+                peer,
+                ports,
+                evidence,
+                comments,
+                dns_names: BTreeSet::new(),
+            });
         }
         // Externals: aggregated per identical port set, so no address gains a port.
-        let mut by_ports: BTreeMap<BTreeSet<PortKey>, (BTreeSet<IpAddr>, BTreeSet<(usize, usize)>)> = BTreeMap::new();
+        let mut by_ports: BTreeMap<BTreeSet<PortKey>, (BTreeSet<IpAddr>, Evidence)> =
+            BTreeMap::new();
         for (ip, (ports, ev)) in externals {
             let e = by_ports.entry(ports).or_default();
             e.0.insert(ip);
@@ -1016,24 +1372,44 @@ impl Builder<'_> {
             let mut dns_names = BTreeSet::new();
             for net in &nets {
                 let inside: Vec<&IpAddr> = ips.iter().filter(|ip| net.contains(*ip)).collect();
-                let names: BTreeSet<String> = inside.iter().flat_map(|ip| self.names_of.get(ip).into_iter().flatten().cloned()).collect();
-                let widened = net.prefix_len() < net.max_prefix_len() && (inside.len() as u128) < (1u128 << (net.max_prefix_len() - net.prefix_len()));
+                let names: BTreeSet<String> = inside
+                    .iter()
+                    .flat_map(|ip| self.names_of.get(ip).into_iter().flatten().cloned())
+                    .collect();
+                let widened = net.prefix_len() < net.max_prefix_len()
+                    && (inside.len() as u128)
+                        < (1u128 << (net.max_prefix_len() - net.prefix_len()));
                 let mut line = format!("{net}");
                 if !names.is_empty() {
-                    line.push_str(&format!(": {}", names.iter().cloned().collect::<Vec<_>>().join(", ")));
+                    line.push_str(&format!(
+                        ": {}",
+                        names.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ));
                 }
                 if widened {
-                    line.push_str(&format!(" (aggregated from {} observed address(es), as --max-prefix allows)", inside.len()));
+                    line.push_str(&format!(
+                        " (aggregated from {} observed address(es), as --max-prefix allows)",
+                        inside.len()
+                    ));
                 }
                 for n in &names {
                     if let Some(addrs) = self.changing.get(n) {
-                        line.push_str(&format!("; WARNING: {n} had {} addresses during recording", addrs.len()));
+                        line.push_str(&format!(
+                            "; WARNING: {n} had {} addresses during recording",
+                            addrs.len()
+                        ));
                     }
                 }
                 comments.push(line);
                 dns_names.extend(names);
             }
-            rules.push(RulePlan { peer: PeerDesc::Blocks(nets), ports, evidence, comments, dns_names });
+            rules.push(RulePlan {
+                peer: PeerDesc::Blocks(nets),
+                ports,
+                evidence,
+                comments,
+                dns_names,
+            });
         }
         for r in &mut rules {
             let mut ev = self.evidence_lines(&r.evidence);
@@ -1048,17 +1424,33 @@ impl Builder<'_> {
             return Vec::new();
         }
         let flows: BTreeSet<usize> = evidence.iter().map(|e| e.0).collect();
-        let comms: BTreeSet<&str> = flows.iter().flat_map(|&f| self.flows[f].comms.iter().map(String::as_str)).collect();
+        let comms: BTreeSet<&str> = flows
+            .iter()
+            .flat_map(|&f| self.flows[f].comms.iter().map(String::as_str))
+            .collect();
         let mut out = vec![format!(
             "Needed by {} observed flow(s){}:",
             flows.len(),
-            if comms.is_empty() { String::new() } else { format!(" of process(es) {}", comms.into_iter().collect::<Vec<_>>().join(", ")) }
+            if comms.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " of process(es) {}",
+                    comms.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            }
         )];
         for &(f, t) in evidence.iter().take(MAX_EVIDENCE_LINES) {
-            out.push(format!("  {}", describe_flow(self.ctx.engine, &self.flows[f], &self.results[f], t)));
+            out.push(format!(
+                "  {}",
+                describe_flow(self.ctx.engine, &self.flows[f], &self.results[f], t)
+            ));
         }
         if evidence.len() > MAX_EVIDENCE_LINES {
-            out.push(format!("  ... and {} more", evidence.len() - MAX_EVIDENCE_LINES));
+            out.push(format!(
+                "  ... and {} more",
+                evidence.len() - MAX_EVIDENCE_LINES
+            ));
         }
         out
     }
@@ -1086,14 +1478,28 @@ pub fn describe_flow(engine: &Engine, f: &Observed, r: &FlowResult, target: usiz
     let t = &r.targets[target.min(r.targets.len().saturating_sub(1))];
     let mut s = format!("{} -> ", party_text(engine, &t.src, f.src_ip));
     if let Some(svc) = r.service.map(|i| &engine.services()[i]) {
-        s.push_str(&format!("Service {}/{}:{}/{} -> ", svc.namespace, svc.service, svc.port, svc.protocol));
+        s.push_str(&format!(
+            "Service {}/{}:{}/{} -> ",
+            svc.namespace, svc.service, svc.port, svc.protocol
+        ));
     }
-    s.push_str(&format!("{}:{}/{}", party_text(engine, &t.dst, t.dst_ip), t.dst_port, f.protocol));
+    s.push_str(&format!(
+        "{}:{}/{}",
+        party_text(engine, &t.dst, t.dst_ip),
+        t.dst_port,
+        f.protocol
+    ));
     if !f.dns_names.is_empty() {
-        s.push_str(&format!(" ({})", f.dns_names.iter().cloned().collect::<Vec<_>>().join(", ")));
+        s.push_str(&format!(
+            " ({})",
+            f.dns_names.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     if !f.comms.is_empty() {
-        s.push_str(&format!(" [{}]", f.comms.iter().cloned().collect::<Vec<_>>().join(", ")));
+        s.push_str(&format!(
+            " [{}]",
+            f.comms.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     s
 }
@@ -1101,7 +1507,10 @@ pub fn describe_flow(engine: &Engine, f: &Observed, r: &FlowResult, target: usiz
 impl Plan {
     fn summaries(&self, b: &Builder) -> Vec<RuleSummary> {
         let mut out = Vec::new();
-        for (direction, rules) in [(Direction::Ingress, &self.ingress), (Direction::Egress, &self.egress)] {
+        for (direction, rules) in [
+            (Direction::Ingress, &self.ingress),
+            (Direction::Egress, &self.egress),
+        ] {
             for (i, r) in rules.iter().enumerate() {
                 let flows: BTreeSet<usize> = r.evidence.iter().map(|e| e.0).collect();
                 out.push(RuleSummary {
@@ -1110,7 +1519,12 @@ impl Plan {
                     rule: i,
                     peers: peer_text(&r.peer),
                     ports: ports_text(&r.ports),
-                    processes: flows.iter().flat_map(|&f| b.flows[f].comms.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect(),
+                    processes: flows
+                        .iter()
+                        .flat_map(|&f| b.flows[f].comms.iter().cloned())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
                     flows: flows.len(),
                 });
             }
@@ -1125,11 +1539,22 @@ fn peer_text(p: &PeerDesc) -> String {
         PeerDesc::NodeLocalDns(ip) => format!("NodeLocal DNS {ip}"),
         PeerDesc::Pods { namespace, labels } => format!(
             "{}pods {}",
-            namespace.as_ref().map(|n| format!("namespace {n}, ")).unwrap_or_default(),
-            labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            namespace
+                .as_ref()
+                .map(|n| format!("namespace {n}, "))
+                .unwrap_or_default(),
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
         ),
         PeerDesc::Nodes => "node addresses".into(),
-        PeerDesc::Blocks(b) => b.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+        PeerDesc::Blocks(b) => b
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -1138,8 +1563,16 @@ fn ports_text(ports: &BTreeSet<PortKey>) -> String {
         .iter()
         .map(|p| match p {
             PortDoc::Named { protocol, name } => format!("{name}/{protocol}"),
-            PortDoc::Num { protocol, port, end: None } => format!("{port}/{protocol}"),
-            PortDoc::Num { protocol, port, end: Some(e) } => format!("{port}-{e}/{protocol}"),
+            PortDoc::Num {
+                protocol,
+                port,
+                end: None,
+            } => format!("{port}/{protocol}"),
+            PortDoc::Num {
+                protocol,
+                port,
+                end: Some(e),
+            } => format!("{port}-{e}/{protocol}"),
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -1150,8 +1583,15 @@ fn ports_text(ports: &BTreeSet<PortKey>) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PortDoc {
-    Named { protocol: Protocol, name: String },
-    Num { protocol: Protocol, port: u16, end: Option<u16> },
+    Named {
+        protocol: Protocol,
+        name: String,
+    },
+    Num {
+        protocol: Protocol,
+        port: u16,
+        end: Option<u16>,
+    },
 }
 
 /// Ports as a policy writes them: named ports by name, numeric ports per protocol with
@@ -1176,17 +1616,29 @@ pub fn port_docs(ports: &BTreeSet<PortKey>) -> Vec<PortDoc> {
             run = match run {
                 Some((a, b)) if b.checked_add(1) == Some(port) => Some((a, port)),
                 Some((a, b)) => {
-                    out.push(PortDoc::Num { protocol, port: a, end: (b > a).then_some(b) });
+                    out.push(PortDoc::Num {
+                        protocol,
+                        port: a,
+                        end: (b > a).then_some(b),
+                    });
                     Some((port, port))
                 }
                 None => Some((port, port)),
             };
         }
         if let Some((a, b)) = run {
-            out.push(PortDoc::Num { protocol, port: a, end: (b > a).then_some(b) });
+            out.push(PortDoc::Num {
+                protocol,
+                port: a,
+                end: (b > a).then_some(b),
+            });
         }
     }
-    out.extend(named.into_iter().map(|(protocol, name)| PortDoc::Named { protocol, name }));
+    out.extend(
+        named
+            .into_iter()
+            .map(|(protocol, name)| PortDoc::Named { protocol, name }),
+    );
     out
 }
 
@@ -1196,15 +1648,29 @@ pub fn port_docs(ports: &BTreeSet<PortKey>) -> Vec<PortDoc> {
 fn sel_node(sel: &LabelSel) -> Node {
     let mut entries = Vec::new();
     if !sel.match_labels.is_empty() {
-        entries.push(("matchLabels".to_owned(), Node::Map(sel.match_labels.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect())));
+        entries.push((
+            "matchLabels".to_owned(),
+            Node::Map(
+                sel.match_labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), s(v.clone())))
+                    .collect(),
+            ),
+        ));
     }
     if !sel.expressions.is_empty() {
         entries.push((
             "matchExpressions".to_owned(),
             seq(sel.expressions.iter().map(|(k, op, values)| {
-                let mut m = vec![("key".to_owned(), s(k.clone())), ("operator".to_owned(), s(op.clone()))];
+                let mut m = vec![
+                    ("key".to_owned(), s(k.clone())),
+                    ("operator".to_owned(), s(op.clone())),
+                ];
                 if !values.is_empty() {
-                    m.push(("values".to_owned(), seq(values.iter().map(|v| s(v.clone())))));
+                    m.push((
+                        "values".to_owned(),
+                        seq(values.iter().map(|v| s(v.clone()))),
+                    ));
                 }
                 Node::Map(m)
             })),
@@ -1214,14 +1680,26 @@ fn sel_node(sel: &LabelSel) -> Node {
 }
 
 fn ns_sel(ns: &str) -> Node {
-    map([("matchLabels", Node::Map(vec![("kubernetes.io/metadata.name".to_owned(), s(ns))]))])
+    map([(
+        "matchLabels",
+        Node::Map(vec![("kubernetes.io/metadata.name".to_owned(), s(ns))]),
+    )])
 }
 
 fn k8s_ports(ports: &BTreeSet<PortKey>) -> Node {
     seq(port_docs(ports).into_iter().map(|p| match p {
-        PortDoc::Named { protocol, name } => map([("protocol", s(protocol.as_str())), ("port", s(name))]),
-        PortDoc::Num { protocol, port, end } => {
-            let mut m = vec![("protocol".to_owned(), s(protocol.as_str())), ("port".to_owned(), Node::Int(port.into()))];
+        PortDoc::Named { protocol, name } => {
+            map([("protocol", s(protocol.as_str())), ("port", s(name))])
+        }
+        PortDoc::Num {
+            protocol,
+            port,
+            end,
+        } => {
+            let mut m = vec![
+                ("protocol".to_owned(), s(protocol.as_str())),
+                ("port".to_owned(), Node::Int(port.into())),
+            ];
             if let Some(e) = end {
                 m.push(("endPort".to_owned(), Node::Int(e.into())));
             }
@@ -1235,29 +1713,55 @@ fn k8s_peers(peer: &PeerDesc, ctx: &Ctx) -> Vec<Node> {
         PeerDesc::Dns => {
             let mut v = Vec::new();
             match dns_selector(ctx) {
-                Some((ns, labels)) => v.push(map([("namespaceSelector", ns_sel(&ns)), ("podSelector", sel_node(&LabelSel::labels(labels)))])),
+                Some((ns, labels)) => v.push(map([
+                    ("namespaceSelector", ns_sel(&ns)),
+                    ("podSelector", sel_node(&LabelSel::labels(labels))),
+                ])),
                 None => {
-                    v.push(map([("namespaceSelector", ns_sel("kube-system")), ("podSelector", map([("matchLabels", map([("k8s-app", s("kube-dns"))]))]))]));
+                    v.push(map([
+                        ("namespaceSelector", ns_sel("kube-system")),
+                        (
+                            "podSelector",
+                            map([("matchLabels", map([("k8s-app", s("kube-dns"))]))]),
+                        ),
+                    ]));
                 }
             }
             if ctx.dns_pods.is_empty() {
                 for ip in &ctx.dns_service_ips {
-                    v.push(map([("ipBlock", map([("cidr", s(IpNet::from(*ip).to_string()))]))]));
+                    v.push(map([(
+                        "ipBlock",
+                        map([("cidr", s(IpNet::from(*ip).to_string()))]),
+                    )]));
                 }
             }
             v
         }
-        PeerDesc::NodeLocalDns(ip) => vec![map([("ipBlock", map([("cidr", s(IpNet::from(*ip).to_string()))]))])],
+        PeerDesc::NodeLocalDns(ip) => vec![map([(
+            "ipBlock",
+            map([("cidr", s(IpNet::from(*ip).to_string()))]),
+        )])],
         PeerDesc::Pods { namespace, labels } => {
             let mut m = Vec::new();
             if let Some(ns) = namespace {
                 m.push(("namespaceSelector".to_owned(), ns_sel(ns)));
             }
-            m.push(("podSelector".to_owned(), sel_node(&LabelSel::labels(labels.clone()))));
+            m.push((
+                "podSelector".to_owned(),
+                sel_node(&LabelSel::labels(labels.clone())),
+            ));
             vec![Node::Map(m)]
         }
-        PeerDesc::Nodes => ctx.engine.node_addresses().into_iter().map(|ip| map([("ipBlock", map([("cidr", s(IpNet::from(ip).to_string()))]))])).collect(),
-        PeerDesc::Blocks(nets) => nets.iter().map(|n| map([("ipBlock", map([("cidr", s(n.to_string()))]))])).collect(),
+        PeerDesc::Nodes => ctx
+            .engine
+            .node_addresses()
+            .into_iter()
+            .map(|ip| map([("ipBlock", map([("cidr", s(IpNet::from(ip).to_string()))]))]))
+            .collect(),
+        PeerDesc::Blocks(nets) => nets
+            .iter()
+            .map(|n| map([("ipBlock", map([("cidr", s(n.to_string()))]))]))
+            .collect(),
     }
 }
 
@@ -1274,14 +1778,34 @@ fn metadata(plan: &Plan) -> Node {
     map([
         ("name", s(plan.name.clone())),
         ("namespace", s(plan.namespace.clone())),
-        ("annotations", Node::Map(plan.annotations.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect())),
+        (
+            "annotations",
+            Node::Map(
+                plan.annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), s(v.clone())))
+                    .collect(),
+            ),
+        ),
     ])
 }
 
 fn render_k8s(plan: &Plan, ctx: &Ctx) -> Node {
     let mut spec = vec![("podSelector".to_owned(), sel_node(&plan.selector))];
-    spec.push(("policyTypes".to_owned(), seq(plan.types.iter().map(|d| s(if *d == Direction::Ingress { "Ingress" } else { "Egress" })))));
-    for (key, rules, peer_key) in [("ingress", &plan.ingress, "from"), ("egress", &plan.egress, "to")] {
+    spec.push((
+        "policyTypes".to_owned(),
+        seq(plan.types.iter().map(|d| {
+            s(if *d == Direction::Ingress {
+                "Ingress"
+            } else {
+                "Egress"
+            })
+        })),
+    ));
+    for (key, rules, peer_key) in [
+        ("ingress", &plan.ingress, "from"),
+        ("egress", &plan.egress, "to"),
+    ] {
         if rules.is_empty() {
             continue;
         }
@@ -1292,7 +1816,10 @@ fn render_k8s(plan: &Plan, ctx: &Ctx) -> Node {
                 if !r.ports.is_empty() {
                     m.push(("ports".to_owned(), k8s_ports(&r.ports)));
                 }
-                Item { comments: r.comments.clone(), node: Node::Map(m) }
+                Item {
+                    comments: r.comments.clone(),
+                    node: Node::Map(m),
+                }
             })
             .collect();
         spec.push((key.to_owned(), Node::Seq(items)));
@@ -1306,7 +1833,10 @@ fn render_k8s(plan: &Plan, ctx: &Ctx) -> Node {
 }
 
 fn cilium_sel(namespace: Option<&str>, labels: &BTreeMap<String, String>) -> Node {
-    let mut m: Vec<(String, Node)> = labels.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect();
+    let mut m: Vec<(String, Node)> = labels
+        .iter()
+        .map(|(k, v)| (k.clone(), s(v.clone())))
+        .collect();
     if let Some(ns) = namespace {
         m.insert(0, ("k8s:io.kubernetes.pod.namespace".to_owned(), s(ns)));
     }
@@ -1317,9 +1847,18 @@ fn cilium_ports(ports: &BTreeSet<PortKey>) -> Node {
     let list = port_docs(ports)
         .into_iter()
         .map(|p| match p {
-            PortDoc::Named { protocol, name } => map([("port", s(name)), ("protocol", s(protocol.as_str()))]),
-            PortDoc::Num { protocol, port, end } => {
-                let mut m = vec![("port".to_owned(), s(port.to_string())), ("protocol".to_owned(), s(protocol.as_str()))];
+            PortDoc::Named { protocol, name } => {
+                map([("port", s(name)), ("protocol", s(protocol.as_str()))])
+            }
+            PortDoc::Num {
+                protocol,
+                port,
+                end,
+            } => {
+                let mut m = vec![
+                    ("port".to_owned(), s(port.to_string())),
+                    ("protocol".to_owned(), s(protocol.as_str())),
+                ];
                 if let Some(e) = end {
                     m.push(("endPort".to_owned(), Node::Int(e.into())));
                 }
@@ -1327,13 +1866,24 @@ fn cilium_ports(ports: &BTreeSet<PortKey>) -> Node {
             }
         })
         .collect::<Vec<_>>();
-    seq([map([("ports", Node::Seq(list.into_iter().map(Item::new).collect()))])])
+    seq([map([(
+        "ports",
+        Node::Seq(list.into_iter().map(Item::new).collect()),
+    )])])
 }
 
 fn render_cilium(plan: &Plan, ctx: &Ctx) -> Node {
     let mut spec = vec![("endpointSelector".to_owned(), sel_node(&plan.selector))];
-    let dns_sel = dns_selector(ctx).unwrap_or_else(|| ("kube-system".to_owned(), [("k8s-app".to_owned(), "kube-dns".to_owned())].into()));
-    for (key, rules, direction) in [("ingress", &plan.ingress, Direction::Ingress), ("egress", &plan.egress, Direction::Egress)] {
+    let dns_sel = dns_selector(ctx).unwrap_or_else(|| {
+        (
+            "kube-system".to_owned(),
+            [("k8s-app".to_owned(), "kube-dns".to_owned())].into(),
+        )
+    });
+    for (key, rules, direction) in [
+        ("ingress", &plan.ingress, Direction::Ingress),
+        ("egress", &plan.egress, Direction::Egress),
+    ] {
         let isolates = plan.types.contains(&direction);
         if !isolates {
             continue;
@@ -1348,38 +1898,89 @@ fn render_cilium(plan: &Plan, ctx: &Ctx) -> Node {
             let mut comments = r.comments.clone();
             match &r.peer {
                 PeerDesc::Dns => {
-                    m.push((from_ep.to_owned(), seq([cilium_sel(Some(&dns_sel.0), &dns_sel.1)])));
+                    m.push((
+                        from_ep.to_owned(),
+                        seq([cilium_sel(Some(&dns_sel.0), &dns_sel.1)]),
+                    ));
                     comments.push("Cilium learns the names for toFQDNs from this rule's DNS proxy (dns matchPattern).".into());
                     let ports = seq([map([("port", s("53")), ("protocol", s("ANY"))])]);
-                    m.push(("toPorts".to_owned(), seq([map([("ports", ports), ("rules", map([("dns", seq([map([("matchPattern", s("*"))])]))]))])])));
-                    items.push(Item { comments, node: Node::Map(m) });
+                    m.push((
+                        "toPorts".to_owned(),
+                        seq([map([
+                            ("ports", ports),
+                            (
+                                "rules",
+                                map([("dns", seq([map([("matchPattern", s("*"))])]))]),
+                            ),
+                        ])]),
+                    ));
+                    items.push(Item {
+                        comments,
+                        node: Node::Map(m),
+                    });
                     continue;
                 }
                 PeerDesc::Pods { namespace, labels } => {
                     let ns = namespace.clone().unwrap_or_else(|| plan.namespace.clone());
                     m.push((from_ep.to_owned(), seq([cilium_sel(Some(&ns), labels)])));
                 }
-                PeerDesc::Nodes => m.push((from_ent.to_owned(), seq([s("host"), s("remote-node")]))),
-                PeerDesc::NodeLocalDns(ip) => m.push((from_cidr.to_owned(), seq([s(IpNet::from(*ip).to_string())]))),
-                PeerDesc::Blocks(nets) if direction == Direction::Egress && !r.dns_names.is_empty() => {
+                PeerDesc::Nodes => {
+                    m.push((from_ent.to_owned(), seq([s("host"), s("remote-node")])))
+                }
+                PeerDesc::NodeLocalDns(ip) => {
+                    m.push((from_cidr.to_owned(), seq([s(IpNet::from(*ip).to_string())])))
+                }
+                PeerDesc::Blocks(nets)
+                    if direction == Direction::Egress && !r.dns_names.is_empty() =>
+                {
                     comments.push("toFQDNs instead of the observed addresses: they follow the names' DNS answers.".into());
-                    m.push(("toFQDNs".to_owned(), seq(r.dns_names.iter().map(|n| map([("matchName", s(n.clone()))])))));
+                    m.push((
+                        "toFQDNs".to_owned(),
+                        seq(r
+                            .dns_names
+                            .iter()
+                            .map(|n| map([("matchName", s(n.clone()))]))),
+                    ));
                     let _ = nets;
                 }
-                PeerDesc::Blocks(nets) => m.push((from_cidr.to_owned(), seq(nets.iter().map(|n| s(n.to_string()))))),
+                PeerDesc::Blocks(nets) => m.push((
+                    from_cidr.to_owned(),
+                    seq(nets.iter().map(|n| s(n.to_string()))),
+                )),
             }
             if !r.ports.is_empty() {
                 m.push(("toPorts".to_owned(), cilium_ports(&r.ports)));
             }
-            items.push(Item { comments, node: Node::Map(m) });
+            items.push(Item {
+                comments,
+                node: Node::Map(m),
+            });
         }
-        if direction == Direction::Egress && rules.iter().any(|r| !r.dns_names.is_empty()) && !rules.iter().any(|r| r.peer == PeerDesc::Dns) {
+        if direction == Direction::Egress
+            && rules.iter().any(|r| !r.dns_names.is_empty())
+            && !rules.iter().any(|r| r.peer == PeerDesc::Dns)
+        {
             let ports = seq([map([("port", s("53")), ("protocol", s("ANY"))])]);
             items.push(Item {
-                comments: vec!["DNS visibility for toFQDNs: Cilium must see the lookups of these names.".into()],
+                comments: vec![
+                    "DNS visibility for toFQDNs: Cilium must see the lookups of these names."
+                        .into(),
+                ],
                 node: map([
-                    ("toEndpoints", seq([cilium_sel(Some(&dns_sel.0), &dns_sel.1)])),
-                    ("toPorts", seq([map([("ports", ports), ("rules", map([("dns", seq([map([("matchPattern", s("*"))])]))]))])])),
+                    (
+                        "toEndpoints",
+                        seq([cilium_sel(Some(&dns_sel.0), &dns_sel.1)]),
+                    ),
+                    (
+                        "toPorts",
+                        seq([map([
+                            ("ports", ports),
+                            (
+                                "rules",
+                                map([("dns", seq([map([("matchPattern", s("*"))])]))]),
+                            ),
+                        ])]),
+                    ),
                 ]),
             });
         }
@@ -1421,42 +2022,74 @@ fn render_all(header: &[String], plans: &[Plan], flavor: Flavor, ctx: &Ctx) -> S
 // ---------------------------------------------------------------------------------------
 // Round trip.
 
-fn with_policies(snapshot: &Snapshot, policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>) -> Snapshot {
+fn with_policies(
+    snapshot: &Snapshot,
+    policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+) -> Snapshot {
     let mut s = snapshot.clone();
     s.network_policies = policies;
     s
 }
 
-fn verify(ctx: &Ctx, flows: &[Observed], before: &[FlowResult], audited: &BTreeSet<String>, plans: &[Plan], yaml_text: &str, mode: Mode) -> Result<Verification, SuggestError> {
-    let generated = |message: String| SuggestError::Generated { mode: mode.as_str(), message };
-    let parsed = parse_snapshot(Path::new("<suggestion>"), yaml_text.as_bytes()).map_err(|e| generated(e.to_string()))?;
+fn verify(
+    ctx: &Ctx,
+    flows: &[Observed],
+    before: &[FlowResult],
+    audited: &BTreeSet<String>,
+    plans: &[Plan],
+    yaml_text: &str,
+    mode: Mode,
+) -> Result<Verification, SuggestError> {
+    let generated = |message: String| SuggestError::Generated {
+        mode: mode.as_str(),
+        message,
+    };
+    let parsed = parse_snapshot(Path::new("<suggestion>"), yaml_text.as_bytes())
+        .map_err(|e| generated(e.to_string()))?;
     let engine0 = ctx.engine;
     let snapshot = ctx.snapshot;
     let mut all = snapshot.network_policies.clone();
     all.extend(parsed.network_policies.iter().cloned());
-    let full = Engine::build(&with_policies(snapshot, all)).map_err(|e| generated(e.to_string()))?;
+    let full =
+        Engine::build(&with_policies(snapshot, all)).map_err(|e| generated(e.to_string()))?;
     let mut v = Verification::default();
     let is_audited = |p: PodId| audited.contains(&ctx.group_of[p]);
-    let touches_audited = |r: &FlowResult| r.targets.iter().any(|t| [&t.src, &t.dst].into_iter().any(|x| matches!(x, Party::Pod(p) if is_audited(*p))));
+    let touches_audited = |r: &FlowResult| {
+        r.targets.iter().any(|t| {
+            [&t.src, &t.dst]
+                .into_iter()
+                .any(|x| matches!(x, Party::Pod(p) if is_audited(*p)))
+        })
+    };
     match mode {
         Mode::Fix => {
             for (i, f) in flows.iter().enumerate() {
                 let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
                 v.observed_checked += 1;
                 if !after.allowed {
-                    v.failures.push(format!("observed flow still denied: {}", describe_flow(&full, f, &after, 0)));
+                    v.failures.push(format!(
+                        "observed flow still denied: {}",
+                        describe_flow(&full, f, &after, 0)
+                    ));
                 } else if before[i].allowed != after.allowed && before[i].allowed {
-                    v.failures.push(format!("verdict changed: {}", describe_flow(&full, f, &after, 0)));
+                    v.failures.push(format!(
+                        "verdict changed: {}",
+                        describe_flow(&full, f, &after, 0)
+                    ));
                 }
             }
             for (i, (a, b)) in engine0.pods().iter().zip(full.pods()).enumerate() {
-                if a.ingress_policies.is_empty() != b.ingress_policies.is_empty() || a.egress_policies.is_empty() != b.egress_policies.is_empty() {
-                    v.failures.push(format!("pod {} changed isolation", engine0.pod_name(i)));
+                if a.ingress_policies.is_empty() != b.ingress_policies.is_empty()
+                    || a.egress_policies.is_empty() != b.egress_policies.is_empty()
+                {
+                    v.failures
+                        .push(format!("pod {} changed isolation", engine0.pod_name(i)));
                 }
             }
         }
         Mode::Allowlist => {
-            let alone = Engine::build(&with_policies(snapshot, parsed.network_policies.clone())).map_err(|e| generated(e.to_string()))?;
+            let alone = Engine::build(&with_policies(snapshot, parsed.network_policies.clone()))
+                .map_err(|e| generated(e.to_string()))?;
             for (i, f) in flows.iter().enumerate() {
                 if !touches_audited(&before[i]) {
                     continue;
@@ -1465,15 +2098,27 @@ fn verify(ctx: &Ctx, flows: &[Observed], before: &[FlowResult], audited: &BTreeS
                 let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
                 if !after.allowed {
                     let t = after.deciding_target();
-                    let side = if t.egress.allowed { "ingress" } else { "egress" };
-                    v.failures.push(format!("observed flow denied ({side}) with the suggestion applied: {}", describe_flow(&full, f, &after, 0)));
+                    let side = if t.egress.allowed {
+                        "ingress"
+                    } else {
+                        "egress"
+                    };
+                    v.failures.push(format!(
+                        "observed flow denied ({side}) with the suggestion applied: {}",
+                        describe_flow(&full, f, &after, 0)
+                    ));
                     continue;
                 }
                 let own = alone.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
                 for t in &own.targets {
-                    let bad = (matches!(t.src, Party::Pod(p) if is_audited(p)) && !t.egress.allowed) || (matches!(t.dst, Party::Pod(p) if is_audited(p)) && !t.ingress.allowed);
+                    let bad = (matches!(t.src, Party::Pod(p) if is_audited(p))
+                        && !t.egress.allowed)
+                        || (matches!(t.dst, Party::Pod(p) if is_audited(p)) && !t.ingress.allowed);
                     if bad {
-                        v.failures.push(format!("observed flow not allowed by the suggestion alone: {}", describe_flow(&alone, f, &own, 0)));
+                        v.failures.push(format!(
+                            "observed flow not allowed by the suggestion alone: {}",
+                            describe_flow(&alone, f, &own, 0)
+                        ));
                         break;
                     }
                 }
@@ -1486,15 +2131,39 @@ fn verify(ctx: &Ctx, flows: &[Observed], before: &[FlowResult], audited: &BTreeS
 
 /// Addresses for "somewhere nobody talked to" (benchmarking, documentation, shared and
 /// reserved ranges), first one outside every CIDR the plan allows is used.
-const UNOBSERVED_V4: &[[u8; 4]] = &[[198, 18, 0, 1], [198, 19, 255, 254], [192, 0, 2, 254], [100, 64, 0, 1], [240, 0, 0, 1], [233, 252, 0, 1]];
+const UNOBSERVED_V4: &[[u8; 4]] = &[
+    [198, 18, 0, 1],
+    [198, 19, 255, 254],
+    [192, 0, 2, 254],
+    [100, 64, 0, 1],
+    [240, 0, 0, 1],
+    [233, 252, 0, 1],
+];
 const UNOBSERVED_PORTS: &[u16] = &[9, 7, 13, 37, 113, 65001];
 
-fn sample_unobserved(ctx: &Ctx, alone: &Engine, flows: &[Observed], before: &[FlowResult], audited: &BTreeSet<String>, plans: &[Plan], v: &mut Verification) {
+fn sample_unobserved(
+    ctx: &Ctx,
+    alone: &Engine,
+    flows: &[Observed],
+    before: &[FlowResult],
+    audited: &BTreeSet<String>,
+    plans: &[Plan],
+    v: &mut Verification,
+) {
     let pods = alone.pods();
     for g in audited {
-        let Some(&p) = ctx.groups.get(g).and_then(|ids| ids.iter().find(|&&i| !pods[i].ips.is_empty())) else { continue };
+        let Some(&p) = ctx
+            .groups
+            .get(g)
+            .and_then(|ids| ids.iter().find(|&&i| !pods[i].ips.is_empty()))
+        else {
+            continue;
+        };
         let pip = pods[p].ips[0];
-        let mine: Vec<&Plan> = plans.iter().filter(|pl| pl.namespace == pods[p].namespace && pl.selector.matches(&pods[p].labels)).collect();
+        let mine: Vec<&Plan> = plans
+            .iter()
+            .filter(|pl| pl.namespace == pods[p].namespace && pl.selector.matches(&pods[p].labels))
+            .collect();
         if mine.is_empty() {
             continue;
         }
@@ -1517,7 +2186,13 @@ fn sample_unobserved(ctx: &Ctx, alone: &Engine, flows: &[Observed], before: &[Fl
         }
         let blocks = |dir: Direction| -> Vec<IpNet> {
             mine.iter()
-                .flat_map(|pl| if dir == Direction::Ingress { &pl.ingress } else { &pl.egress })
+                .flat_map(|pl| {
+                    if dir == Direction::Ingress {
+                        &pl.ingress
+                    } else {
+                        &pl.egress
+                    }
+                })
                 .flat_map(|r| match &r.peer {
                     PeerDesc::Blocks(b) => b.clone(),
                     PeerDesc::NodeLocalDns(ip) => vec![IpNet::from(*ip)],
@@ -1526,25 +2201,54 @@ fn sample_unobserved(ctx: &Ctx, alone: &Engine, flows: &[Observed], before: &[Fl
                 .collect()
         };
         let pod_peer_matches = |dir: Direction, q: PodId| -> bool {
-            mine.iter().flat_map(|pl| if dir == Direction::Ingress { &pl.ingress } else { &pl.egress }).any(|r| match &r.peer {
-                PeerDesc::Pods { namespace, labels } => {
-                    let ns = namespace.clone().unwrap_or_else(|| pods[p].namespace.clone());
-                    pods[q].namespace == ns && labels.iter().all(|(k, v)| pods[q].labels.get(k) == Some(v))
-                }
-                PeerDesc::Dns => ctx.dns_pods.contains(&q),
-                PeerDesc::Blocks(b) => pods[q].ips.iter().any(|ip| b.iter().any(|n| n.contains(ip))),
-                _ => false,
-            })
+            mine.iter()
+                .flat_map(|pl| {
+                    if dir == Direction::Ingress {
+                        &pl.ingress
+                    } else {
+                        &pl.egress
+                    }
+                })
+                .any(|r| match &r.peer {
+                    PeerDesc::Pods { namespace, labels } => {
+                        let ns = namespace
+                            .clone()
+                            .unwrap_or_else(|| pods[p].namespace.clone());
+                        pods[q].namespace == ns
+                            && labels.iter().all(|(k, v)| pods[q].labels.get(k) == Some(v))
+                    }
+                    PeerDesc::Dns => ctx.dns_pods.contains(&q),
+                    PeerDesc::Blocks(b) => pods[q]
+                        .ips
+                        .iter()
+                        .any(|ip| b.iter().any(|n| n.contains(ip))),
+                    _ => false,
+                })
         };
         let outside = |nets: &[IpNet]| -> Option<IpAddr> {
-            UNOBSERVED_V4.iter().map(|o| IpAddr::from(*o)).find(|ip| !nets.iter().any(|n| n.contains(ip)) && alone.classify(*ip) == Party::External)
+            UNOBSERVED_V4.iter().map(|o| IpAddr::from(*o)).find(|ip| {
+                !nets.iter().any(|n| n.contains(ip)) && alone.classify(*ip) == Party::External
+            })
         };
-        let free_port = |used: &BTreeSet<(u16, Protocol)>, proto: Protocol| UNOBSERVED_PORTS.iter().copied().find(|pt| !used.contains(&(*pt, proto)) && !ctx.probe_ports[p].iter().any(|k| k.port == *pt));
-        let mut check = |src: IpAddr, dst: IpAddr, port: u16, proto: Protocol, dir: Direction, what: &str| {
+        let free_port = |used: &BTreeSet<(u16, Protocol)>, proto: Protocol| {
+            UNOBSERVED_PORTS.iter().copied().find(|pt| {
+                !used.contains(&(*pt, proto)) && !ctx.probe_ports[p].iter().any(|k| k.port == *pt)
+            })
+        };
+        let mut check = |src: IpAddr,
+                         dst: IpAddr,
+                         port: u16,
+                         proto: Protocol,
+                         dir: Direction,
+                         what: &str| {
             let r = alone.evaluate(src, dst, port, proto);
             v.unobserved_checked += 1;
             for t in &r.targets {
-                let side = if dir == Direction::Egress { &t.egress } else { &t.ingress };
+                let side = if dir == Direction::Egress {
+                    &t.egress
+                } else {
+                    &t.ingress
+                };
                 if side.allowed && side.exception.is_none() {
                     v.failures.push(format!("{what}: {src} -> {dst}:{port}/{proto} is allowed by the suggestion for {g} but was never observed"));
                     break;
@@ -1555,7 +2259,14 @@ fn sample_unobserved(ctx: &Ctx, alone: &Engine, flows: &[Observed], before: &[Fl
         e_ports.extend(free_port(&egress_ports, Protocol::Tcp).map(|pt| (pt, Protocol::Tcp)));
         if let Some(x) = outside(&blocks(Direction::Egress)) {
             for &(port, proto) in &e_ports {
-                check(pip, x, port, proto, Direction::Egress, "egress to an unobserved address");
+                check(
+                    pip,
+                    x,
+                    port,
+                    proto,
+                    Direction::Egress,
+                    "egress to an unobserved address",
+                );
             }
         }
         for &q in &egress_peers {
@@ -1563,27 +2274,70 @@ fn sample_unobserved(ctx: &Ctx, alone: &Engine, flows: &[Observed], before: &[Fl
                 continue;
             }
             for proto in [Protocol::Tcp, Protocol::Udp] {
-                let used: BTreeSet<(u16, Protocol)> = ctx.container_ports[q].iter().map(|k| (k.port, k.protocol)).chain(egress_ports.iter().copied()).chain([(53, Protocol::Tcp), (53, Protocol::Udp)]).collect();
+                let used: BTreeSet<(u16, Protocol)> = ctx.container_ports[q]
+                    .iter()
+                    .map(|k| (k.port, k.protocol))
+                    .chain(egress_ports.iter().copied())
+                    .chain([(53, Protocol::Tcp), (53, Protocol::Udp)])
+                    .collect();
                 if let Some(port) = free_port(&used, proto) {
-                    check(pip, pods[q].ips[0], port, proto, Direction::Egress, "egress to an observed peer on an unobserved port");
+                    check(
+                        pip,
+                        pods[q].ips[0],
+                        port,
+                        proto,
+                        Direction::Egress,
+                        "egress to an observed peer on an unobserved port",
+                    );
                 }
             }
         }
-        if let Some(r) = (0..pods.len()).find(|&r| !pods[r].host_network && !pods[r].ips.is_empty() && ctx.group_of[r] != *g && !pod_peer_matches(Direction::Egress, r)) {
+        if let Some(r) = (0..pods.len()).find(|&r| {
+            !pods[r].host_network
+                && !pods[r].ips.is_empty()
+                && ctx.group_of[r] != *g
+                && !pod_peer_matches(Direction::Egress, r)
+        }) {
             for &(port, proto) in &e_ports {
-                check(pip, pods[r].ips[0], port, proto, Direction::Egress, "egress to an unobserved pod");
+                check(
+                    pip,
+                    pods[r].ips[0],
+                    port,
+                    proto,
+                    Direction::Egress,
+                    "egress to an unobserved pod",
+                );
             }
         }
         let mut i_ports: Vec<(u16, Protocol)> = ingress_ports.iter().copied().collect();
         i_ports.extend(free_port(&ingress_ports, Protocol::Tcp).map(|pt| (pt, Protocol::Tcp)));
         if let Some(x) = outside(&blocks(Direction::Ingress)) {
             for &(port, proto) in &i_ports {
-                check(x, pip, port, proto, Direction::Ingress, "ingress from an unobserved address");
+                check(
+                    x,
+                    pip,
+                    port,
+                    proto,
+                    Direction::Ingress,
+                    "ingress from an unobserved address",
+                );
             }
         }
-        if let Some(r) = (0..pods.len()).find(|&r| !pods[r].host_network && !pods[r].ips.is_empty() && ctx.group_of[r] != *g && !pod_peer_matches(Direction::Ingress, r)) {
+        if let Some(r) = (0..pods.len()).find(|&r| {
+            !pods[r].host_network
+                && !pods[r].ips.is_empty()
+                && ctx.group_of[r] != *g
+                && !pod_peer_matches(Direction::Ingress, r)
+        }) {
             for &(port, proto) in &i_ports {
-                check(pods[r].ips[0], pip, port, proto, Direction::Ingress, "ingress from an unobserved pod");
+                check(
+                    pods[r].ips[0],
+                    pip,
+                    port,
+                    proto,
+                    Direction::Ingress,
+                    "ingress from an unobserved pod",
+                );
             }
         }
     }
@@ -1594,25 +2348,65 @@ mod tests {
     use super::*;
 
     fn keys(v: &[(Protocol, u16)]) -> BTreeSet<PortKey> {
-        v.iter().map(|&(protocol, port)| PortKey { protocol, port, name: None }).collect()
+        v.iter()
+            .map(|&(protocol, port)| PortKey {
+                protocol,
+                port,
+                name: None,
+            })
+            .collect()
     }
 
     #[test]
     fn udp_runs_become_end_port_ranges() {
         use Protocol::*;
-        let got = port_docs(&keys(&[(Udp, 5000), (Udp, 5001), (Udp, 5002), (Udp, 5004), (Tcp, 80), (Udp, 65535), (Udp, 65534)]));
+        let got = port_docs(&keys(&[
+            (Udp, 5000),
+            (Udp, 5001),
+            (Udp, 5002),
+            (Udp, 5004),
+            (Tcp, 80),
+            (Udp, 65535),
+            (Udp, 65534),
+        ]));
         assert_eq!(
             got,
             vec![
-                PortDoc::Num { protocol: Tcp, port: 80, end: None },
-                PortDoc::Num { protocol: Udp, port: 5000, end: Some(5002) },
-                PortDoc::Num { protocol: Udp, port: 5004, end: None },
-                PortDoc::Num { protocol: Udp, port: 65534, end: Some(65535) },
+                PortDoc::Num {
+                    protocol: Tcp,
+                    port: 80,
+                    end: None
+                },
+                PortDoc::Num {
+                    protocol: Udp,
+                    port: 5000,
+                    end: Some(5002)
+                },
+                PortDoc::Num {
+                    protocol: Udp,
+                    port: 5004,
+                    end: None
+                },
+                PortDoc::Num {
+                    protocol: Udp,
+                    port: 65534,
+                    end: Some(65535)
+                },
             ]
         );
         let mut named = keys(&[(Tcp, 8080)]);
-        named.insert(PortKey { protocol: Tcp, port: 1935, name: Some("rtmp".into()) });
-        assert_eq!(port_docs(&named)[1], PortDoc::Named { protocol: Tcp, name: "rtmp".into() });
+        named.insert(PortKey {
+            protocol: Tcp,
+            port: 1935,
+            name: Some("rtmp".into()),
+        });
+        assert_eq!(
+            port_docs(&named)[1],
+            PortDoc::Named {
+                protocol: Tcp,
+                name: "rtmp".into()
+            }
+        );
     }
 
     #[test]
@@ -1624,6 +2418,9 @@ mod tests {
         assert_eq!(m[0].count, 5);
         assert_eq!(m[0].records, 2);
         assert_eq!(m[0].comms.iter().collect::<Vec<_>>(), ["envoy", "ffmpeg"]);
-        assert_eq!(m[0].dns_names.iter().collect::<Vec<_>>(), ["origin.example"]);
+        assert_eq!(
+            m[0].dns_names.iter().collect::<Vec<_>>(),
+            ["origin.example"]
+        );
     }
 }

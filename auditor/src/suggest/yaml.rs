@@ -22,13 +22,21 @@ pub struct Item {
 
 impl Item {
     pub fn new(node: Node) -> Self {
-        Self { comments: Vec::new(), node }
+        Self {
+            comments: Vec::new(),
+            node,
+        }
     }
 }
 
 /// Builds a map from `(key, value)` pairs.
 pub fn map<I: IntoIterator<Item = (&'static str, Node)>>(entries: I) -> Node {
-    Node::Map(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    Node::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
 }
 
 pub fn s(v: impl Into<String>) -> Node {
@@ -74,7 +82,8 @@ fn quote(v: &str) -> String {
 
 fn key(k: &str) -> String {
     let plain = !k.is_empty()
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
         && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
     if plain {
         k.to_owned()
@@ -159,7 +168,13 @@ mod tests {
     fn writes_comments_and_round_trips() {
         let doc = map([
             ("kind", s("NetworkPolicy")),
-            ("metadata", map([("name", s("a")), ("annotations", map([("x.io/y", s("on"))]))])),
+            (
+                "metadata",
+                map([
+                    ("name", s("a")),
+                    ("annotations", map([("x.io/y", s("on"))])),
+                ]),
+            ),
             (
                 "spec",
                 map([
@@ -175,10 +190,16 @@ mod tests {
             ),
         ]);
         let text = document(&["header".into()], &doc);
-        assert!(text.contains("  - # needed by") || text.contains("  # needed by: a -> b\n  - ports:"), "{text}");
+        assert!(
+            text.contains("  egress:\n    # needed by: a -> b\n    - ports:\n        - port: 53\n"),
+            "{text}"
+        );
         let v: serde_yaml::Value = serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
         assert_eq!(v["metadata"]["annotations"]["x.io/y"].as_str(), Some("on"));
-        assert_eq!(v["spec"]["egress"][0]["ports"][0]["port"].as_i64(), Some(53));
+        assert_eq!(
+            v["spec"]["egress"][0]["ports"][0]["port"].as_i64(),
+            Some(53)
+        );
         assert!(v["spec"]["podSelector"].as_mapping().unwrap().is_empty());
     }
 }

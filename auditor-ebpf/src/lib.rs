@@ -255,6 +255,9 @@ pub struct Config {
     pub drops: u32,
     /// Drop reasons not recorded (benign frees): bit `r` of this 256-bit mask set = reason `r` ignored.
     pub ignore_reasons: [u64; 4],
+    /// 1: every program returns at once (the "attached, doing nothing" baseline of the benchmarks).
+    pub noop: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -281,4 +284,4 @@ const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 56 + 16 + 16);
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == 16 + 8 + 8 + 32 + DNS_PAYLOAD);
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConvKey>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 48);

@@ -62,7 +62,7 @@ static OFFSETS: Offsets = Offsets {
 };
 
 #[unsafe(no_mangle)]
-static CONFIG: Config = Config { dns: 1, drops: 1, ignore_reasons: [0; 4] };
+static CONFIG: Config = Config { dns: 1, drops: 1, ignore_reasons: [0; 4], noop: 0, _pad: 0 };
 
 #[inline(always)]
 fn off() -> Offsets {
@@ -72,6 +72,12 @@ fn off() -> Offsets {
 #[inline(always)]
 fn cfg() -> Config {
     unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// The benchmarks' "attached but doing nothing" mode.
+#[inline(always)]
+fn noop() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.noop) != 0 }
 }
 
 #[map]
@@ -204,6 +210,9 @@ unsafe fn read_addrs(ctx: &TracePointContext, o: &Offsets, family: u16, src: &mu
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let _ = unsafe { try_inet_sock_set_state(&ctx) };
     0
 }
@@ -309,6 +318,9 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let o = off();
     unsafe {
         let Ok(state) = ctx.read_at::<i32>(o.rtx_state as usize) else { return 0 };
@@ -328,6 +340,9 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let o = off();
     unsafe {
         let Ok(skaddr) = ctx.read_at::<u64>(o.rst_skaddr as usize) else { return 0 };
@@ -393,24 +408,36 @@ unsafe fn udp_flow(ctx: &SockAddrContext, family: u16) {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    if noop() {
+        return 1;
+    }
     unsafe { udp_flow(&ctx, AF_INET) };
     1
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    if noop() {
+        return 1;
+    }
     unsafe { udp_flow(&ctx, AF_INET6) };
     1
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
+    if noop() {
+        return 1;
+    }
     unsafe { udp_flow(&ctx, AF_INET) };
     1
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn udp_connect6(ctx: SockAddrContext) -> i32 {
+    if noop() {
+        return 1;
+    }
     unsafe { udp_flow(&ctx, AF_INET6) };
     1
 }
@@ -419,6 +446,9 @@ pub fn udp_connect6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_skb]
 pub fn ingress(ctx: SkBuffContext) -> i32 {
+    if noop() {
+        return 1;
+    }
     let _ = try_ingress(&ctx);
     1
 }
@@ -519,6 +549,9 @@ fn emit_dns(ctx: &SkBuffContext, family: u16, cgroup_id: u64, dport: u16, payloa
 
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let _ = unsafe { try_kfree_skb(&ctx) };
     0
 }

@@ -52,6 +52,8 @@ pub struct ProbeOptions {
     pub drops: bool,
     /// Drop reasons (names as the kernel spells them) not recorded.
     pub ignore_drop_reasons: Vec<String>,
+    /// Attach every program but make each return at once (benchmark baseline).
+    pub noop: bool,
 }
 
 /// `skb_drop_reason`s that come from the normal life of a socket, not from a policy or a
@@ -202,7 +204,7 @@ impl Probe {
                 _ => degraded.push(format!("--ignore-drop-reason {name}: this kernel has no such drop reason (see /sys/kernel/tracing/events/skb/kfree_skb/format); it is not filtered")),
             }
         }
-        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops), ignore_reasons };
+        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops), ignore_reasons, noop: u32::from(opts.noop), _pad: 0 };
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("CONFIG", &config, true)

@@ -96,6 +96,9 @@ pub struct RecordArgs {
     /// Create this file once every program is attached (for scripts waiting on the recorder).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Benchmark baseline: attach every program but make each return at once.
+    #[arg(long, hide = true)]
+    pub bench_noop: bool,
     /// Testing aid: do not read the ring buffer for this long after attaching, to provoke overflow.
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     pub stall_reader: Option<Duration>,
@@ -469,6 +472,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         dns: !args.no_dns,
         drops: !args.no_drops,
         ignore_drop_reasons: args.ignore_drop_reasons.iter().filter(|r| !r.eq_ignore_ascii_case("none")).cloned().collect(),
+        noop: args.bench_noop,
     };
     let mut probe = Probe::load(&opts)?;
     for d in &probe.degraded {

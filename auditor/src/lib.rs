@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod attribute;
 pub mod btf;
 pub mod cluster;
+pub mod collect;
 pub mod decode;
 pub mod diff;
 pub mod dns;

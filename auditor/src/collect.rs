@@ -1,0 +1,478 @@
+//! `auditor collect`: every node's flow log, fetched from the agents through the API
+//! server's pod proxy and merged into one flow log.
+//!
+//! Requests (what the Role `auditor-collect` in deploy/rbac.yaml grants):
+//! - `GET /api/v1/namespaces/{ns}/pods?labelSelector=...` (pods: list) finds the agents;
+//! - `GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/flows?since=RFC3339`
+//!   (pods/proxy: get) reads one agent's flow log lines whose `last_seen` >= since.
+//!
+//! Each line is validated as a flow record ([`crate::flowlog`]); bad lines are reported
+//! with the node and line number and skipped. The merged log is sorted by `first_seen`,
+//! then node, then line. A node whose agent does not answer within `--timeout` (or
+//! answers with an error) is reported and the others are still collected; the exit code
+//! is then 3.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ::kube::api::{Api, ListParams};
+use ::kube::Client;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::flowlog;
+use crate::kube::KubeError;
+
+/// Exit code when at least one node's flows could not be collected.
+pub const EXIT_PARTIAL: i32 = 3;
+
+/// Agents fetched at the same time.
+const CONCURRENCY: usize = 16;
+
+/// Gather the flow logs of every node's agent through the API server and merge them into
+/// one flow log (JSON lines, sorted by first_seen, then node). Needs the Role
+/// `auditor-collect` (deploy/rbac.yaml). Exits 3 when a node did not answer; the other
+/// nodes' flows are still written.
+///
+/// Example: auditor collect --since 1h --output flows.jsonl
+#[derive(Debug, Clone, clap::Args)]
+pub struct CollectArgs {
+    /// Namespace of the agent pods.
+    ///
+    /// Example: --namespace auditor
+    #[arg(long, short = 'n', default_value = "auditor", value_name = "NAMESPACE")]
+    pub namespace: String,
+    /// Label selector of the agent pods.
+    ///
+    /// Example: --selector app.kubernetes.io/name=auditor,app.kubernetes.io/component=agent
+    #[arg(long, short = 'l', default_value = "app.kubernetes.io/name=auditor", value_name = "SELECTOR")]
+    pub selector: String,
+    /// Flows last seen at or after this time: RFC 3339, or a duration back from now.
+    ///
+    /// Example: --since 2026-11-28T10:00:00Z  or  --since 90m
+    #[arg(long, default_value = "1h", value_parser = parse_since, value_name = "TIME|DURATION")]
+    pub since: Since,
+    /// Where to write the merged flow log (`-` for stdout).
+    ///
+    /// Example: --output flows.jsonl
+    #[arg(long, short, default_value = "-", value_name = "FILE")]
+    pub output: PathBuf,
+    /// How long to wait for each agent's answer.
+    ///
+    /// Example: --timeout 30s
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Port the agents serve /flows on (the DaemonSet's `--listen` port).
+    ///
+    /// Example: --port 9090
+    #[arg(long, default_value_t = 9090)]
+    pub port: u16,
+    /// kubeconfig file; default: `$KUBECONFIG`, `~/.kube/config`, or the in-cluster
+    /// service account.
+    ///
+    /// Example: --kubeconfig ~/.kube/staging.yaml
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The start of the collected window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    At(SystemTime),
+    Ago(Duration),
+}
+
+impl Since {
+    pub fn resolve(self, now: SystemTime) -> SystemTime {
+        match self {
+            Since::At(t) => t,
+            Since::Ago(d) => now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+}
+
+/// `--since`: RFC 3339 (`2026-11-28T10:00:00Z`) or a duration (`1h`, `90m`, `2h 30m`).
+pub fn parse_since(s: &str) -> Result<Since, String> {
+    let s = s.trim();
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(Since::At(t));
+    }
+    humantime::parse_duration(s).map(Since::Ago).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-11-28T10:00:00Z) nor a duration (1h, 90m)")
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error("list agent pods in namespace {namespace} with selector {selector}")]
+    ListAgents {
+        namespace: String,
+        selector: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("no agent pods in namespace {namespace} match {selector} (is the DaemonSet installed? kubectl apply -k deploy/)")]
+    NoAgents { namespace: String, selector: String },
+    #[error("write the merged flow log to {path}")]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why one node's flows are missing.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("agent pod {pod} is {phase}, not Running")]
+    NotRunning { pod: String, phase: String },
+    #[error("agent pod {pod} is not scheduled on a node")]
+    Unscheduled { pod: String },
+    #[error("GET {path}: no answer within {}", humantime::format_duration(*timeout))]
+    Timeout { path: String, timeout: Duration },
+    #[error("GET {path}")]
+    Request {
+        path: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("GET {path}: HTTP {status}: {message}")]
+    Status {
+        path: String,
+        status: u16,
+        message: String,
+    },
+}
+
+/// One node's part of a collection.
+#[derive(Debug)]
+pub struct NodeOutcome {
+    pub node: String,
+    pub pod: String,
+    /// Valid flow records received, or why there are none.
+    pub result: Result<usize, NodeError>,
+}
+
+/// A line of an agent's answer that is not a valid flow record (skipped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    pub node: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// What a collection produced.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The merged flow log, one JSON line each (without the newline), in output order.
+    pub lines: Vec<String>,
+    /// One per node with an agent pod, sorted by node.
+    pub nodes: Vec<NodeOutcome>,
+    pub bad_lines: Vec<BadLine>,
+    /// The resolved start of the window, RFC 3339.
+    pub since: String,
+}
+
+impl Collected {
+    pub fn failed(&self) -> impl Iterator<Item = &NodeOutcome> {
+        self.nodes.iter().filter(|n| n.result.is_err())
+    }
+
+    /// 0 when every node answered, [`EXIT_PARTIAL`] otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.failed().next().is_some() {
+            EXIT_PARTIAL
+        } else {
+            0
+        }
+    }
+}
+
+/// `auditor collect`: collects, writes `--output`, reports each node on stderr. Returns
+/// the exit code: 0, or 3 when a node's flows are missing.
+pub async fn run(args: &CollectArgs) -> Result<i32, CollectError> {
+    let client = crate::kube::client(args.kubeconfig.as_deref()).await?;
+    run_with_client(client, args).await
+}
+
+/// [`run`] with a ready client.
+pub async fn run_with_client(client: Client, args: &CollectArgs) -> Result<i32, CollectError> {
+    let collected = collect(&client, args, SystemTime::now()).await?;
+    write_output(&args.output, &collected.lines)?;
+    let stderr = std::io::stderr();
+    let _ = report(&mut stderr.lock(), &collected, &args.output);
+    Ok(collected.exit_code())
+}
+
+/// Finds the agents, fetches and validates every node's flows, merges them.
+pub async fn collect(
+    client: &Client,
+    args: &CollectArgs,
+    now: SystemTime,
+) -> Result<Collected, CollectError> {
+    let since = humantime::format_rfc3339_millis(args.since.resolve(now)).to_string();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&args.selector))
+        .await
+        .map_err(|source| CollectError::ListAgents {
+            namespace: args.namespace.clone(),
+            selector: args.selector.clone(),
+            source,
+        })?;
+    if list.items.is_empty() {
+        return Err(CollectError::NoAgents {
+            namespace: args.namespace.clone(),
+            selector: args.selector.clone(),
+        });
+    }
+    let (targets, mut nodes) = choose_agents(list.items);
+
+    let fetched: Vec<(String, String, Result<bytes::Bytes, NodeError>)> =
+        futures::stream::iter(targets)
+            .map(|(node, pod)| {
+                let client = client.clone();
+                let since = since.clone();
+                async move {
+                    let r = fetch(&client, args, &pod, &since).await;
+                    (node, pod, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+
+    struct Entry {
+        first_seen: Option<SystemTime>,
+        node: String,
+        line: usize,
+        text: String,
+    }
+    let mut entries = Vec::new();
+    let mut bad_lines = Vec::new();
+    for (node, pod, r) in fetched {
+        let result = r.map(|data| {
+            let mut n = 0;
+            let name = PathBuf::from(&node);
+            let skipped = flowlog::visit_flow_log(&name, &data, true, |line, span, rec| {
+                n += 1;
+                entries.push(Entry {
+                    first_seen: rec
+                        .first_seen
+                        .as_deref()
+                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+                    node: node.clone(),
+                    line,
+                    text: String::from_utf8_lossy(&data[span]).into_owned(),
+                });
+            });
+            // With skip_invalid, visit_flow_log reports bad lines instead of failing.
+            for (line, message) in skipped.unwrap_or_default() {
+                bad_lines.push(BadLine {
+                    node: node.clone(),
+                    line,
+                    message,
+                });
+            }
+            n
+        });
+        nodes.push(NodeOutcome { node, pod, result });
+    }
+    // Records without first_seen last; then node, then line: deterministic.
+    entries.sort_by(|a, b| {
+        (a.first_seen.is_none(), a.first_seen, &a.node, a.line).cmp(&(
+            b.first_seen.is_none(),
+            b.first_seen,
+            &b.node,
+            b.line,
+        ))
+    });
+    nodes.sort_by(|a, b| (&a.node, &a.pod).cmp(&(&b.node, &b.pod)));
+    bad_lines.sort_by(|a, b| (&a.node, a.line).cmp(&(&b.node, b.line)));
+    Ok(Collected {
+        lines: entries.into_iter().map(|e| e.text).collect(),
+        nodes,
+        bad_lines,
+        since,
+    })
+}
+
+/// One agent per node: a Running pod that is not being deleted if there is one, else a
+/// Running one. Nodes (and unscheduled pods) without a Running agent are failures.
+fn choose_agents(pods: Vec<Pod>) -> (Vec<(String, String)>, Vec<NodeOutcome>) {
+    use std::collections::BTreeMap;
+    let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for p in pods {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            Some(node) => by_node.entry(node).or_default().push(p),
+            None => failed.push(NodeOutcome {
+                node: "(unscheduled)".to_owned(),
+                pod: name.clone(),
+                result: Err(NodeError::Unscheduled { pod: name }),
+            }),
+        }
+    }
+    let mut targets = Vec::new();
+    for (node, mut pods) in by_node {
+        let running = |p: &Pod| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        };
+        pods.sort_by_key(|p| {
+            (
+                !running(p),
+                p.metadata.deletion_timestamp.is_some(),
+                p.metadata.name.clone(),
+            )
+        });
+        let p = &pods[0];
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if running(p) {
+            targets.push((node, name));
+        } else {
+            let phase = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Unknown".to_owned());
+            failed.push(NodeOutcome {
+                node,
+                pod: name.clone(),
+                result: Err(NodeError::NotRunning { pod: name, phase }),
+            });
+        }
+    }
+    (targets, failed)
+}
+
+async fn fetch(
+    client: &Client,
+    args: &CollectArgs,
+    pod: &str,
+    since: &str,
+) -> Result<bytes::Bytes, NodeError> {
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{pod}:{}/proxy/flows",
+        args.namespace, args.port
+    );
+    let uri = format!("{path}?since={}", query_escape(since));
+    let request_error = |source| NodeError::Request {
+        path: path.clone(),
+        source,
+    };
+    let request = http::Request::get(&uri)
+        .header(http::header::ACCEPT, "application/x-ndjson")
+        .body(::kube::client::Body::from(Vec::new()))
+        .map_err(|e| request_error(::kube::Error::HttpError(e)))?;
+    let exchange = async {
+        let response = client.send(request).await.map_err(request_error)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect_bytes()
+            .await
+            .map_err(request_error)?;
+        if !status.is_success() {
+            return Err(NodeError::Status {
+                path: path.clone(),
+                status: status.as_u16(),
+                message: status_message(&body),
+            });
+        }
+        Ok(body)
+    };
+    match tokio::time::timeout(args.timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(NodeError::Timeout {
+            path: path.clone(),
+            timeout: args.timeout,
+        }),
+    }
+}
+
+/// The `message` of a Kubernetes `Status` body, else the body's first line.
+fn status_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
+            return m.to_owned();
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let first = text.lines().next().unwrap_or("").trim();
+    first.chars().take(200).collect()
+}
+
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn write_output(path: &Path, lines: &[String]) -> Result<(), CollectError> {
+    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    let res = if path.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf).and_then(|()| out.flush())
+    } else {
+        std::fs::write(path, &buf)
+    };
+    res.map_err(|source| CollectError::Output {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The human report: one line per node, skipped lines, a summary.
+pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Result<()> {
+    for n in &c.nodes {
+        match &n.result {
+            Ok(records) => writeln!(w, "auditor collect: {} ({}): {records} flow records", n.node, n.pod)?,
+            Err(e) => {
+                write!(w, "auditor collect: {} ({}): FAILED: {e}", n.node, n.pod)?;
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    write!(w, ": {s}")?;
+                    source = s.source();
+                }
+                if matches!(e, NodeError::Timeout { .. }) {
+                    write!(w, " (is the agent up, and does its NetworkPolicy let the API server reach the agent's port? see deploy/SECURITY.md)")?;
+                }
+                writeln!(w)?;
+            }
+        }
+    }
+    for b in &c.bad_lines {
+        writeln!(w, "auditor collect: {}: line {}: skipped, not a flow record: {}", b.node, b.line, b.message)?;
+    }
+    let ok = c.nodes.iter().filter(|n| n.result.is_ok()).count();
+    let out = if output.as_os_str() == "-" {
+        "stdout".to_owned()
+    } else {
+        output.display().to_string()
+    };
+    writeln!(
+        w,
+        "auditor collect: {} flow records since {} from {ok} of {} nodes to {out}{}",
+        c.lines.len(),
+        c.since,
+        c.nodes.len(),
+        if ok < c.nodes.len() { " (incomplete: see FAILED above)" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -115,6 +115,8 @@ pub struct Round {
     pub ingest_counts: Value,
     pub heartbeats: bool,
     pub recorder_log: String,
+    /// Alerts a real Prometheus, scraping the recorder with deploy/'s rules, had firing.
+    pub prometheus_alerts: Option<Vec<Value>>,
 }
 
 impl Round {
@@ -237,9 +239,13 @@ impl Demo {
         let summary = dir.join("summary.json");
         let ready = dir.join("ready");
         let rec_log = dir.join("recorder.log");
+        let metrics_port = 19290u16;
         let mut rec = self
             .auditor()
             .args(["record", "--flush-interval", "500ms"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(["--node-name", "demo-node"])
             .arg("--cgroup")
             .arg(&self.node.cgroup_root)
             .arg("--cluster")
@@ -264,6 +270,12 @@ impl Demo {
             std::thread::sleep(Duration::from_millis(50));
         }
         say(&self.opts, &format!("{name}: recording (auditor record --cgroup {} --cluster ...)", self.node.cgroup_root.display()));
+
+        // A real Prometheus scrapes the recorder and evaluates the shipped alert rules.
+        let prom = crate::prometheus::Prometheus::start(&dir.join("prometheus"), 19390, &format!("127.0.0.1:{metrics_port}"));
+        if prom.is_some() {
+            say(&self.opts, &format!("{name}: Prometheus scraping the recorder's /metrics with deploy/prometheusrule.yaml's rules"));
+        }
 
         let tc = self.node.pod("transcode", "transcoder-7d9f8c6b4-k8s2n").clone();
         let demo_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
@@ -312,6 +324,19 @@ impl Demo {
         }
         let _ = Command::new("sh").arg("-c").arg(format!("pkill -9 -f {}", demo_dir.join("sidecar.py").display())).status();
         std::thread::sleep(Duration::from_millis(700));
+        // Wait (bounded) for the shipped drop alert when this round had policy drops.
+        let prometheus_alerts = prom.as_ref().map(|p| {
+            let any_drop = std::fs::read_to_string(&flows).map(|t| t.contains("NETFILTER_DROP")).unwrap_or(false);
+            let firing = if any_drop { p.wait_for("AuditorFlowDropped", Duration::from_secs(8)) } else { std::thread::sleep(Duration::from_secs(2)); p.firing() };
+            if !p.target_up() {
+                say(&self.opts, &format!("{name}: Prometheus could not scrape the recorder"));
+            }
+            for a in &firing {
+                say(&self.opts, &format!("{name}: Prometheus alert firing: {} {}/{} {}", a["labels"]["alertname"].as_str().unwrap_or(""), a["labels"]["namespace"].as_str().unwrap_or(""), a["labels"]["workload"].as_str().unwrap_or(""), a["labels"]["reason"].as_str().unwrap_or("")));
+            }
+            firing
+        });
+        drop(prom);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
         let st = rec.wait().expect("wait recorder");
@@ -343,6 +368,7 @@ impl Demo {
             ingest_counts,
             heartbeats,
             recorder_log,
+            prometheus_alerts,
         };
         say(
             &self.opts,

@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod demo;
 pub mod enforce;
 pub mod node;
+pub mod prometheus;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 

@@ -45,6 +45,16 @@ fn media_pipelines_recorded_diffed_fixed_and_verified() {
     let side: Vec<&Value> = r2.flows.iter().filter(|f| f["comm"] == "python3" && f["dst_port"] == 80 && f["direction"] == "egress").collect();
     assert!(!side.is_empty(), "the sidecar's heartbeats are its own flows");
     assert!(r2.recorder_log.contains("connect_timeout:"), "storage connect timeouts alerted:\n{}", r2.recorder_log);
+    // A real Prometheus scraped the recorder and the shipped drop alert fired.
+    if let Some(firing) = &r2.prometheus_alerts {
+        assert!(
+            firing.iter().any(|a| a["labels"]["alertname"] == "AuditorFlowDropped" && a["labels"]["namespace"] == "transcode" && a["labels"]["reason"] == "NETFILTER_DROP"),
+            "AuditorFlowDropped firing for transcode: {firing:?}"
+        );
+    }
+    if let Some(firing) = &r3.prometheus_alerts {
+        assert!(!firing.iter().any(|a| a["labels"]["alertname"] == "AuditorFlowDropped"), "quiet under the allowlist: {firing:?}");
+    }
 
     // Round 3, the suggested allowlist instead of the installed policies: everything works,
     // nothing is dropped, nothing is denied, and an unobserved connection is refused.

@@ -46,7 +46,12 @@ pub struct CollectArgs {
     /// Label selector of the agent pods.
     ///
     /// Example: --selector app.kubernetes.io/name=auditor,app.kubernetes.io/component=agent
-    #[arg(long, short = 'l', default_value = "app.kubernetes.io/name=auditor", value_name = "SELECTOR")]
+    #[arg(
+        long,
+        short = 'l',
+        default_value = "app.kubernetes.io/name=auditor",
+        value_name = "SELECTOR"
+    )]
     pub selector: String,
     /// Flows last seen at or after this time: RFC 3339, or a duration back from now.
     ///
@@ -319,9 +324,8 @@ fn choose_agents(pods: Vec<Pod>) -> (Vec<(String, String)>, Vec<NodeOutcome>) {
     }
     let mut targets = Vec::new();
     for (node, mut pods) in by_node {
-        let running = |p: &Pod| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        };
+        let running =
+            |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         pods.sort_by_key(|p| {
             (
                 !running(p),
@@ -440,7 +444,11 @@ fn write_output(path: &Path, lines: &[String]) -> Result<(), CollectError> {
 pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Result<()> {
     for n in &c.nodes {
         match &n.result {
-            Ok(records) => writeln!(w, "auditor collect: {} ({}): {records} flow records", n.node, n.pod)?,
+            Ok(records) => writeln!(
+                w,
+                "auditor collect: {} ({}): {records} flow records",
+                n.node, n.pod
+            )?,
             Err(e) => {
                 write!(w, "auditor collect: {} ({}): FAILED: {e}", n.node, n.pod)?;
                 let mut source = std::error::Error::source(e);
@@ -456,7 +464,11 @@ pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Resu
         }
     }
     for b in &c.bad_lines {
-        writeln!(w, "auditor collect: {}: line {}: skipped, not a flow record: {}", b.node, b.line, b.message)?;
+        writeln!(
+            w,
+            "auditor collect: {}: line {}: skipped, not a flow record: {}",
+            b.node, b.line, b.message
+        )?;
     }
     let ok = c.nodes.iter().filter(|n| n.result.is_ok()).count();
     let out = if output.as_os_str() == "-" {
@@ -470,7 +482,11 @@ pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Resu
         c.lines.len(),
         c.since,
         c.nodes.len(),
-        if ok < c.nodes.len() { " (incomplete: see FAILED above)" } else { "" }
+        if ok < c.nodes.len() {
+            " (incomplete: see FAILED above)"
+        } else {
+            ""
+        }
     )
 }
 

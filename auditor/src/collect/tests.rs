@@ -31,7 +31,13 @@ struct Cli {
 }
 
 fn args(extra: &[&str]) -> CollectArgs {
-    let mut v = vec!["collect", "--timeout", "300ms", "--since", "2026-11-28T10:00:00Z"];
+    let mut v = vec![
+        "collect",
+        "--timeout",
+        "300ms",
+        "--since",
+        "2026-11-28T10:00:00Z",
+    ];
     v.extend_from_slice(extra);
     Cli::try_parse_from(v).expect("valid arguments").args
 }
@@ -60,7 +66,11 @@ fn cluster(fake: &FakeApi) {
         "auditor",
         "auditor-bbbbb",
         9090,
-        Proxy::Status(503, "error trying to reach service: dial tcp 10.0.2.3:9090: connect: connection refused".into()),
+        Proxy::Status(
+            503,
+            "error trying to reach service: dial tcp 10.0.2.3:9090: connect: connection refused"
+                .into(),
+        ),
     );
     fake.set_proxy("auditor", "auditor-ccccc", 9090, Proxy::Hang);
     // Same first_seen as a's second line: node order breaks the tie. The last line is
@@ -74,7 +84,9 @@ fn cluster(fake: &FakeApi) {
 }
 
 fn port_of(line: &str) -> u64 {
-    serde_json::from_str::<Value>(line).unwrap()["dst_port"].as_u64().unwrap()
+    serde_json::from_str::<Value>(line).unwrap()["dst_port"]
+        .as_u64()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -83,8 +95,13 @@ async fn collects_merges_and_reports_failed_nodes() {
     cluster(&fake);
     let a = args(&[]);
     let started = std::time::Instant::now();
-    let c = collect(&client, &a, SystemTime::now()).await.expect("collect");
-    assert!(started.elapsed() < Duration::from_secs(5), "the hanging agent is bounded by --timeout");
+    let c = collect(&client, &a, SystemTime::now())
+        .await
+        .expect("collect");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the hanging agent is bounded by --timeout"
+    );
 
     // Merged: by first_seen, then node, then line.
     let ports: Vec<u64> = c.lines.iter().map(|l| port_of(l)).collect();
@@ -95,39 +112,77 @@ async fn collects_merges_and_reports_failed_nodes() {
     let summary: Vec<(String, String, Result<usize, String>)> = c
         .nodes
         .iter()
-        .map(|n| (n.node.clone(), n.pod.clone(), n.result.as_ref().map(|x| *x).map_err(|e| e.to_string())))
+        .map(|n| {
+            (
+                n.node.clone(),
+                n.pod.clone(),
+                n.result.as_ref().map(|x| *x).map_err(|e| e.to_string()),
+            )
+        })
         .collect();
     assert_eq!(summary.len(), 4, "{summary:#?}");
     assert_eq!(summary[0], ("node-a".into(), "auditor-aaaaa".into(), Ok(2)));
     let b = summary[1].2.clone().unwrap_err();
-    assert!(b.contains("HTTP 503") && b.contains("connection refused"), "{b}");
-    assert!(b.contains("/api/v1/namespaces/auditor/pods/auditor-bbbbb:9090/proxy/flows"), "{b}");
+    assert!(
+        b.contains("HTTP 503") && b.contains("connection refused"),
+        "{b}"
+    );
+    assert!(
+        b.contains("/api/v1/namespaces/auditor/pods/auditor-bbbbb:9090/proxy/flows"),
+        "{b}"
+    );
     let cc = summary[2].2.clone().unwrap_err();
     assert!(cc.contains("no answer within 300ms"), "{cc}");
     assert_eq!(summary[3], ("node-d".into(), "auditor-ddddd".into(), Ok(2)));
     assert_eq!(c.exit_code(), EXIT_PARTIAL);
 
     assert_eq!(c.bad_lines.len(), 2, "{:?}", c.bad_lines);
-    assert_eq!((c.bad_lines[0].node.as_str(), c.bad_lines[0].line), ("node-a", 2));
-    assert!(c.bad_lines[0].message.contains("dst_ip"), "{:?}", c.bad_lines[0]);
-    assert_eq!((c.bad_lines[1].node.as_str(), c.bad_lines[1].line), ("node-d", 3));
+    assert_eq!(
+        (c.bad_lines[0].node.as_str(), c.bad_lines[0].line),
+        ("node-a", 2)
+    );
+    assert!(
+        c.bad_lines[0].message.contains("dst_ip"),
+        "{:?}",
+        c.bad_lines[0]
+    );
+    assert_eq!(
+        (c.bad_lines[1].node.as_str(), c.bad_lines[1].line),
+        ("node-d", 3)
+    );
 
     // What was asked: one list in the namespace with the selector, one proxy GET per
     // agent with the resolved since; nothing else (this is what Role auditor-collect
     // grants: pods list, pods/proxy get).
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 5, "{reqs:#?}");
-    assert!(reqs[0].starts_with("/api/v1/namespaces/auditor/pods?"), "{reqs:#?}");
-    assert!(reqs[0].contains("labelSelector=app.kubernetes.io/name=auditor"), "{reqs:#?}");
-    for pod in ["auditor-aaaaa", "auditor-bbbbb", "auditor-ccccc", "auditor-ddddd"] {
-        let want = format!("/api/v1/namespaces/auditor/pods/{pod}:9090/proxy/flows?since=2026-11-28T10:00:00.000Z");
+    assert!(
+        reqs[0].starts_with("/api/v1/namespaces/auditor/pods?"),
+        "{reqs:#?}"
+    );
+    assert!(
+        reqs[0].contains("labelSelector=app.kubernetes.io/name=auditor"),
+        "{reqs:#?}"
+    );
+    for pod in [
+        "auditor-aaaaa",
+        "auditor-bbbbb",
+        "auditor-ccccc",
+        "auditor-ddddd",
+    ] {
+        let want = format!(
+            "/api/v1/namespaces/auditor/pods/{pod}:9090/proxy/flows?since=2026-11-28T10:00:00.000Z"
+        );
         assert!(reqs.contains(&want), "{want}\n{reqs:#?}");
     }
 
     let mut text = Vec::new();
     report(&mut text, &c, Path::new("flows.jsonl")).unwrap();
     let text = String::from_utf8(text).unwrap();
-    assert!(text.contains("node-a (auditor-aaaaa): 2 flow records"), "{text}");
+    assert!(
+        text.contains("node-a (auditor-aaaaa): 2 flow records"),
+        "{text}"
+    );
     assert!(text.contains("node-c (auditor-ccccc): FAILED: GET /api/v1/namespaces/auditor/pods/auditor-ccccc:9090/proxy/flows: no answer within 300ms"), "{text}");
     assert!(text.contains("node-a: line 2: skipped"), "{text}");
     assert!(text.contains("4 flow records since 2026-11-28T10:00:00.000Z from 2 of 4 nodes to flows.jsonl (incomplete"), "{text}");
@@ -138,7 +193,12 @@ async fn run_writes_the_output_and_exits_0_when_all_answer() {
     let (fake, client) = FakeApi::start();
     fake.apply(agent("auditor-aaaaa", Some("node-a"), "Running"));
     fake.apply(agent("auditor-bbbbb", Some("node-b"), "Running"));
-    fake.set_proxy("auditor", "auditor-aaaaa", 9090, Proxy::Ok(flow(1, "2026-11-28T10:00:02Z") + "\n"));
+    fake.set_proxy(
+        "auditor",
+        "auditor-aaaaa",
+        9090,
+        Proxy::Ok(flow(1, "2026-11-28T10:00:02Z") + "\n"),
+    );
     fake.set_proxy("auditor", "auditor-bbbbb", 9090, Proxy::Ok(String::new()));
     let dir = std::env::temp_dir().join(format!("auditor-collect-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -161,19 +221,38 @@ async fn agents_not_running_are_failures_and_a_node_with_a_running_one_is_asked(
     fake.apply(agent("auditor-new", Some("node-a"), "Running"));
     fake.apply(agent("auditor-pending", Some("node-b"), "Pending"));
     fake.apply(agent("auditor-unscheduled", None, "Pending"));
-    fake.set_proxy("auditor", "auditor-new", 9090, Proxy::Ok(flow(1, "2026-11-28T10:00:02Z")));
-    let c = collect(&client, &args(&[]), SystemTime::now()).await.unwrap();
-    let got: Vec<(String, String, bool)> =
-        c.nodes.iter().map(|n| (n.node.clone(), n.pod.clone(), n.result.is_ok())).collect();
+    fake.set_proxy(
+        "auditor",
+        "auditor-new",
+        9090,
+        Proxy::Ok(flow(1, "2026-11-28T10:00:02Z")),
+    );
+    let c = collect(&client, &args(&[]), SystemTime::now())
+        .await
+        .unwrap();
+    let got: Vec<(String, String, bool)> = c
+        .nodes
+        .iter()
+        .map(|n| (n.node.clone(), n.pod.clone(), n.result.is_ok()))
+        .collect();
     assert_eq!(
         got,
         [
-            ("(unscheduled)".to_owned(), "auditor-unscheduled".to_owned(), false),
+            (
+                "(unscheduled)".to_owned(),
+                "auditor-unscheduled".to_owned(),
+                false
+            ),
             ("node-a".to_owned(), "auditor-new".to_owned(), true),
             ("node-b".to_owned(), "auditor-pending".to_owned(), false),
         ]
     );
-    assert!(c.nodes[2].result.as_ref().unwrap_err().to_string().contains("is Pending, not Running"));
+    assert!(c.nodes[2]
+        .result
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("is Pending, not Running"));
     assert_eq!(c.lines.len(), 1);
     assert_eq!(c.exit_code(), EXIT_PARTIAL);
 }
@@ -181,13 +260,19 @@ async fn agents_not_running_are_failures_and_a_node_with_a_running_one_is_asked(
 #[tokio::test]
 async fn no_agents_and_unreachable_api_are_errors() {
     let (fake, client) = FakeApi::start();
-    let err = collect(&client, &args(&["-n", "media"]), SystemTime::now()).await.unwrap_err();
+    let err = collect(&client, &args(&["-n", "media"]), SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, CollectError::NoAgents { .. }), "{err}");
     assert!(err.to_string().contains("namespace media"), "{err}");
     fake.set_down(true);
-    let err = collect(&client, &args(&[]), SystemTime::now()).await.unwrap_err();
+    let err = collect(&client, &args(&[]), SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(
-        err.to_string().contains("list agent pods in namespace auditor with selector app.kubernetes.io/name=auditor"),
+        err.to_string().contains(
+            "list agent pods in namespace auditor with selector app.kubernetes.io/name=auditor"
+        ),
         "{err}"
     );
 }
@@ -195,18 +280,35 @@ async fn no_agents_and_unreachable_api_are_errors() {
 #[test]
 fn since_is_a_time_or_a_duration() {
     let now = humantime::parse_rfc3339("2026-11-28T12:00:00Z").unwrap();
-    let at = |s: &str| humantime::format_rfc3339_seconds(parse_since(s).unwrap().resolve(now)).to_string();
+    let at = |s: &str| {
+        humantime::format_rfc3339_seconds(parse_since(s).unwrap().resolve(now)).to_string()
+    };
     assert_eq!(at("1h"), "2026-11-28T11:00:00Z");
     assert_eq!(at("90m"), "2026-11-28T10:30:00Z");
     assert_eq!(at("2026-11-28T10:00:00Z"), "2026-11-28T10:00:00Z");
     assert_eq!(at("2026-11-28T10:00:00.250Z"), "2026-11-28T10:00:00Z");
     let err = parse_since("yesterday").unwrap_err();
-    assert!(err.contains("RFC 3339") && err.contains("duration"), "{err}");
+    assert!(
+        err.contains("RFC 3339") && err.contains("duration"),
+        "{err}"
+    );
     assert!(Cli::try_parse_from(["collect", "--since", "soon"]).is_err());
     let d = Cli::try_parse_from(["collect"]).unwrap().args;
     assert_eq!(
-        (d.namespace.as_str(), d.selector.as_str(), d.timeout, d.port, d.since),
-        ("auditor", "app.kubernetes.io/name=auditor", Duration::from_secs(10), 9090, Since::Ago(Duration::from_secs(3600)))
+        (
+            d.namespace.as_str(),
+            d.selector.as_str(),
+            d.timeout,
+            d.port,
+            d.since
+        ),
+        (
+            "auditor",
+            "app.kubernetes.io/name=auditor",
+            Duration::from_secs(10),
+            9090,
+            Since::Ago(Duration::from_secs(3600))
+        )
     );
     assert_eq!(d.output, PathBuf::from("-"));
 }

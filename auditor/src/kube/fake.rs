@@ -79,8 +79,16 @@ const COLLECTIONS: [(&str, &str, &str); 5] = [
     ("v1", "Pod", "/api/v1/pods"),
     ("v1", "Namespace", "/api/v1/namespaces"),
     ("v1", "Service", "/api/v1/services"),
-    ("discovery.k8s.io/v1", "EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"),
-    ("networking.k8s.io/v1", "NetworkPolicy", "/apis/networking.k8s.io/v1/networkpolicies"),
+    (
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+    ),
+    (
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "/apis/networking.k8s.io/v1/networkpolicies",
+    ),
 ];
 
 fn collection_of(obj: &Value) -> &'static str {
@@ -94,7 +102,11 @@ fn collection_of(obj: &Value) -> &'static str {
 }
 
 fn list_kind(collection: &str) -> String {
-    let kind = COLLECTIONS.iter().find(|c| c.2 == collection).map(|c| c.1).unwrap_or("");
+    let kind = COLLECTIONS
+        .iter()
+        .find(|c| c.2 == collection)
+        .map(|c| c.1)
+        .unwrap_or("");
     format!("{kind}List")
 }
 
@@ -112,8 +124,10 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 fn json_response(code: u16, v: &Value) -> Response<FakeBody> {
     let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -182,9 +196,16 @@ fn field(obj: &Value, path: &str) -> Option<String> {
     }
 }
 
-fn matches(obj: &Value, namespace: Option<&str>, fields: &[(String, String)], labels: &[(String, String)]) -> bool {
+fn matches(
+    obj: &Value,
+    namespace: Option<&str>,
+    fields: &[(String, String)],
+    labels: &[(String, String)],
+) -> bool {
     namespace.is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
-        && fields.iter().all(|(k, v)| field(obj, k).as_deref() == Some(v))
+        && fields
+            .iter()
+            .all(|(k, v)| field(obj, k).as_deref() == Some(v))
         && labels
             .iter()
             .all(|(k, v)| obj["metadata"]["labels"][k.as_str()].as_str() == Some(v))
@@ -202,7 +223,10 @@ impl FakeApi {
                 st.lock().unwrap().serve(req, send);
             }
         });
-        (FakeApi { state, task }, ::kube::Client::new(service, "default"))
+        (
+            FakeApi { state, task },
+            ::kube::Client::new(service, "default"),
+        )
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -243,7 +267,8 @@ impl FakeApi {
             if tell_open_watches {
                 let err = status(410, "Expired", "too old resource version");
                 for w in s.watches.drain(..) {
-                    let _ = w.tx.unbounded_send(Ok(Frame::data(watch_line("ERROR", &err))));
+                    let _ =
+                        w.tx.unbounded_send(Ok(Frame::data(watch_line("ERROR", &err))));
                 }
             }
         })
@@ -251,8 +276,10 @@ impl FakeApi {
 
     pub(crate) fn set_proxy(&self, namespace: &str, pod: &str, port: u16, p: Proxy) {
         self.with(|s| {
-            s.proxy
-                .insert(format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/flows"), p);
+            s.proxy.insert(
+                format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/flows"),
+                p,
+            );
         })
     }
 
@@ -283,9 +310,15 @@ impl State {
             {
                 return true;
             }
-            w.tx.unbounded_send(Ok(Frame::data(watch_line(type_, &object)))).is_ok()
+            w.tx.unbounded_send(Ok(Frame::data(watch_line(type_, &object))))
+                .is_ok()
         });
-        self.history.push(Event { rv, collection, type_, object });
+        self.history.push(Event {
+            rv,
+            collection,
+            type_,
+            object,
+        });
     }
 
     fn apply(&mut self, mut object: Value) {
@@ -302,7 +335,11 @@ impl State {
             .objects
             .insert((collection, ns, name), object.clone())
             .is_some();
-        self.publish(collection, if existed { "MODIFIED" } else { "ADDED" }, object);
+        self.publish(
+            collection,
+            if existed { "MODIFIED" } else { "ADDED" },
+            object,
+        );
     }
 
     fn delete(&mut self, kind: &str, namespace: &str, name: &str) {
@@ -311,9 +348,9 @@ impl State {
             .find(|c| c.1 == kind)
             .map(|c| c.2)
             .unwrap_or_else(|| panic!("fake API server: unknown kind {kind}"));
-        let Some(mut object) = self
-            .objects
-            .remove(&(collection, namespace.to_owned(), name.to_owned()))
+        let Some(mut object) =
+            self.objects
+                .remove(&(collection, namespace.to_owned(), name.to_owned()))
         else {
             panic!("fake API server: no {kind} {namespace}/{name} to delete");
         };
@@ -344,7 +381,10 @@ impl State {
             return;
         }
         if req.method() != http::Method::GET {
-            send.send_response(json_response(405, &status(405, "MethodNotAllowed", "only GET")));
+            send.send_response(json_response(
+                405,
+                &status(405, "MethodNotAllowed", "only GET"),
+            ));
             return;
         }
         if let Some(p) = self.proxy.get(&path).cloned() {
@@ -357,9 +397,10 @@ impl State {
                     );
                     send.send_response(r)
                 }
-                Proxy::Status(code, message) => {
-                    send.send_response(json_response(code, &status(code, "ServiceUnavailable", &message)))
-                }
+                Proxy::Status(code, message) => send.send_response(json_response(
+                    code,
+                    &status(code, "ServiceUnavailable", &message),
+                )),
                 Proxy::Hang => self.hanging.push(send),
             }
             return;
@@ -385,7 +426,11 @@ impl State {
                     None => {
                         send.send_response(json_response(
                             404,
-                            &status(404, "NotFound", &format!("the server could not find {path}")),
+                            &status(
+                                404,
+                                "NotFound",
+                                &format!("the server could not find {path}"),
+                            ),
                         ));
                         return;
                     }
@@ -401,7 +446,11 @@ impl State {
                 .unwrap_or(0);
             let (tx, rx) = mpsc::unbounded();
             if from < self.compacted {
-                let err = status(410, "Expired", &format!("too old resource version: {from} ({})", self.rv));
+                let err = status(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {from} ({})", self.rv),
+                );
                 let _ = tx.unbounded_send(Ok(Frame::data(watch_line("ERROR", &err))));
             } else {
                 for e in self.history.iter().filter(|e| {
@@ -411,7 +460,12 @@ impl State {
                 }) {
                     let _ = tx.unbounded_send(Ok(Frame::data(watch_line(e.type_, &e.object))));
                 }
-                self.watches.push(Watch { collection, namespace, fields, tx });
+                self.watches.push(Watch {
+                    collection,
+                    namespace,
+                    fields,
+                    tx,
+                });
             }
             send.send_response(Response::new(StreamBody::new(rx)));
             return;
@@ -419,7 +473,9 @@ impl State {
         let items: Vec<Value> = self
             .objects
             .iter()
-            .filter(|((c, _, _), o)| *c == collection && matches(o, namespace.as_deref(), &fields, &labels))
+            .filter(|((c, _, _), o)| {
+                *c == collection && matches(o, namespace.as_deref(), &fields, &labels)
+            })
             .map(|(_, o)| o.clone())
             .collect();
         let list = json!({

@@ -155,7 +155,9 @@ struct Shared {
 
 impl Shared {
     fn all_synced(&self) -> bool {
-        self.watches.iter().all(|w| w.synced.load(Ordering::Acquire))
+        self.watches
+            .iter()
+            .all(|w| w.synced.load(Ordering::Acquire))
     }
 
     fn healthy(&self) -> bool {

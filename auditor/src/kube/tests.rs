@@ -138,12 +138,21 @@ async fn first_list_then_adds_modifies_deletes() {
     for p in &s.pods {
         assert!(p.metadata.managed_fields.is_none() && p.metadata.annotations.is_none());
         assert!(p.metadata.finalizers.is_none());
-        assert_eq!(p.metadata.labels.as_ref().unwrap()["app"], p.metadata.name.clone().unwrap());
-        assert_eq!(p.metadata.owner_references.as_ref().unwrap()[0].kind, "ReplicaSet");
+        assert_eq!(
+            p.metadata.labels.as_ref().unwrap()["app"],
+            p.metadata.name.clone().unwrap()
+        );
+        assert_eq!(
+            p.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "ReplicaSet"
+        );
         let spec = p.spec.as_ref().unwrap();
         assert!(spec.volumes.is_none() && spec.tolerations.is_none());
         let c = &spec.containers[0];
-        assert!(c.env.is_none() && c.command.is_none() && c.image.is_none(), "{c:?}");
+        assert!(
+            c.env.is_none() && c.command.is_none() && c.image.is_none(),
+            "{c:?}"
+        );
         assert_eq!(c.ports.as_ref().unwrap()[0].name.as_deref(), Some("rtmp"));
         let st = p.status.as_ref().unwrap();
         assert_eq!(st.phase.as_deref(), Some("Running"));
@@ -159,10 +168,16 @@ async fn first_list_then_adds_modifies_deletes() {
             .and_then(|p| p.status.as_ref()?.container_statuses.clone())
     };
     let local = statuses("encoder").expect("local pod keeps container statuses");
-    assert_eq!(local[0].container_id.as_deref(), Some("containerd://encoder0123"));
+    assert_eq!(
+        local[0].container_id.as_deref(),
+        Some("containerd://encoder0123")
+    );
     assert!(local[0].state.is_none());
     assert!(statuses("packager").is_none());
-    assert!(s.namespaces.iter().all(|n| n.spec.is_none() && n.status.is_none()));
+    assert!(s
+        .namespaces
+        .iter()
+        .all(|n| n.spec.is_none() && n.status.is_none()));
     assert!(s.services[0].status.is_none() && s.services[0].metadata.annotations.is_none());
     assert!(s.endpoint_slices[0].endpoints[0].hints.is_none());
     assert!(s.network_policies[0].metadata.annotations.is_none());
@@ -173,12 +188,25 @@ async fn first_list_then_adds_modifies_deletes() {
     // watch cache (resourceVersion=0) and then watch.
     let reqs = fake.requests();
     assert!(
-        reqs.iter().any(|r| r.starts_with("/api/v1/pods?") && r.contains("fieldSelector=spec.nodeName=node-a")),
+        reqs.iter()
+            .any(|r| r.starts_with("/api/v1/pods?")
+                && r.contains("fieldSelector=spec.nodeName=node-a")),
         "{reqs:#?}"
     );
-    for c in ["/api/v1/namespaces?", "/apis/networking.k8s.io/v1/networkpolicies?"] {
-        assert!(reqs.iter().any(|r| r.starts_with(c) && r.contains("watch=true")), "{c}: {reqs:#?}");
-        assert!(reqs.iter().any(|r| r.starts_with(c) && r.contains("resourceVersion=0")), "{c}: {reqs:#?}");
+    for c in [
+        "/api/v1/namespaces?",
+        "/apis/networking.k8s.io/v1/networkpolicies?",
+    ] {
+        assert!(
+            reqs.iter()
+                .any(|r| r.starts_with(c) && r.contains("watch=true")),
+            "{c}: {reqs:#?}"
+        );
+        assert!(
+            reqs.iter()
+                .any(|r| r.starts_with(c) && r.contains("resourceVersion=0")),
+            "{c}: {reqs:#?}"
+        );
     }
 
     // Adds, modifies, deletes.
@@ -189,21 +217,44 @@ async fn first_list_then_adds_modifies_deletes() {
     let mut ns = namespace("media");
     ns["metadata"]["labels"]["team"] = json!("video");
     fake.apply(ns);
-    eventually(&w, "uploader added, policy modified, service deleted, ns relabelled", |w| {
-        let Some(s) = w.snapshot() else { return false };
-        names(&s.pods) == ["media/encoder", "media/packager", "media/uploader"]
-            && s.services.is_empty()
-            && s.network_policies[0].spec.as_ref().unwrap().egress.as_ref().unwrap()[0].ports.as_ref().unwrap()[0]
-                .port
-                == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1935))
-            && s.namespaces[1].metadata.labels.as_ref().unwrap().get("team").map(String::as_str) == Some("video")
-    })
+    eventually(
+        &w,
+        "uploader added, policy modified, service deleted, ns relabelled",
+        |w| {
+            let Some(s) = w.snapshot() else { return false };
+            names(&s.pods) == ["media/encoder", "media/packager", "media/uploader"]
+                && s.services.is_empty()
+                && s.network_policies[0]
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .egress
+                    .as_ref()
+                    .unwrap()[0]
+                    .ports
+                    .as_ref()
+                    .unwrap()[0]
+                    .port
+                    == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1935))
+                && s.namespaces[1]
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .unwrap()
+                    .get("team")
+                    .map(String::as_str)
+                    == Some("video")
+        },
+    )
     .await;
     assert!(w.generation() >= g0 + 4, "{} -> {}", g0, w.generation());
 
     // A pod of this node deleted: gone from both caches.
     fake.delete("Pod", "media", "encoder");
-    eventually(&w, "encoder deleted", |w| pod_names(w) == ["media/packager", "media/uploader"]).await;
+    eventually(&w, "encoder deleted", |w| {
+        pod_names(w) == ["media/packager", "media/uploader"]
+    })
+    .await;
     assert!(w.healthy());
 }
 
@@ -232,7 +283,9 @@ async fn outage_keeps_cache_and_resumed_watch_catches_up() {
     let (fake, client) = FakeApi::start();
     seed(&fake);
     let w = ClusterWatch::start_with_client(client, Some("node-a".into()));
-    tokio::time::timeout(WAIT, w.wait_until_ready()).await.expect("synced");
+    tokio::time::timeout(WAIT, w.wait_until_ready())
+        .await
+        .expect("synced");
     eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
 
     // The API server goes away; the watchers see their watches end and fail to restart.
@@ -243,11 +296,17 @@ async fn outage_keeps_cache_and_resumed_watch_catches_up() {
     fake.delete("Pod", "media", "packager");
     fake.apply(policy("media", "allow-rtmp", 1935));
     // The cache is not lost.
-    let s = w.snapshot().expect("last good snapshot kept during the outage");
+    let s = w
+        .snapshot()
+        .expect("last good snapshot kept during the outage");
     assert_eq!(names(&s.pods), ["media/encoder", "media/packager"]);
     assert_eq!(names(&s.network_policies), ["media/default-deny"]);
 
-    let lists_before = fake.requests().iter().filter(|r| !r.contains("watch=true")).count();
+    let lists_before = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
     fake.set_down(false);
     eventually(&w, "caught up after the outage", |w| {
         let Some(s) = w.snapshot() else { return false };
@@ -257,11 +316,19 @@ async fn outage_keeps_cache_and_resumed_watch_catches_up() {
     .await;
     eventually(&w, "healthy again", ClusterWatch::healthy).await;
     // Caught up by resuming the watches from their resourceVersion, not by relisting.
-    let lists_after = fake.requests().iter().filter(|r| !r.contains("watch=true")).count();
+    let lists_after = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
     assert_eq!(lists_before, lists_after, "{:#?}", fake.requests());
     // The node-local watcher saw the new pod of this node.
     let s = w.snapshot().unwrap();
-    let up = s.pods.iter().find(|p| p.metadata.name.as_deref() == Some("uploader")).unwrap();
+    let up = s
+        .pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("uploader"))
+        .unwrap();
     assert!(up.status.as_ref().unwrap().container_statuses.is_some());
 }
 
@@ -270,9 +337,15 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     let (fake, client) = FakeApi::start();
     seed(&fake);
     let w = ClusterWatch::start_with_client(client, None);
-    tokio::time::timeout(WAIT, w.wait_until_ready()).await.expect("synced");
+    tokio::time::timeout(WAIT, w.wait_until_ready())
+        .await
+        .expect("synced");
     eventually(&w, "all watches open", |_| fake.open_watches() == 5).await;
-    let lists_before = fake.requests().iter().filter(|r| !r.contains("watch=true")).count();
+    let lists_before = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
 
     // Watches cut; while they are away, objects change and the history is compacted, so
     // the resumed watches get 410 Gone and the watchers relist.
@@ -282,14 +355,22 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     fake.delete("NetworkPolicy", "media", "default-deny");
     fake.apply(pod("media", "uploader", "node-b", "10.0.2.9"));
     fake.compact(false);
-    assert_eq!(pod_names(&w), ["media/encoder", "media/packager"], "cache kept");
+    assert_eq!(
+        pod_names(&w),
+        ["media/encoder", "media/packager"],
+        "cache kept"
+    );
     fake.set_down(false);
     eventually(&w, "relisted", |w| {
         let Some(s) = w.snapshot() else { return false };
         names(&s.pods) == ["media/encoder", "media/uploader"] && s.network_policies.is_empty()
     })
     .await;
-    let lists_after = fake.requests().iter().filter(|r| !r.contains("watch=true")).count();
+    let lists_after = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .count();
     assert!(lists_after > lists_before, "a relist after 410");
     eventually(&w, "healthy again", ClusterWatch::healthy).await;
 
@@ -297,13 +378,15 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     eventually(&w, "all watches open again", |_| fake.open_watches() == 5).await;
     fake.apply(service("media", "edge", "10.96.0.30"));
     eventually(&w, "edge seen", |w| {
-        w.snapshot().is_some_and(|s| names(&s.services) == ["media/edge", "media/origin"])
+        w.snapshot()
+            .is_some_and(|s| names(&s.services) == ["media/edge", "media/origin"])
     })
     .await;
     fake.compact(true);
     fake.delete("Service", "media", "edge");
     eventually(&w, "edge gone after relist", |w| {
-        w.snapshot().is_some_and(|s| names(&s.services) == ["media/origin"])
+        w.snapshot()
+            .is_some_and(|s| names(&s.services) == ["media/origin"])
     })
     .await;
 }
@@ -313,12 +396,15 @@ async fn dropped_watch_reconnects_without_error() {
     let (fake, client) = FakeApi::start();
     seed(&fake);
     let w = ClusterWatch::start_with_client(client, None);
-    tokio::time::timeout(WAIT, w.wait_until_ready()).await.expect("synced");
+    tokio::time::timeout(WAIT, w.wait_until_ready())
+        .await
+        .expect("synced");
     eventually(&w, "all watches open", |_| fake.open_watches() == 5).await;
     fake.drop_watches();
     fake.apply(namespace("cdn"));
     eventually(&w, "namespace seen after reconnect", |w| {
-        w.snapshot().is_some_and(|s| names(&s.namespaces) == ["cdn", "kube-system", "media"])
+        w.snapshot()
+            .is_some_and(|s| names(&s.namespaces) == ["cdn", "kube-system", "media"])
     })
     .await;
     assert!(w.healthy());
@@ -349,7 +435,10 @@ fn trimming_keeps_what_the_engine_needs() {
         })
     );
     let st = local.status.unwrap().container_statuses.unwrap();
-    assert_eq!(st[0].container_id.as_deref(), Some("containerd://encoder0123"));
+    assert_eq!(
+        st[0].container_id.as_deref(),
+        Some("containerd://encoder0123")
+    );
     assert!(st[0].state.is_none());
 }
 
@@ -365,7 +454,10 @@ async fn bad_kubeconfig_is_an_error_naming_the_file() {
     .await
     .err()
     .expect("missing kubeconfig is an error");
-    assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
     let garbage = dir.join("garbage.yaml");
     std::fs::write(&garbage, "clusters: 3\n").unwrap();
     let err = ClusterWatch::start(KubeOptions {

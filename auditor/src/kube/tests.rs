@@ -1,6 +1,7 @@
 //! ClusterWatch against the faked API server: first list, watch events, 410 Gone and
 //! relist, an unreachable server at start and later, reconnects that catch up.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -483,4 +484,78 @@ async fn bad_kubeconfig_is_an_error_naming_the_file() {
     .expect("starts although the API server is unreachable");
     assert!(w.snapshot().is_none());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A writer for a test subscriber that keeps what was logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn one_warning_per_outage_and_one_line_when_it_is_over() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    // The test runtime is single-threaded: every watcher task logs through this.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let text = || String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let count = |needle: &str| text().matches(needle).count();
+
+    let (fake, client) = FakeApi::start();
+    seed(&fake);
+    fake.set_down(true);
+    let w = ClusterWatch::start_with_client(client, Some("node-a".into()));
+    // Six watchers failing, each retrying: one warning, saying attribution is IP-only.
+    eventually(&w, "several failed requests", |_| {
+        fake.requests().len() >= 12
+    })
+    .await;
+    assert_eq!(count("Kubernetes API unreachable"), 1, "{}", text());
+    assert_eq!(
+        count("attribution is IP-only until it is back"),
+        1,
+        "{}",
+        text()
+    );
+    fake.set_down(false);
+    eventually(&w, "healthy", ClusterWatch::healthy).await;
+    assert_eq!(count("Kubernetes API reachable again"), 1, "{}", text());
+
+    // A second outage, with a cache: its own single warning, naming the stale view.
+    eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
+    let before = fake.requests().len();
+    fake.set_down(true);
+    eventually(&w, "several failed requests", |_| {
+        fake.requests().len() >= before + 12
+    })
+    .await;
+    assert_eq!(count("Kubernetes API unreachable"), 2, "{}", text());
+    assert_eq!(
+        count("attributing with the last cluster view"),
+        1,
+        "{}",
+        text()
+    );
+    fake.set_down(false);
+    eventually(&w, "healthy", ClusterWatch::healthy).await;
+    assert_eq!(count("Kubernetes API reachable again"), 2, "{}", text());
 }

@@ -75,7 +75,8 @@ impl Drop for FakeApi {
     }
 }
 
-const COLLECTIONS: [(&str, &str, &str); 5] = [
+const COLLECTIONS: [(&str, &str, &str); 6] = [
+    ("v1", "Node", "/api/v1/nodes"),
     ("v1", "Pod", "/api/v1/pods"),
     ("v1", "Namespace", "/api/v1/namespaces"),
     ("v1", "Service", "/api/v1/services"),

@@ -4,7 +4,8 @@
 //!
 //! Watched: this node's Pods (field selector `spec.nodeName=<node>`, kept with their
 //! container statuses), all Pods (peer IPs, labels and owners only), Namespaces, Services,
-//! EndpointSlices (discovery.k8s.io/v1) and NetworkPolicies (networking.k8s.io/v1).
+//! EndpointSlices (discovery.k8s.io/v1), NetworkPolicies (networking.k8s.io/v1) and Nodes
+//! (addresses only: node and host-network peers).
 //!
 //! The API server may be unreachable at start or go away later: the watchers keep
 //! retrying with kube-rs' default backoff, the caches keep the last good state (and
@@ -26,7 +27,7 @@ use ::kube::runtime::{watcher, WatchStreamExt};
 use ::kube::{Client, Config, Resource};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, Namespace, Pod, PodSpec, PodStatus, Service,
+    Container, ContainerStatus, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -124,6 +125,7 @@ struct Stores {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     network_policies: Store<NetworkPolicy>,
+    nodes: Store<Node>,
 }
 
 struct Tasks(Vec<JoinHandle<()>>);
@@ -252,6 +254,7 @@ impl ClusterWatch {
             "services",
             "endpointslices",
             "networkpolicies",
+            "nodes",
         ]);
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
@@ -300,6 +303,7 @@ impl ClusterWatch {
         let services = sp.watch(cfg(), trim_service);
         let endpoint_slices = sp.watch(cfg(), trim_endpoint_slice);
         let network_policies = sp.watch(cfg(), trim_network_policy);
+        let nodes = sp.watch(cfg(), trim_node);
         debug_assert_eq!(sp.next, shared.watches.len());
         let tasks = sp.tasks;
         ClusterWatch {
@@ -310,6 +314,7 @@ impl ClusterWatch {
                 services,
                 endpoint_slices,
                 network_policies,
+                nodes,
             },
             shared,
             _tasks: Arc::new(Tasks(tasks)),
@@ -337,7 +342,7 @@ impl ClusterWatch {
             services: sorted(&s.services),
             endpoint_slices: sorted(&s.endpoint_slices),
             network_policies: sorted(&s.network_policies),
-            nodes: Vec::new(),
+            nodes: sorted(&s.nodes),
             notes: Vec::new(),
         })
     }
@@ -561,4 +566,14 @@ pub(crate) fn trim_endpoint_slice(e: &mut EndpointSlice) {
 
 pub(crate) fn trim_network_policy(n: &mut NetworkPolicy) {
     trim_meta(&mut n.metadata);
+}
+
+/// Nodes: their addresses tell node and host-network peers from external ones.
+pub(crate) fn trim_node(n: &mut Node) {
+    trim_meta(&mut n.metadata);
+    n.spec = None;
+    n.status = n.status.take().map(|st| NodeStatus {
+        addresses: st.addresses,
+        ..NodeStatus::default()
+    });
 }

@@ -79,7 +79,21 @@ fn policy(ns: &str, name: &str, port: u16) -> Value {
                     "egress": [{"ports": [{"port": port, "protocol": "TCP"}]}]}})
 }
 
+fn node(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name},
+                        "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+           "spec": {"podCIDR": "10.0.1.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+           "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+                      "images": [{"names": ["ffmpeg:7"], "sizeBytes": 1}],
+                      "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                                   "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "",
+                                   "machineID": "", "operatingSystem": "linux", "osImage": "", "systemUUID": ""}}})
+}
+
 fn seed(fake: &FakeApi) {
+    fake.apply(node("node-a", "192.168.0.10"));
+    fake.apply(node("node-b", "192.168.0.11"));
     fake.apply(namespace("media"));
     fake.apply(namespace("kube-system"));
     fake.apply(pod("media", "encoder", "node-a", "10.0.1.5"));
@@ -132,6 +146,7 @@ async fn first_list_then_adds_modifies_deletes() {
     assert_eq!(names(&s.services), ["media/origin"]);
     assert_eq!(names(&s.endpoint_slices), ["media/origin-abcde"]);
     assert_eq!(names(&s.network_policies), ["media/default-deny"]);
+    assert_eq!(names(&s.nodes), ["node-a", "node-b"]);
     assert!(w.healthy());
 
     // Trimmed before caching: no managedFields, annotations, finalizers, env, images,
@@ -182,6 +197,11 @@ async fn first_list_then_adds_modifies_deletes() {
     assert!(s.services[0].status.is_none() && s.services[0].metadata.annotations.is_none());
     assert!(s.endpoint_slices[0].endpoints[0].hints.is_none());
     assert!(s.network_policies[0].metadata.annotations.is_none());
+    let n = &s.nodes[0];
+    assert!(n.spec.is_none() && n.metadata.annotations.is_none());
+    let st = n.status.as_ref().unwrap();
+    assert_eq!(st.addresses.as_ref().unwrap().len(), 2);
+    assert!(st.images.is_none() && st.node_info.is_none());
     // The snapshot feeds the policy engine as it is.
     crate::policy::Engine::build(&s).expect("engine from the live snapshot");
 
@@ -287,7 +307,7 @@ async fn outage_keeps_cache_and_resumed_watch_catches_up() {
     tokio::time::timeout(WAIT, w.wait_until_ready())
         .await
         .expect("synced");
-    eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 7).await;
 
     // The API server goes away; the watchers see their watches end and fail to restart.
     fake.set_down(true);
@@ -341,7 +361,7 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     tokio::time::timeout(WAIT, w.wait_until_ready())
         .await
         .expect("synced");
-    eventually(&w, "all watches open", |_| fake.open_watches() == 5).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
     let lists_before = fake
         .requests()
         .iter()
@@ -376,7 +396,7 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     eventually(&w, "healthy again", ClusterWatch::healthy).await;
 
     // 410 on an open watch: relist, cache kept meanwhile, catches up.
-    eventually(&w, "all watches open again", |_| fake.open_watches() == 5).await;
+    eventually(&w, "all watches open again", |_| fake.open_watches() == 6).await;
     fake.apply(service("media", "edge", "10.96.0.30"));
     eventually(&w, "edge seen", |w| {
         w.snapshot()
@@ -400,7 +420,7 @@ async fn dropped_watch_reconnects_without_error() {
     tokio::time::timeout(WAIT, w.wait_until_ready())
         .await
         .expect("synced");
-    eventually(&w, "all watches open", |_| fake.open_watches() == 5).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
     fake.drop_watches();
     fake.apply(namespace("cdn"));
     eventually(&w, "namespace seen after reconnect", |w| {
@@ -524,7 +544,7 @@ async fn one_warning_per_outage_and_one_line_when_it_is_over() {
     seed(&fake);
     fake.set_down(true);
     let w = ClusterWatch::start_with_client(client, Some("node-a".into()));
-    // Six watchers failing, each retrying: one warning, saying attribution is IP-only.
+    // Seven watchers failing, each retrying: one warning, saying attribution is IP-only.
     eventually(&w, "several failed requests", |_| {
         fake.requests().len() >= 12
     })
@@ -541,7 +561,7 @@ async fn one_warning_per_outage_and_one_line_when_it_is_over() {
     assert_eq!(count("Kubernetes API reachable again"), 1, "{}", text());
 
     // A second outage, with a cache: its own single warning, naming the stale view.
-    eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 7).await;
     let before = fake.requests().len();
     fake.set_down(true);
     eventually(&w, "several failed requests", |_| {

@@ -129,13 +129,8 @@ impl Node {
         }
     }
 
-    /// Adds a pod with address `10.244.1.<octet>`.
-    pub fn add_pod(&mut self, namespace: &str, name: &str, octet: u8, labels: &[(&str, &str)], ports: &[(&str, u16, &str)], owner: Option<(&str, &str)>) -> Pod {
-        self.add_namespace(namespace);
-        let n = self.next();
-        let ip = format!("10.244.1.{octet}");
-        let netns = format!("{}-p{n}", self.tag);
-        let host_if = format!("{}c{n}", self.tag);
+    /// A namespace with one `/32` address on `eth0`, routed through the node (Calico-style).
+    fn attach_host(&self, netns: &str, host_if: &str, ip: &str) {
         let _ = sh(&format!("ip netns del {netns} 2>/dev/null"));
         must(&format!("ip netns add {netns}"));
         must(&format!("ip link add eth0 netns {netns} type veth peer name {host_if} netns {}", self.node_ns));
@@ -147,6 +142,16 @@ impl Node {
         must(&format!("ip -n {} addr add 10.244.1.1/32 dev {host_if} noprefixroute", self.node_ns));
         must(&format!("ip -n {} link set {host_if} up", self.node_ns));
         must(&format!("ip -n {} route add {ip}/32 dev {host_if}", self.node_ns));
+    }
+
+    /// Adds a pod with address `10.244.1.<octet>`.
+    pub fn add_pod(&mut self, namespace: &str, name: &str, octet: u8, labels: &[(&str, &str)], ports: &[(&str, u16, &str)], owner: Option<(&str, &str)>) -> Pod {
+        self.add_namespace(namespace);
+        let n = self.next();
+        let ip = format!("10.244.1.{octet}");
+        let netns = format!("{}-p{n}", self.tag);
+        let host_if = format!("{}c{n}", self.tag);
+        self.attach_host(&netns, &host_if, &ip);
         let uid = {
             let h = hex_id(&format!("{namespace}/{name}"), 32);
             format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
@@ -187,17 +192,7 @@ impl Node {
         let n = self.next();
         let netns = format!("{}-x{n}", self.tag);
         let host_if = format!("{}x{n}", self.tag);
-        let _ = sh(&format!("ip netns del {netns} 2>/dev/null"));
-        must(&format!("ip netns add {netns}"));
-        must(&format!("ip link add eth0 netns {netns} type veth peer name {host_if} netns {}", self.node_ns));
-        must(&format!("ip -n {netns} link set lo up"));
-        must(&format!("ip -n {netns} addr add {ip}/32 dev eth0"));
-        must(&format!("ip -n {netns} link set eth0 up"));
-        must(&format!("ip -n {netns} route add 10.244.1.1 dev eth0 scope link"));
-        must(&format!("ip -n {netns} route add default via 10.244.1.1 dev eth0"));
-        must(&format!("ip -n {} addr add 10.244.1.1/32 dev {host_if} noprefixroute", self.node_ns));
-        must(&format!("ip -n {} link set {host_if} up", self.node_ns));
-        must(&format!("ip -n {} route add {ip}/32 dev {host_if}", self.node_ns));
+        self.attach_host(&netns, &host_if, &ip);
         let x = External { name: name.into(), ip: ip.into(), netns, host_if };
         self.externals.push(x.clone());
         x

@@ -75,7 +75,10 @@ impl Alert {
             verdict: verdict.clone(),
         };
         let mut out = Vec::new();
-        if r.drops > 0 {
+        // A TCP SYN to a port nobody listens on is freed as NO_SOCKET and answered with a
+        // reset: the process sees "connection refused" at once, nothing is silent.
+        let loud = r.protocol == crate::flowlog::Protocol::Tcp && r.drop_reason.as_deref() == Some("NO_SOCKET");
+        if r.drops > 0 && !loud {
             out.push(base("drop", r.drop_reason.clone().unwrap_or_else(|| "unknown".into()), r.drops));
         }
         if r.timed_out > 0 {

@@ -49,7 +49,7 @@ pub struct CollectArgs {
     #[arg(
         long,
         short = 'l',
-        default_value = "app.kubernetes.io/name=auditor",
+        default_value = "app.kubernetes.io/name=auditor,app.kubernetes.io/component=agent",
         value_name = "SELECTOR"
     )]
     pub selector: String,

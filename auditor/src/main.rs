@@ -10,14 +10,18 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Examples:
 ///   sudo auditor record --comm ffmpeg --output flows.jsonl --duration 5m
 ///   auditor diff --cluster snapshot.yaml --flows flows.jsonl --format table
+///   auditor suggest --cluster snapshot.yaml --flows flows.jsonl --output suggested/
+///   auditor report --cluster snapshot.yaml --flows flows.jsonl --output report/
+///   auditor collect --since 1h --output flows.jsonl     (in a cluster, with kubectl's config)
 #[derive(Debug, Parser)]
 #[command(name = "auditor", version, about, verbatim_doc_comment)]
 struct Cli {
     /// Log format on standard error (`json` for the DaemonSet).
     #[arg(long, global = true, default_value = "text", env = "AUDITOR_LOG_FORMAT")]
     log_format: LogFormat,
-    /// Log filter, e.g. `info`, `debug`, `auditor=debug`.
-    #[arg(long, global = true, default_value = "info", env = "AUDITOR_LOG")]
+    /// Log filter, e.g. `info`, `debug`, `auditor=debug`. The Kubernetes client's own
+    /// retry errors are off by default: the agent logs each API outage once.
+    #[arg(long, global = true, default_value = "info,kube_client=off", env = "AUDITOR_LOG")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -35,6 +39,7 @@ enum Command {
     Diff(auditor::diff::DiffArgs),
     Suggest(auditor::suggest::SuggestArgs),
     Report(auditor::report::ReportArgs),
+    Collect(auditor::collect::CollectArgs),
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => auditor::diff::run(&args).map(|c| c as u8).map_err(Into::into),
         Command::Suggest(args) => auditor::suggest::run(&args).map(|c| c as u8).map_err(Into::into),
         Command::Report(args) => auditor::report::run(&args).map(|c| c as u8).map_err(Into::into),
+        Command::Collect(args) => collect(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -62,6 +68,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn collect(args: &auditor::collect::CollectArgs) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(rt.block_on(auditor::collect::run(args))? as u8)
 }
 
 fn record(args: auditor::record::RecordArgs) -> anyhow::Result<u8> {

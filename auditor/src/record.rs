@@ -68,6 +68,15 @@ pub struct RecordArgs {
     /// and give drop alerts the policy verdict. Without it flows carry IPs and cgroups only.
     #[arg(long, value_name = "SNAPSHOT", env = "AUDITOR_CLUSTER")]
     pub cluster: Option<PathBuf>,
+    /// Watch the Kubernetes API (this kubeconfig; in a pod, the in-cluster config is used
+    /// without this flag) for Pods, Namespaces, Services, EndpointSlices and NetworkPolicies,
+    /// instead of a `--cluster` file. If the API server is unreachable, recording goes on with
+    /// IP-only attribution and catches up when it is back.
+    #[arg(long, env = "AUDITOR_KUBECONFIG", conflicts_with = "cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not use the in-cluster Kubernetes config even when running in a pod.
+    #[arg(long, env = "AUDITOR_NO_KUBE")]
+    pub no_kube: bool,
     /// Where drop alerts go as JSON lines (`-`: standard error, the default).
     #[arg(long, default_value = "-", env = "AUDITOR_ALERTS")]
     pub alerts: PathBuf,
@@ -125,6 +134,8 @@ pub enum RecordError {
     Ring(String),
     #[error(transparent)]
     Alertmanager(#[from] crate::alertmanager::AlertmanagerError),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
     #[error("listen on {addr}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -214,6 +225,9 @@ struct State {
     node_name: Option<String>,
     /// Flows already counted in `auditor_flows_total`.
     counted: std::collections::HashSet<Flow>,
+    /// The live cluster view, and the generation the current `cluster` was built from.
+    watch: Option<crate::kube::ClusterWatch>,
+    watch_generation: u64,
 }
 
 impl State {
@@ -244,10 +258,39 @@ impl State {
             if let Some(prefix) = &self.cgroup_prefix {
                 keep &= cgroup.as_ref().is_some_and(|c| c == prefix || c.starts_with(&format!("{}/", prefix.trim_end_matches('/'))) || prefix == "/");
             }
+            // The recorder's own connections (the Kubernetes API, Alertmanager) are not audited.
+            if flow.tgid == std::process::id() {
+                keep = false;
+            }
             let thread_comm = thread_comm.filter(|t| Some(t) != comm.as_ref());
             self.flows.insert(*flow, Meta { comm, thread_comm, exe: info.exe, cgroup, keep, ..Default::default() });
         }
         self.flows.get_mut(flow).expect("inserted above")
+    }
+
+    /// Rebuilds the policy engine when the live cluster view changed; a snapshot the
+    /// engine rejects keeps the previous view (and says why).
+    fn refresh_cluster(&mut self) {
+        let Some(w) = &self.watch else { return };
+        self.shared.cluster_ready.store(w.healthy(), std::sync::atomic::Ordering::Relaxed);
+        let generation = w.generation();
+        if generation == self.watch_generation {
+            return;
+        }
+        let Some(snap) = w.snapshot() else { return };
+        match crate::enrich::Cluster::new(&snap) {
+            Ok(c) => {
+                if self.cluster.is_none() {
+                    tracing::info!(pods = snap.pods.len(), policies = snap.network_policies.len(), "cluster view synced: flows are attributed to pods and evaluated against the policies");
+                }
+                self.cluster = Some(c);
+                self.watch_generation = generation;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster's objects could not be indexed; keeping the previous view");
+                self.watch_generation = generation;
+            }
+        }
     }
 
     /// The pod address of a flow's cgroup, when the cluster is known.
@@ -332,7 +375,7 @@ impl State {
                         Some(FlowState::TimedOut) => format!("connect timed out after {} SYN retransmits", fe.syn_retransmits),
                         _ => "connect failed".to_string(),
                     };
-                    tracing::warn!(
+                    tracing::debug!(
                         comm = m.comm.as_deref().unwrap_or(""),
                         pid = fe.flow.tgid,
                         dst = %fe.flow.dst_ip,
@@ -508,6 +551,14 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         AlertSink::File(args.alerts.clone(), f)
     };
     let alertmanager = args.alertmanager_url.as_deref().map(crate::alertmanager::Target::parse).transpose()?;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && !args.no_kube;
+    let watch = if args.kubeconfig.is_some() || (in_cluster && args.cluster.is_none()) {
+        let w = crate::kube::ClusterWatch::start(crate::kube::KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: args.node_name.clone() }).await?;
+        tracing::info!("watching the Kubernetes API for pods, services and policies");
+        Some(w)
+    } else {
+        None
+    };
     let shared = crate::serve::Shared::new(args.flows_buffer);
     if let Some(addr) = args.listen {
         let bound = crate::serve::spawn(addr, shared.clone()).await.map_err(|source| RecordError::Listen { addr, source })?;
@@ -518,6 +569,8 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         alertmanager,
         node_name: args.node_name.clone(),
         counted: Default::default(),
+        watch,
+        watch_generation: 0,
         cluster,
         dedup: crate::alerts::Deduper::new(args.alert_window),
         alerts_out,
@@ -622,6 +675,7 @@ fn drain(ring: &mut RingBuf<MapData>, state: &mut State) {
 /// Drains events, reads the kernel's counters and appends the changed flows to the log.
 fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out: &mut Output) -> Result<(), RecordError> {
     drain(ring, state);
+    state.refresh_cluster();
     // Flow counters.
     if let Some(map) = probe.ebpf.map("FLOWS") {
         if let Ok(flows) = BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) {
@@ -943,6 +997,8 @@ mod tests {
             alertmanager: None,
             node_name: None,
             counted: Default::default(),
+            watch: None,
+            watch_generation: 0,
         }
     }
 

@@ -304,7 +304,7 @@ fn since_is_a_time_or_a_duration() {
         ),
         (
             "auditor",
-            "app.kubernetes.io/name=auditor",
+            "app.kubernetes.io/name=auditor,app.kubernetes.io/component=agent",
             Duration::from_secs(10),
             9090,
             Since::Ago(Duration::from_secs(3600))

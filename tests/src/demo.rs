@@ -439,7 +439,7 @@ fn wait_child(mut c: std::process::Child, limit: Duration) -> bool {
     loop {
         match c.try_wait() {
             Ok(Some(st)) => return st.success(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) if Instant::now() < deadline && !crate::node::interrupted() => std::thread::sleep(Duration::from_millis(100)),
             _ => {
                 let _ = c.kill();
                 let _ = c.wait();

@@ -458,6 +458,11 @@ pub fn exit_cleanly_on_signals() {
     }
 }
 
+/// Whether a signal asked us to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Panics (unwinding, so Drop cleans up) when a signal asked us to stop.
 pub fn check_interrupted() {
     if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {

@@ -10,9 +10,22 @@ use integration_tests::demo::{self, Options};
 fn main() -> ExitCode {
     let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("out/demo"));
     let out = std::path::absolute(&out).unwrap_or(out);
+    // A failure or Ctrl-C unwinds (so every namespace, cgroup and process is removed on the
+    // way out); say what happened in one line, without a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<String>().cloned().or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        let at = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!("\ndemo stopped: {msg}{at}\nremoving the simulated node...");
+    }));
     integration_tests::node::cleanup_stale("dm");
     integration_tests::node::exit_cleanly_on_signals();
-    let o = demo::run(Options { out: out.clone(), auditor: integration_tests::auditor_bin(), tag: "dm".into(), verbose: true });
+    let o = match std::panic::catch_unwind(|| demo::run(Options { out: out.clone(), auditor: integration_tests::auditor_bin(), tag: "dm".into(), verbose: true })) {
+        Ok(o) => o,
+        Err(_) => {
+            eprintln!("done: nothing left behind");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut ok = true;
     println!();
     println!("{:<18} {:>6} {:>6} {:>9} {:>12} {:>7}", "round", "live", "HLS", "sidecar", "policy drops", "denied");

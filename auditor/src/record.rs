@@ -96,6 +96,9 @@ pub struct RecordArgs {
     /// Node name for alert labels (the DaemonSet sets it from spec.nodeName).
     #[arg(long, env = "AUDITOR_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Rotate the flow log file past this many bytes (keeps `<output>.1`); 0: never.
+    #[arg(long, default_value_t = 0, env = "AUDITOR_MAX_LOG_BYTES")]
+    pub max_log_bytes: u64,
     /// Lock file that keeps a second recorder from running on the same host.
     #[arg(long, default_value = "/run/auditor.lock", env = "AUDITOR_LOCK_FILE")]
     pub lock_file: PathBuf,
@@ -521,7 +524,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     for d in &probe.degraded {
         tracing::warn!("degraded: {d}");
     }
-    let mut out = Output::open(&args.output)?;
+    let mut out = Output::open(&args.output, args.max_log_bytes)?;
     // Log records of the kernel programs (aya-log), forwarded to our log; keep it alive.
     let mut kernel_log = match aya_log::EbpfLogger::init(&mut probe.ebpf) {
         // SAFETY: the logger owns its ring buffer fd for as long as it is registered.
@@ -936,11 +939,11 @@ fn take_lock(path: &Path) -> Result<Lock, RecordError> {
 /// a partial line (a killed earlier run) is cut back to its last complete line.
 enum Output {
     Stdout,
-    File { path: PathBuf, file: File },
+    File { path: PathBuf, file: File, max_bytes: u64 },
 }
 
 impl Output {
-    fn open(path: &Path) -> Result<Self, RecordError> {
+    fn open(path: &Path, max_bytes: u64) -> Result<Self, RecordError> {
         if path.as_os_str() == "-" {
             return Ok(Output::Stdout);
         }
@@ -958,7 +961,7 @@ impl Output {
                 file.set_len(keep).map_err(|e| io("truncate flow log", e))?;
             }
         }
-        Ok(Output::File { path: path.to_owned(), file })
+        Ok(Output::File { path: path.to_owned(), file, max_bytes })
     }
 
     fn write(&mut self, records: &[FlowRecord]) -> Result<(), RecordError> {
@@ -968,8 +971,20 @@ impl Output {
         match self {
             Output::Stdout => flowlog::write_records(&mut std::io::stdout().lock(), records)
                 .map_err(|source| RecordError::Io { op: "write flow log", path: "-".into(), source }),
-            Output::File { path, file } => flowlog::write_records(file, records)
-                .map_err(|source| RecordError::Io { op: "write flow log", path: path.clone(), source }),
+            Output::File { path, file, max_bytes } => {
+                flowlog::write_records(file, records).map_err(|source| RecordError::Io { op: "write flow log", path: path.clone(), source })?;
+                // A rolling log: past the limit the file becomes `<path>.1` (replacing the
+                // previous one) and a new file starts; whole lines only, nothing cut.
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                if *max_bytes > 0 && len >= *max_bytes {
+                    let mut rotated = path.clone().into_os_string();
+                    rotated.push(".1");
+                    std::fs::rename(&*path, &rotated).map_err(|source| RecordError::Io { op: "rotate flow log", path: path.clone(), source })?;
+                    *file = OpenOptions::new().append(true).create(true).open(&*path).map_err(|source| RecordError::Io { op: "open flow log", path: path.clone(), source })?;
+                    tracing::info!(path = %path.display(), bytes = len, "flow log rotated to {}", PathBuf::from(rotated).display());
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -1024,10 +1039,29 @@ mod tests {
     fn truncated_flow_log_is_repaired_on_open() {
         let dir = std::env::temp_dir().join(format!("auditor-out-{}", std::process::id()));
         std::fs::write(&dir, b"{\"a\":1}\n{\"b\":").unwrap();
-        let out = Output::open(&dir).unwrap();
+        let out = Output::open(&dir, 0).unwrap();
         drop(out);
         assert_eq!(std::fs::read(&dir).unwrap(), b"{\"a\":1}\n");
         std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn rolling_log_keeps_whole_lines() {
+        let p = std::env::temp_dir().join(format!("auditor-roll-{}", std::process::id()));
+        let r: FlowRecord = serde_json::from_str(r#"{"src_ip":"10.0.0.1","dst_ip":"10.0.0.2","dst_port":80,"protocol":"TCP"}"#).unwrap();
+        let mut out = Output::open(&p, 200).unwrap();
+        for _ in 0..5 {
+            out.write(&[r.clone(), r.clone()]).unwrap();
+        }
+        let rotated = PathBuf::from(format!("{}.1", p.display()));
+        for f in [&p, &rotated] {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            assert!(text.is_empty() || text.ends_with('\n'), "whole lines in {}", f.display());
+            assert!(flowlog::parse_flow_log(f, text.as_bytes(), false).is_ok());
+        }
+        assert!(rotated.exists(), "rotated past 200 bytes");
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_file(&rotated);
     }
 
     #[test]

@@ -35,7 +35,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Record(auditor::record::RecordArgs),
+    Record(Box<auditor::record::RecordArgs>),
     Diff(auditor::diff::DiffArgs),
     Suggest(auditor::suggest::SuggestArgs),
     Report(auditor::report::ReportArgs),
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
     let result: anyhow::Result<u8> = match cli.command {
-        Command::Record(args) => record(args),
+        Command::Record(args) => record(*args),
         Command::Diff(args) => auditor::diff::run(&args).map(|c| c as u8).map_err(Into::into),
         Command::Suggest(args) => auditor::suggest::run(&args).map(|c| c as u8).map_err(Into::into),
         Command::Report(args) => auditor::report::run(&args).map(|c| c as u8).map_err(Into::into),

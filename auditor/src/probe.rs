@@ -27,7 +27,7 @@ pub enum ProbeError {
     Load {
         kernel: String,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("open cgroup {path}")]
     Cgroup {
@@ -211,7 +211,7 @@ impl Probe {
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .map_max_entries("FLOWS", opts.max_flows)
             .load(OBJECT)
-            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source })?;
+            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source: Box::new(source) })?;
 
         let mut attached = Vec::new();
         if tracepoints_ok {

@@ -192,7 +192,7 @@ impl Node {
         let n = self.next();
         let netns = format!("{}-x{n}", self.tag);
         let host_if = format!("{}x{n}", self.tag);
-        self.attach_host(&netns, &host_if, &ip);
+        self.attach_host(&netns, &host_if, ip);
         let x = External { name: name.into(), ip: ip.into(), netns, host_if };
         self.externals.push(x.clone());
         x

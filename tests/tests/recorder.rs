@@ -32,8 +32,7 @@ s.close()
 }
 
 fn start_http(net: &NetPair, ns: &str, addr: &str, port: u16, dir: &str) -> Bg {
-    let bind = if addr.contains(':') { format!("--bind {addr}") } else { format!("--bind {addr}") };
-    let bg = spawn(&format!("ip netns exec {ns} python3 -m http.server {port} {bind} --directory {dir}"));
+    let bg = spawn(&format!("ip netns exec {ns} python3 -m http.server {port} --bind {addr} --directory {dir}"));
     wait_tcp(if ns == net.a { &net.b } else { &net.a }, addr, port);
     bg
 }
@@ -355,7 +354,7 @@ fn killed_run_leaves_whole_lines_and_no_programs_behind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("partial line"), "the repair is reported");
     let after = std::fs::read(&log).unwrap();
     assert!(after.ends_with(b"\n") && after.starts_with(&before), "earlier lines kept, partial line gone");
-    assert_eq!(read_jsonl(&log).len() >= lines.len(), true);
+    assert!(read_jsonl(&log).len() >= lines.len());
 }
 
 #[test]

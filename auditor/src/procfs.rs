@@ -86,6 +86,57 @@ pub fn proc_info(tgid: u32) -> ProcInfo {
     }
 }
 
+/// Socket inodes bound to local `port` in a `/proc/<pid>/net/{tcp,udp}[6]` table, in the
+/// states that receive new peers: LISTEN (0A) for TCP, unconnected (07) for UDP.
+pub fn sockets_on_port(table: &str, port: u16, tcp: bool) -> Vec<u64> {
+    let want_state = if tcp { "0A" } else { "07" };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = f.get(1)?;
+            let p = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            (p == port && f.get(3) == Some(&want_state)).then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// The process in cgroup directory `cgroup_dir` that owns the socket receiving on `port`
+/// (a TCP listener or a UDP socket): the owner of an accepted connection or inbound UDP
+/// flow whose listener started before the recorder did.
+pub fn receiver_in_cgroup(cgroup_dir: &Path, port: u16, tcp: bool) -> Option<u32> {
+    let procs = std::fs::read_to_string(cgroup_dir.join("cgroup.procs")).ok()?;
+    let pids: Vec<u32> = procs.split_whitespace().filter_map(|p| p.parse().ok()).take(256).collect();
+    let mut inodes = Vec::new();
+    let mut seen_ns = Vec::new();
+    for pid in &pids {
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        if seen_ns.contains(&ns) {
+            continue;
+        }
+        seen_ns.push(ns);
+        for t in if tcp { ["tcp", "tcp6"] } else { ["udp", "udp6"] } {
+            if let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{t}")) {
+                inodes.extend(sockets_on_port(&table, port, tcp));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    pids.into_iter().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).ok().is_some_and(|rd| {
+            rd.flatten().any(|e| {
+                std::fs::read_link(e.path()).ok().and_then(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
+                }).is_some_and(|ino| inodes.contains(&ino))
+            })
+        })
+    })
+}
+
 /// Turns a NUL-padded kernel comm into a string.
 pub fn comm_str(c: &[u8]) -> String {
     let end = c.iter().position(|b| *b == 0).unwrap_or(c.len());
@@ -103,6 +154,29 @@ mod tests {
         let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
         assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn socket_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
+        assert_eq!(sockets_on_port(tcp, 8080, true), vec![12345], "only the LISTEN socket on 8080");
+        assert!(sockets_on_port(tcp, 8081, true).is_empty());
+        let udp = "  sl  local_address rem_address   st\n 1: 00000000:1388 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2\n";
+        assert_eq!(sockets_on_port(udp, 5000, false), vec![4242]);
+    }
+
+    #[test]
+    fn own_listener_is_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let Some(root) = cgroup2_mount() else { return };
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) else { return };
+        let dir = root.join(rel.trim_start_matches('/'));
+        if !dir.join("cgroup.procs").exists() {
+            return;
+        }
+        assert_eq!(receiver_in_cgroup(&dir, port, true), Some(std::process::id()));
     }
 
     #[test]

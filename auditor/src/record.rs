@@ -192,6 +192,8 @@ fn kind_name(k: u32) -> &'static str {
 /// What the recorder knows about a flow beyond the kernel's counters.
 #[derive(Debug, Clone, Default)]
 struct Meta {
+    /// The owning process: the flow key's, or the receiving socket's owner found in /proc.
+    pid: Option<u32>,
     comm: Option<String>,
     thread_comm: Option<String>,
     exe: Option<String>,
@@ -249,8 +251,16 @@ impl State {
 
     fn meta_for(&mut self, flow: &Flow, thread_comm: Option<String>) -> &mut Meta {
         if !self.flows.contains_key(flow) {
-            let info = procfs::proc_info(flow.tgid);
             let cgroup = self.resolver.as_mut().and_then(|r| r.path(flow.cgroup_id));
+            // Inbound flows seen in softirq context carry no process when the listener
+            // started before the recorder: find the socket's owner in the cgroup.
+            let mut pid = (flow.tgid != 0).then_some(flow.tgid);
+            if pid.is_none() && flow.direction == Direction::Ingress {
+                if let (Some(root), Some(path)) = (self.resolver.as_ref().map(|r| r.root().to_owned()), cgroup.as_ref()) {
+                    pid = procfs::receiver_in_cgroup(&root.join(path.trim_start_matches('/')), flow.dst_port, flow.protocol == Protocol::Tcp);
+                }
+            }
+            let info = procfs::proc_info(pid.unwrap_or(0));
             let thread_comm = thread_comm.filter(|t| !t.is_empty());
             let comm = info.comm.clone().or_else(|| thread_comm.clone());
             let mut keep = true;
@@ -266,7 +276,7 @@ impl State {
                 keep = false;
             }
             let thread_comm = thread_comm.filter(|t| Some(t) != comm.as_ref());
-            self.flows.insert(*flow, Meta { comm, thread_comm, exe: info.exe, cgroup, keep, ..Default::default() });
+            self.flows.insert(*flow, Meta { comm, thread_comm, exe: info.exe, cgroup, keep, pid, ..Default::default() });
         }
         self.flows.get_mut(flow).expect("inserted above")
     }
@@ -812,7 +822,7 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             state: state_v,
             drop_reason: if drops > 0 { m.drop_reason.clone() } else { None },
             syn_retransmits: delta[5],
-            pid: (flow.tgid != 0).then_some(flow.tgid),
+            pid: m.pid,
             comm: m.comm.clone(),
             thread_comm: m.thread_comm.clone(),
             exe: m.exe.clone(),

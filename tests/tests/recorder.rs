@@ -450,6 +450,7 @@ fn udp_replies_are_not_flows_of_their_own() {
     eprintln!("flows: {flows:#?}");
     let inbound = find(&flows, &[("direction", json!("ingress")), ("dst_port", json!(47000)), ("protocol", json!("UDP"))]);
     assert_eq!(sum(&inbound, "count"), 3, "the audited server's inbound flow: {flows:?}");
+    assert_eq!(inbound[0]["comm"], "python3", "the receiving process, found in /proc although it started before the recorder");
     let outbound = find(&flows, &[("direction", json!("egress")), ("dst_port", json!(47001)), ("protocol", json!("UDP"))]);
     assert_eq!(sum(&outbound, "count"), 3, "the audited client's flow: {flows:?}");
     let udp: Vec<&Value> = flows.iter().filter(|r| r["protocol"] == "UDP").collect();

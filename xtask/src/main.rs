@@ -3,6 +3,7 @@
 //! `cargo xtask setup`  installs what a fresh Debian 12 machine lacks (idempotent).
 //! `cargo xtask test`   setup + every test: unit, privileged integration, deploy checks.
 //! `cargo xtask demo`   setup + the main job on a simulated node.
+//! `cargo xtask bench`  release build + every benchmark of issue 7; writes BENCHMARKS.md.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,6 +34,22 @@ enum Cmd {
         /// Where the flow log and report go.
         #[arg(long, default_value = "out/demo")]
         output: PathBuf,
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Build release binaries and run every benchmark (as root, about 10 minutes); writes BENCHMARKS.md.
+    ///
+    /// Example: sudo -E cargo xtask bench --no-setup
+    Bench {
+        /// Where the report goes (relative to the repository root).
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        output: PathBuf,
+        /// Interleaved repetitions of every figure (at least 5 for published figures).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Only these figures, comma-separated (1-6, p = bpf stats); default all.
+        #[arg(long)]
+        only: Option<String>,
         #[arg(long)]
         no_setup: bool,
     },
@@ -215,6 +232,45 @@ fn demo(output: &Path) -> Result<()> {
         .current_dir(root()))
 }
 
+fn bench(output: &Path, reps: usize, only: Option<&str>) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks load eBPF programs and make network namespaces: run as root (sudo -E cargo xtask bench)");
+    }
+    step("build: cargo build --release -p auditor -p integration-tests --bins");
+    run(cargo().args(["build", "--release", "-p", "auditor", "-p", "integration-tests", "--bins"]))?;
+    // The offline figure reuses the policy benchmark's generator (auditor/benches/policy.rs).
+    step("build: cargo bench -p auditor --bench policy --no-run (the generator for the offline figure)");
+    let out = cargo().args(["bench", "-p", "auditor", "--bench", "policy", "--no-run"]).output().context("cargo bench --no-run")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("cargo bench --no-run failed:\n{err}");
+    }
+    // "Executable benches/policy.rs (target/release/deps/policy-<hash>)"
+    let policy_bench = err
+        .lines()
+        .find(|l| l.contains("Executable") && l.contains("policy"))
+        .and_then(|l| l.rsplit_once('(').map(|(_, p)| p.trim_end_matches(')').trim().to_owned()))
+        .map(|p| root().join(p));
+    let output = if output.is_absolute() { output.to_owned() } else { root().join(output) };
+    let mut cmd = Command::new(root().join("target/release/bench"));
+    cmd.arg("run")
+        .arg("--auditor")
+        .arg(root().join("target/release/auditor"))
+        .arg("--out")
+        .arg(&output)
+        .args(["--reps", &reps.to_string()])
+        .args(["--command", "cargo xtask bench"])
+        .current_dir(root());
+    if let Some(p) = &policy_bench {
+        cmd.arg("--policy-bench").arg(p);
+    }
+    if let Some(o) = only {
+        cmd.args(["--only", o]);
+    }
+    step(&format!("bench: tests/src/bin/bench (writes {})", output.display()));
+    run(&mut cmd)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -230,6 +286,12 @@ fn main() -> Result<()> {
                 setup()?;
             }
             demo(&output)
+        }
+        Cmd::Bench { output, reps, only, no_setup } => {
+            if !no_setup {
+                setup()?;
+            }
+            bench(&output, reps, only.as_deref())
         }
     }
 }

@@ -72,7 +72,10 @@ pub struct FlowStats {
     /// Initiator port of the first connection (host order).
     pub src_port: u16,
     pub state: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Initiator port of the latest connection or datagram (host order).
+    pub last_src_port: u16,
+    pub _pad2: [u8; 2],
     /// Thread name of the first caller.
     pub comm: [u8; 16],
 }
@@ -258,6 +261,12 @@ pub struct Config {
     /// 1: every program returns at once (the "attached, doing nothing" baseline of the benchmarks).
     pub noop: u32,
     pub _pad: u32,
+    /// Tracepoints record connects and listens only of tasks in this cgroup v2 (or below
+    /// it); 0: every task. The cgroup programs are scoped by where they are attached.
+    pub filter_cgroup_id: u64,
+    /// Depth of `filter_cgroup_id` below the cgroup v2 root (the root is 0).
+    pub filter_level: u32,
+    pub _pad2: u32,
 }
 
 #[cfg(feature = "user")]
@@ -284,4 +293,4 @@ const _: () = assert!(core::mem::size_of::<FlowEvent>() == 16 + 56 + 16 + 16);
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == 16 + 8 + 8 + 32 + DNS_PAYLOAD);
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConvKey>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);

@@ -62,7 +62,7 @@ static OFFSETS: Offsets = Offsets {
 };
 
 #[unsafe(no_mangle)]
-static CONFIG: Config = Config { dns: 1, drops: 1, ignore_reasons: [0; 4], noop: 0, _pad: 0 };
+static CONFIG: Config = Config { dns: 1, drops: 1, ignore_reasons: [0; 4], noop: 0, _pad: 0, filter_cgroup_id: 0, filter_level: 0, _pad2: 0 };
 
 #[inline(always)]
 fn off() -> Offsets {
@@ -72,6 +72,18 @@ fn off() -> Offsets {
 #[inline(always)]
 fn cfg() -> Config {
     unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// Whether the current task is in the recorded cgroup subtree (`--cgroup`), for the
+/// tracepoints, which fire for every task of the host.
+#[inline(always)]
+fn current_in_scope() -> bool {
+    let id = unsafe { core::ptr::read_volatile(&raw const CONFIG.filter_cgroup_id) };
+    if id == 0 {
+        return true;
+    }
+    let level = unsafe { core::ptr::read_volatile(&raw const CONFIG.filter_level) };
+    unsafe { aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id(level as i32) == id }
 }
 
 /// The benchmarks' "attached but doing nothing" mode.
@@ -169,6 +181,7 @@ fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]
             add(&raw mut (*s).count, 1);
             (*s).last_seen_ns = t;
             (*s).state = state;
+            (*s).last_src_port = src_port;
         }
         return;
     }
@@ -177,6 +190,7 @@ fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]
         last_seen_ns: t,
         count: 1,
         src_port,
+        last_src_port: src_port,
         state,
         comm: *comm,
         ..Default::default()
@@ -236,6 +250,9 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
 
         if old == TCP_CLOSE && new == TCP_SYN_SENT {
             // connect(2), in the caller's context.
+            if !current_in_scope() {
+                return Ok(());
+            }
             let pid_tgid = bpf_get_current_pid_tgid();
             let mut key = FlowKey {
                 cgroup_id: bpf_get_current_cgroup_id(),
@@ -281,6 +298,9 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                 emit_flow(kind, &st.key, sport, state, st.syn_retransmits, 0, &c);
             }
         } else if old == TCP_CLOSE && new == TCP_LISTEN {
+            if !current_in_scope() {
+                return Ok(());
+            }
             let pid_tgid = bpf_get_current_pid_tgid();
             let lk = ListenKey { cgroup_id: bpf_get_current_cgroup_id(), port: sport, family, _pad: [0; 4] };
             let info = ListenInfo { tgid: (pid_tgid >> 32) as u32, _pad: [0; 4], comm: comm() };

@@ -54,6 +54,8 @@ pub struct ProbeOptions {
     pub ignore_drop_reasons: Vec<String>,
     /// Attach every program but make each return at once (benchmark baseline).
     pub noop: bool,
+    /// Scope the tracepoints to this cgroup (id, depth below the v2 root) as well.
+    pub filter_cgroup: Option<(u64, u32)>,
 }
 
 /// `skb_drop_reason`s that come from the normal life of a socket, not from a policy or a
@@ -204,7 +206,8 @@ impl Probe {
                 _ => degraded.push(format!("--ignore-drop-reason {name}: this kernel has no such drop reason (see /sys/kernel/tracing/events/skb/kfree_skb/format); it is not filtered")),
             }
         }
-        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops), ignore_reasons, noop: u32::from(opts.noop), _pad: 0 };
+        let (filter_cgroup_id, filter_level) = opts.filter_cgroup.unwrap_or((0, 0));
+        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops), ignore_reasons, noop: u32::from(opts.noop), _pad: 0, filter_cgroup_id, filter_level, _pad2: 0 };
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("CONFIG", &config, true)

@@ -203,6 +203,8 @@ struct Meta {
     /// Counters already written: count, established, refused, timed_out, errors, syn_retransmits.
     written: [u64; 6],
     drops_pending: u64,
+    /// Initiator port of the latest connection, from the kernel's counters.
+    last_src_port: Option<u16>,
     drop_reason: Option<String>,
     first_seen_ns: u64,
     last_seen_ns: u64,
@@ -423,7 +425,7 @@ impl State {
         let (s, sp, dst, dp) = d.tuple?;
         let proto = d.protocol?;
         let unspecified = |ip: &IpAddr| ip.is_unspecified();
-        let mut best: Option<Flow> = None;
+        let mut best: Option<(Flow, (bool, u64))> = None;
         for f in self.flows.keys() {
             if f.protocol != proto {
                 continue;
@@ -440,11 +442,20 @@ impl State {
                 }
                 Direction::Ingress => f.src_ip == s && f.dst_ip == dst && f.dst_port == dp,
             };
-            if hit && best.is_none_or(|b| f < &b) {
-                best = Some(*f);
+            if hit {
+                // Several processes may talk to the same peer: prefer the flow whose first or
+                // latest connection used the dropped packet's port, then the latest active.
+                let meta = &self.flows[f];
+                let is_reply = f.direction == Direction::Egress && (f.dst_ip == s || backends.contains(&(s, sp)));
+                let port = if is_reply { dp } else { sp };
+                let port_hit = meta.src_port == Some(port) || meta.last_src_port == Some(port);
+                let score = (port_hit, meta.last_seen_ns);
+                if best.is_none_or(|(b, bs)| score > bs || (score == bs && f < &b)) {
+                    best = Some((*f, score));
+                }
             }
         }
-        best
+        best.map(|(f, _)| f)
     }
 }
 
@@ -522,13 +533,20 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     };
 
     let opts = ProbeOptions {
-        cgroup: attach_cgroup,
+        cgroup: attach_cgroup.clone(),
         ring_buffer_bytes: args.ring_buffer_bytes,
         max_flows: args.max_flows,
         dns: !args.no_dns,
         drops: !args.no_drops,
         ignore_drop_reasons: args.ignore_drop_reasons.iter().filter(|r| !r.eq_ignore_ascii_case("none")).cloned().collect(),
         noop: args.bench_noop,
+        filter_cgroup: match (&cgroup_prefix, &attach_cgroup) {
+            (Some(rel), Some(abs)) if rel != "/" => {
+                let id = procfs::cgroup_id(abs).map_err(|source| RecordError::Io { op: "stat cgroup", path: abs.clone(), source })?;
+                Some((id, rel.split('/').filter(|c| !c.is_empty()).count() as u32))
+            }
+            _ => None,
+        },
     };
     let mut probe = Probe::load(&opts)?;
     for d in &probe.degraded {
@@ -707,6 +725,9 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
                 m.last_seen_ns = m.last_seen_ns.max(s.last_seen_ns);
                 if m.src_port.is_none() && s.src_port != 0 {
                     m.src_port = Some(s.src_port);
+                }
+                if s.last_src_port != 0 {
+                    m.last_src_port = Some(s.last_src_port);
                 }
             }
         }

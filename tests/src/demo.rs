@@ -258,9 +258,32 @@ impl Demo {
             .arg(&ready)
             .arg("--lock-file")
             .arg(dir.join("lock"))
-            .stderr(std::fs::File::create(&rec_log).expect("recorder log"))
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start auditor record");
+        // The recorder's log goes to recorder.log; its drop alerts are shown as they happen.
+        let stderr = rec.stderr.take().expect("piped");
+        let log_path = rec_log.clone();
+        let verbose = self.opts.verbose;
+        let round_name = name.to_string();
+        let tee = std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let mut f = std::fs::File::create(&log_path).expect("recorder log");
+            let mut shown = 0;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(f, "{line}");
+                if let Some(i) = line.find("drop: ").or_else(|| line.find("connect_timeout: ")) {
+                    shown += 1;
+                    if verbose && shown <= 6 {
+                        let sentence = &line[i..];
+                        let cut = sentence.find("  alert=").or_else(|| sentence.find(" alert=")).unwrap_or(sentence.len());
+                        eprintln!("    ALERT {round_name}: {}", &sentence[..cut]);
+                    } else if verbose && shown == 7 {
+                        eprintln!("    ALERT {round_name}: ... (all alerts in recorder.log)");
+                    }
+                }
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
             if let Ok(Some(st)) = rec.try_wait() {
@@ -340,6 +363,7 @@ impl Demo {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
         let st = rec.wait().expect("wait recorder");
+        let _ = tee.join();
         let recorder_log = std::fs::read_to_string(&rec_log).unwrap_or_default();
         assert!(st.success(), "auditor record failed: {recorder_log}");
         let ingest_after: Value = std::fs::read_to_string(self.work.join("ingest.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);

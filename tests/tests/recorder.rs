@@ -48,6 +48,11 @@ fn tcp_established_refused_and_timed_out_behind_nftables_drop() {
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
 
     assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b4, 8080, 5.0)).trim(), "established");
+    // The same connect from outside the audited cgroup is not recorded (the tracepoint
+    // checks the task's cgroup ancestry in the kernel).
+    let f = std::env::temp_dir().join(format!("aud-out-{}.py", std::process::id()));
+    std::fs::write(&f, tcp_connect_script(&net.b4, 8080, 5.0)).unwrap();
+    assert_eq!(must(&format!("ip netns exec {} python3 {}", net.a, f.display())).trim(), "established");
     assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b4, 7, 5.0)).trim(), "refused");
     // tcp_syn_retries=1: one retransmit after 1 s, ETIMEDOUT after ~3 s.
     let r = py(&cg, &net.a, &tcp_connect_script(&net.b4, 9, 10.0));
@@ -280,9 +285,11 @@ fn overflowed_ring_buffer_is_reported_with_exact_lost_counts() {
     let Some(()) = privileged("ring buffer overflow") else { return };
     let net = NetPair::new("o");
     let cg = Cgroup::new("ovf");
-    // No cgroup/comm filter: every flow in the kernel map reaches the log, so
-    // received + lost new-flow events must equal the flows in the log exactly.
-    let rec = Recorder::start(&["--ring-buffer-bytes", "4096", "--stall-reader", "3s", "--no-drops", "--no-dns"]);
+    // Scoped to the test's cgroup (cgroup programs attached there, tracepoints filtered in
+    // the kernel by cgroup ancestry): every new-flow event is one of our flows and every
+    // flow in the kernel map reaches the log, so received + lost must equal the flows in
+    // the log exactly, whatever else the machine is doing.
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap(), "--ring-buffer-bytes", "4096", "--stall-reader", "3s", "--no-drops", "--no-dns"]);
     py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor p in range(41000, 41300):\n    s.sendto(b'o',('{}',p))\n", net.b4));
     std::thread::sleep(std::time::Duration::from_millis(3500));
     let (flows, summary) = rec.stop();

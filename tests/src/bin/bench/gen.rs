@@ -95,12 +95,20 @@ fn addr(a: &Args) -> Result<SocketAddr> {
 fn connect(a: &Args) -> Result<Value> {
     let dst = addr(a)?;
     let server_ns = a.opt("--server-ns", "");
-    let listener = in_ns(&server_ns, || TcpListener::bind(dst))?;
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            drop(s);
-        }
-    });
+    // 16 listening ports, used in turn: 16 times the 4-tuples before a client port meets
+    // the server's TIME_WAIT of an earlier connection.
+    let mut dsts = Vec::new();
+    for i in 0..16u16 {
+        let mut d = dst;
+        d.set_port(dst.port() + i);
+        let listener = in_ns(&server_ns, || TcpListener::bind(d))?;
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                drop(s);
+            }
+        });
+        dsts.push(d);
+    }
     let dur = secs(a)?;
     let (u0, s0) = cpu_us();
     let start = Instant::now();
@@ -108,7 +116,8 @@ fn connect(a: &Args) -> Result<Value> {
     let mut errors = 0u64;
     let mut buf = [0u8; 16];
     while start.elapsed() < dur {
-        for _ in 0..64 {
+        for i in 0..64 {
+            let dst = dsts[i % dsts.len()];
             match TcpStream::connect(dst) {
                 Ok(mut s) => {
                     let _ = s.read(&mut buf);

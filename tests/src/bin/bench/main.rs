@@ -194,6 +194,9 @@ impl Cfg {
 }
 
 struct Recorder {
+    /// bpf program and map ids that appeared while this recorder started (bpftool here shows no pids).
+    progs: Vec<u64>,
+    maps: Vec<u64>,
     proc: Proc,
     dir: PathBuf,
     output: PathBuf,
@@ -230,8 +233,9 @@ impl Recorder {
             _ => {}
         }
         cmd.args(extra).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("stderr"))?);
+        let (p0, m0) = (bpf_ids("prog"), bpf_ids("map"));
         let child = cmd.spawn().with_context(|| format!("start {}", env.auditor.display()))?;
-        let mut r = Recorder { proc: Proc(Some(child)), dir, output, summary };
+        let mut r = Recorder { progs: vec![], maps: vec![], proc: Proc(Some(child)), dir, output, summary };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready.exists() {
             if let Some(st) = r.proc.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -242,6 +246,8 @@ impl Recorder {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        r.progs = bpf_ids("prog").into_iter().filter(|i| !p0.contains(i)).collect();
+        r.maps = bpf_ids("map").into_iter().filter(|i| !m0.contains(i)).collect();
         Ok(Some(r))
     }
 
@@ -254,11 +260,16 @@ impl Recorder {
     }
 
     /// SIGINT (a clean stop: final flush, summary) and the summary.
-    fn stop(mut self) -> Result<Value> {
+    fn stop(self) -> Result<Value> {
+        self.stop_within(Duration::from_secs(60))?.context("auditor record did not stop within 60 s of SIGINT")
+    }
+
+    /// SIGINT, and the summary if it stopped within `limit` (else SIGKILL and None).
+    fn stop_within(mut self, limit: Duration) -> Result<Option<Value>> {
         let mut child = self.proc.0.take().context("recorder not running")?;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break s;
@@ -266,7 +277,7 @@ impl Recorder {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("auditor record did not stop within 60 s of SIGINT");
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -274,7 +285,7 @@ impl Recorder {
             bail!("auditor record exited with {status}: {}", self.stderr());
         }
         let text = std::fs::read_to_string(&self.summary).context("read summary")?;
-        Ok(serde_json::from_str(&text).context("summary is JSON")?)
+        Ok(Some(serde_json::from_str(&text).context("summary is JSON")?))
     }
 }
 
@@ -282,6 +293,15 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         drop(self.proc.0.take().map(|c| Proc(Some(c))));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Ids of the loaded bpf programs or maps.
+fn bpf_ids(what: &str) -> Vec<u64> {
+    let text = sh(&format!("bpftool {what} show -j")).unwrap_or_default();
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Array(v)) => v.iter().filter_map(|x| x.get("id").and_then(Value::as_u64)).collect(),
+        _ => vec![],
     }
 }
 
@@ -364,7 +384,7 @@ fn setup(auditor: PathBuf, tmp: PathBuf) -> Result<Env> {
     let cg = Cgroup::new("bench");
     let netno: u8 = net.a4.split('.').nth(1).and_then(|x| x.parse().ok()).context("netpair address")?;
     for ns in [&net.a, &net.b] {
-        sh(&format!("ip netns exec {ns} sysctl -qw net.ipv4.ip_local_port_range='10000 65000' net.ipv4.tcp_tw_reuse=1"))?;
+        sh(&format!("ip netns exec {ns} sysctl -qw net.ipv4.ip_local_port_range='20000 65000' net.ipv4.tcp_tw_reuse=1 net.ipv4.tcp_max_tw_buckets=4000000"))?;
     }
     // The flow space: FLOW_IPS addresses on b's loopback, routed from a through the veth.
     sh(&format!("ip -n {} route add 10.{netno}.0.0/16 via {}", net.a, net.b4))?;
@@ -376,7 +396,7 @@ fn setup(auditor: PathBuf, tmp: PathBuf) -> Result<Env> {
     std::fs::write(&file, batch)?;
     sh(&format!("ip -n {} -batch {}", net.b, file.display()))?;
     // The drop flood's target: UDP to DROP_PORT dropped by nftables in b, counted.
-    net.nft(&net.b, &format!("table inet benchdrop {{ chain input {{ type filter hook input priority 0; policy accept; udp dport {DROP_PORT} counter drop; }} }}\n"));
+    net.nft(&net.b, &format!("table inet benchdrop {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  udp dport {DROP_PORT} counter drop\n }}\n}}\n"));
     Ok(Env { auditor, exe, tmp, net, netno, cg, seq: std::cell::Cell::new(0) })
 }
 
@@ -403,7 +423,7 @@ fn fig_connect(env: &Env, reps: usize, secs: f64, rep: &mut Report) -> Result<()
         for &cfg in &cfgs {
             let rec = Recorder::start(env, cfg, &[])?;
             for (pi, (_, ns, addr)) in paths.iter().enumerate() {
-                let port = 5100 + env.seq() as u16 % 500;
+                let port = 10000 + (env.seq() as u16 % 300) * 16;
                 let (m0, a0) = (machine_busy_s(), rec_cpu(&rec));
                 let v = env.gen(&[s("connect"), s("--server-ns"), s(ns), s("--addr"), s(addr), s("--port"), s(port), s("--secs"), s(secs)])?;
                 let (m1, a1) = (machine_busy_s(), rec_cpu(&rec));
@@ -541,7 +561,7 @@ fn fig_capacity(env: &Env, reps: usize, rep: &mut Report) -> Result<()> {
             let v = env.gen(&[s("flows"), s("--net"), s(env.netno), s("--count"), s(count), s("--rate"), s(rate)])?;
             let sum = rec.stop()?;
             let ev = sum.pointer("/events/new_flow").and_then(Value::as_f64).unwrap_or(0.0);
-            let lost: f64 = sum.get("lost_events").and_then(Value::as_object).map(|o| o.values().filter_map(Value::as_f64).sum()).unwrap_or(0.0);
+            let lost: f64 = 0.0 + sum.get("lost_events").and_then(Value::as_object).map(|o| o.values().filter_map(Value::as_f64).sum::<f64>()).unwrap_or(0.0);
             m.entry(ri).or_default().push([num(&v, "rate"), ev, lost, num(&sum, "flows")]);
         }
         eprintln!("   rep {}/{reps} done", r + 1);
@@ -634,13 +654,13 @@ fn fig_drops(env: &Env, reps: usize, secs: f64, rep: &mut Report) -> Result<()> 
 }
 
 /// Kernel map memory of the maps a process holds (bpftool map show: bytes_memlock), bytes; and the FLOWS map alone.
-fn map_memlock(pid: u32) -> (f64, f64) {
+fn map_memlock(ids: &[u64]) -> (f64, f64) {
     let Ok(text) = sh("bpftool map show -j") else { return (f64::NAN, f64::NAN) };
     let Ok(Value::Array(maps)) = serde_json::from_str::<Value>(&text) else { return (f64::NAN, f64::NAN) };
     let mut total = 0.0;
     let mut flows = 0.0;
     for mp in maps {
-        let owned = mp.get("pids").and_then(Value::as_array).is_some_and(|p| p.iter().any(|x| x.get("pid").and_then(Value::as_u64) == Some(pid as u64)));
+        let owned = mp.get("id").and_then(Value::as_u64).is_some_and(|i| ids.contains(&i));
         if !owned {
             continue;
         }
@@ -660,6 +680,7 @@ fn fig_memory(env: &Env, reps: usize, rep: &mut Report) -> Result<()> {
     let sizes: [u64; 4] = [1_000, 10_000, 100_000, 1_000_000];
     // size -> per rep: [rss0 KiB, rss KiB, hwm KiB, map total B, FLOWS map B, flows in summary]
     let mut m: BTreeMap<u64, Vec<[f64; 6]>> = BTreeMap::new();
+    let mut stop_s: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     for r in 0..reps {
         for &n in &sizes {
             let rec = Recorder::start(env, Cfg::T2, &["--max-flows", "1048576", "--flush-interval", "1s", "--no-dns"])?.context("recorder")?;
@@ -680,14 +701,19 @@ fn fig_memory(env: &Env, reps: usize, rep: &mut Report) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let (rss, hwm) = proc_mem_kib(rec.pid());
-            let (maps, flows_map) = map_memlock(rec.pid());
-            let sum = rec.stop()?;
-            m.entry(n).or_default().push([rss0, rss, hwm, maps, flows_map, num(&sum, "flows")]);
+            let (maps, flows_map) = map_memlock(&rec.maps);
+            let t = Instant::now();
+            let flows = match rec.stop_within(Duration::from_secs(20))? {
+                Some(sum) => num(&sum, "flows"),
+                None => -1.0,
+            };
+            stop_s.entry(n).or_default().push(t.elapsed().as_secs_f64());
+            m.entry(n).or_default().push([rss0, rss, hwm, maps, flows_map, flows]);
         }
         eprintln!("   rep {}/{reps} done", r + 1);
     }
-    let mut sec = String::from("## 5. Memory with N live flows\n\nRecorder T2 with `--max-flows 1048576 --flush-interval 1s --no-dns`; N distinct UDP flows sent (unpaced) by one process in the bench cgroup; RSS read once the flow log stopped growing. \"idle\" is the same recorder's RSS before the traffic (the baseline of the same run). Kernel maps: `bytes_memlock` of every map the recorder holds (`bpftool map show`); the LRU hash maps are preallocated, so their size follows `--max-flows`, not the live flows.\n\n");
-    sec.push_str("| live flows | flows in summary | idle VmRSS MiB | VmRSS MiB | VmHWM MiB | (VmHWM − idle) B/flow | target MiB (50 + 200 B × N) | kernel maps MiB (FLOWS map) |\n|---|---|---|---|---|---|---|---|\n");
+    let mut sec = String::from("## 5. Memory with N live flows\n\nRecorder T2 with `--max-flows 1048576 --flush-interval 1s --no-dns`; N distinct UDP flows sent (unpaced) by one process in the bench cgroup; RSS read once the flow log stopped growing. The recorder is then stopped with SIGINT (final flush and summary) and given 20 s; \"flows in summary\" is −1 where it had not exited by then and was killed, and the stop time is reported. \"idle\" is the same recorder's RSS before the traffic (the baseline of the same run). Kernel maps: `bytes_memlock` of every map the recorder holds (`bpftool map show`); the LRU hash maps are preallocated, so their size follows `--max-flows`, not the live flows.\n\n");
+    sec.push_str("| live flows | flows in summary | SIGINT to exit s | idle VmRSS MiB | VmRSS MiB | VmHWM MiB | (VmHWM − idle) B/flow | target MiB (50 + 200 B × N) | kernel maps MiB (FLOWS map) |\n|---|---|---|---|---|---|---|---|---|\n");
     let mib = |k: f64| k / 1024.0;
     for &n in &sizes {
         let v = &m[&n];
@@ -697,8 +723,9 @@ fn fig_memory(env: &Env, reps: usize, rep: &mut Report) -> Result<()> {
         let hwm = col(2);
         let _ = writeln!(
             sec,
-            "| {n} | {} | {} | {} | {} | {} | {target:.1} | {} ({}) |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {target:.1} | {} ({}) |",
             fmt(col(5), 0),
+            fmt(spread(&stop_s[&n]), 1),
             fmt(Spread { med: mib(col(0).med), min: mib(col(0).min), max: mib(col(0).max), n: col(0).n }, 1),
             fmt(Spread { med: mib(col(1).med), min: mib(col(1).min), max: mib(col(1).max), n: col(1).n }, 1),
             fmt(Spread { med: mib(hwm.med), min: mib(hwm.min), max: mib(hwm.max), n: hwm.n }, 1),
@@ -802,13 +829,13 @@ fn bpf_profile(env: &Env, secs: f64, rep: &mut Report) -> Result<()> {
     let _restore = Restore(before);
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enable kernel.bpf_stats_enabled")?;
     let rec = Recorder::start(env, Cfg::T2, &[])?.context("recorder")?;
-    let pid = rec.pid();
+    let ids = rec.progs.clone();
     let snap = || -> BTreeMap<String, (f64, f64)> {
         let text = sh("bpftool prog show -j").unwrap_or_default();
         let mut out = BTreeMap::new();
         if let Ok(Value::Array(progs)) = serde_json::from_str::<Value>(&text) {
             for p in progs {
-                let owned = p.get("pids").and_then(Value::as_array).is_some_and(|v| v.iter().any(|x| x.get("pid").and_then(Value::as_u64) == Some(pid as u64)));
+                let owned = p.get("id").and_then(Value::as_u64).is_some_and(|i| ids.contains(&i));
                 if owned {
                     let name = p.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
                     let e = out.entry(name).or_insert((0.0, 0.0));
@@ -821,8 +848,8 @@ fn bpf_profile(env: &Env, secs: f64, rep: &mut Report) -> Result<()> {
     };
     let mut sec = String::from("## Where the time goes: eBPF program run time (bpf stats, separate run)\n\n`kernel.bpf_stats_enabled=1` (restored afterwards), recorder T2, one run of each load; `bpftool prog show` run_cnt and run_time_ns deltas of the recorder's programs. The stats themselves add a little to each run (two clock reads).\n\n| load | operations | program | runs | runs/op | ns/run | ns/op |\n|---|---|---|---|---|---|---|\n");
     let loads: Vec<(&str, Vec<String>, &str)> = vec![
-        ("TCP connect/accept/close, veth", vec![s("connect"), s("--server-ns"), s(&env.net.b), s("--addr"), s(&env.net.b4), s("--port"), s(6100), s("--secs"), s(secs)], "conns"),
-        ("TCP connect/accept/close, loopback", vec![s("connect"), s("--server-ns"), s(""), s("--addr"), s("127.0.0.1"), s("--port"), s(6101), s("--secs"), s(secs)], "conns"),
+        ("TCP connect/accept/close, veth", vec![s("connect"), s("--server-ns"), s(&env.net.b), s("--addr"), s(&env.net.b4), s("--port"), s(16000), s("--secs"), s(secs)], "conns"),
+        ("TCP connect/accept/close, loopback", vec![s("connect"), s("--server-ns"), s(""), s("--addr"), s("127.0.0.1"), s("--port"), s(16100), s("--secs"), s(secs)], "conns"),
         ("UDP 1316-byte stream, veth", vec![s("stream"), s("--proto"), s("udp"), s("--server-ns"), s(&env.net.b), s("--addr"), s(&env.net.b4), s("--port"), s(6102), s("--secs"), s(secs)], "datagrams"),
         ("TCP stream, veth", vec![s("stream"), s("--proto"), s("tcp"), s("--server-ns"), s(&env.net.b), s("--addr"), s(&env.net.b4), s("--port"), s(6103), s("--secs"), s(secs)], "MiB"),
         ("UDP drop flood", vec![s("flood"), s("--addr"), s(&env.net.b4), s("--port"), s(DROP_PORT), s("--secs"), s(secs)], "drops"),
@@ -854,7 +881,7 @@ fn bpf_profile(env: &Env, secs: f64, rep: &mut Report) -> Result<()> {
         let _ = writeln!(sec, "| {name} | | **all programs** | | | | **{total:.0}** |");
     }
     if !seen_any {
-        sec.push_str("\n(no program of the recorder ran, or bpftool shows no pids: nothing to report)\n");
+        sec.push_str("\n(no program of the recorder ran: nothing to report)\n");
     }
     rec.stop()?;
     rep.sections.push(sec);
@@ -883,6 +910,7 @@ fn run(args: &[String]) -> Result<()> {
     }
     let _tmp_guard = RmDir(tmp.clone());
     let mach = machine();
+    let load0 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
     let env = setup(auditor, tmp)?;
     let mut rep = Report::default();
@@ -901,10 +929,16 @@ fn run(args: &[String]) -> Result<()> {
     if want("5") { attempt("figure 5", fig_memory(&env, reps, &mut rep)); }
     if want("6") { attempt("figure 6", fig_offline(&env, reps, policy_bench.as_deref(), &mut rep)); }
     if want("p") { attempt("bpf stats", bpf_profile(&env, secs, &mut rep)); }
-    let notes = std::env::var("BENCH_NOTES_FILE").ok().and_then(|p| std::fs::read_to_string(p).ok());
+    // The hand-written "## Findings" section of the previous report (what the numbers mean,
+    // where the time goes) is carried over; everything else is regenerated.
+    let notes = std::fs::read_to_string(&out).ok().and_then(|old| {
+        let start = old.find("\n## Findings")? + 1;
+        let end = old[start + 3..].find("\n## ").map(|i| start + 3 + i + 1).unwrap_or(old.len());
+        Some(old[start..end].trim_end().to_owned() + "\n")
+    });
     let mut md = String::new();
-    let _ = writeln!(md, "# Benchmarks\n\nWhat the auditor costs, measured on this machine against its own limit (issue 7). Written by `{command}` (tests/src/bin/bench/); do not edit by hand, re-run it.\n");
-    let _ = writeln!(md, "- Machine: {} × {} cores, {} RAM, Linux {}\n- Date: {}\n- Command: `{command}` ({reps} interleaved repetitions; the whole run took {:.0} s)\n- Every figure: median (min–max) over the repetitions; ratios are taken per repetition against the baseline measured in the same repetition, then summarised.\n- Configurations: T0 no programs; T1 `--bench-noop` (every program attached, each returns at once); T2 full `auditor record --cgroup <bench cgroup>`; T2h full recorder host-wide (no `--cgroup`).\n", mach.cpu, mach.cores, mach.mem, mach.kernel, mach.date, started.elapsed().as_secs_f64());
+    let _ = writeln!(md, "# Benchmarks\n\nWhat the auditor costs, measured on this machine against its own limit (issue 7). Written by `{command}` (tests/src/bin/bench/); everything but the hand-written Findings section is regenerated by each run.\n");
+    let _ = writeln!(md, "- Machine: {} × {} cores, {} RAM, Linux {}\n- Date: {}\n- Command: `{command}` ({reps} interleaved repetitions; the whole run took {:.0} s)\n- Load average (1, 5, 15 min) at the start: {}; at the end: {} (other work on this shared machine shows up as spread)\n- Every figure: median (min–max) over the repetitions; ratios are taken per repetition against the baseline measured in the same repetition, then summarised.\n- Configurations: T0 no programs; T1 `--bench-noop` (every program attached, each returns at once); T2 full `auditor record --cgroup <bench cgroup>`; T2h full recorder host-wide (no `--cgroup`).\n", mach.cpu, mach.cores, mach.mem, mach.kernel, mach.date, started.elapsed().as_secs_f64(), load0.split_whitespace().take(3).collect::<Vec<_>>().join(" "), std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     md.push_str("## Summary\n\n| figure | baseline | with auditor | difference | target | |\n|---|---|---|---|---|---|\n");
     for row in &rep.main {
         let _ = writeln!(md, "| {} |", row.join(" | "));

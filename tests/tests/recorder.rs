@@ -312,6 +312,7 @@ fn overflowed_ring_buffer_is_reported_with_exact_lost_counts() {
     keys.sort();
     keys.dedup();
     assert_eq!(received + lost, keys.len() as u64, "received {received} + lost {lost} == flows {}: {summary}", keys.len());
+    eprintln!("ring buffer of 4096 bytes, reader stalled 3 s: {received} new-flow events received, {lost} lost, {} flows in the log", keys.len());
 }
 
 #[test]

@@ -137,8 +137,15 @@ fn setup() -> Result<()> {
     if has_src {
         step("nightly toolchain with rust-src: present");
     } else {
-        step("nightly toolchain: adding rust-src (rustup component add rust-src --toolchain nightly)");
-        if run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"])).is_err() {
+        let have_nightly = ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]));
+        let added = if have_nightly {
+            step("nightly toolchain: adding rust-src (rustup component add rust-src --toolchain nightly)");
+            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        } else {
+            step("nightly toolchain: installing it with rust-src (rustup toolchain install nightly --profile minimal --component rust-src)");
+            run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
+        };
+        if added.is_err() {
             step("rustup could not add rust-src; falling back to Debian's rustc-web with a prebuilt core for bpfel-unknown-none");
             run(Command::new("apt-get").args(["install", "-y", "-q", "rustc-web", "libstd-rust-web-dev-bpf"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
             bail!("installed rustc-web; build the eBPF crate with it by hand as described in ARCHITECTURE.md (\"Toolchain fallback\"): this path is not automated");

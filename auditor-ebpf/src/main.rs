@@ -234,6 +234,19 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let o = off();
     unsafe {
+        // Ten state changes a connection, four of interest: decide on the states first,
+        // before reading anything else (the cost per connection is in these reads).
+        let old: u32 = ctx.read_at(o.iss_oldstate as usize)?;
+        if old != TCP_CLOSE && old != TCP_SYN_SENT && old != TCP_SYN_RECV {
+            return Ok(());
+        }
+        let new: u32 = ctx.read_at(o.iss_newstate as usize)?;
+        let wanted = (old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN))
+            || old == TCP_SYN_SENT
+            || (old == TCP_SYN_RECV && new == TCP_ESTABLISHED);
+        if !wanted {
+            return Ok(());
+        }
         let protocol: u16 = ctx.read_at(o.iss_protocol as usize)?;
         if protocol != IPPROTO_TCP as u16 {
             return Ok(());
@@ -242,8 +255,6 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         if family != AF_INET && family != AF_INET6 {
             return Ok(());
         }
-        let old: u32 = ctx.read_at(o.iss_oldstate as usize)?;
-        let new: u32 = ctx.read_at(o.iss_newstate as usize)?;
         let skaddr: u64 = ctx.read_at(o.iss_skaddr as usize)?;
         let sport: u16 = ctx.read_at(o.iss_sport as usize)?;
         let dport: u16 = ctx.read_at(o.iss_dport as usize)?;
@@ -477,38 +488,47 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
 fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let skb = ctx.skb.skb;
     let family = unsafe { (*skb).family };
-    let (fam, proto, l4, local, remote) = if family == AF_INET as u32 {
+    // Decide from the protocol (and, for TCP, the flags) before loading addresses: only
+    // SYNs and UDP matter here, and this runs for every packet of audited sockets.
+    let (proto, l4) = if family == AF_INET as u32 {
         let b0: u8 = ctx.load(0)?;
         if b0 >> 4 != 4 {
             return Ok(());
         }
-        let ihl = ((b0 & 0x0f) as usize) * 4;
-        let proto: u8 = ctx.load(9)?;
+        (ctx.load::<u8>(9)?, (((b0 & 0x0f) as usize) * 4) & 0x3c)
+    } else if family == AF_INET6 as u32 {
+        (ctx.load::<u8>(6)?, 40usize)
+    } else {
+        return Ok(());
+    };
+    if proto == IPPROTO_TCP {
+        let flags: u8 = ctx.load(l4 + 13)?;
+        if flags & 0x12 != 0x02 {
+            return Ok(());
+        }
+    } else if proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    let (fam, proto, l4, local, remote) = if family == AF_INET as u32 {
         let s: [u8; 4] = ctx.load(12)?;
         let d: [u8; 4] = ctx.load(16)?;
         let mut local = [0u8; 16];
         let mut remote = [0u8; 16];
         local[..4].copy_from_slice(&d);
         remote[..4].copy_from_slice(&s);
-        (AF_INET, proto, ihl & 0x3c, local, remote)
-    } else if family == AF_INET6 as u32 {
-        let proto: u8 = ctx.load(6)?;
+        (AF_INET, proto, l4, local, remote)
+    } else {
         let s: [u8; 16] = ctx.load(8)?;
         let d: [u8; 16] = ctx.load(24)?;
-        (AF_INET6, proto, 40usize, d, s)
-    } else {
-        return Ok(());
+        (AF_INET6, proto, l4, d, s)
     };
     let sport = u16::from_be(ctx.load::<u16>(l4)?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb as *mut __sk_buff) };
     if proto == IPPROTO_TCP {
-        let flags: u8 = ctx.load(l4 + 13)?;
-        // SYN without ACK: remember which cgroup's listener got it, for the accept.
-        if flags & 0x12 == 0x02 {
-            let tk = TupleKey { family: fam, local_port: dport, remote_port: sport, _pad: [0; 2], local_addr: local, remote_addr: remote };
-            let _ = PENDING.insert(&tk, &cgroup_id, 0);
-        }
+        // SYN without ACK (checked above): remember which cgroup's listener got it, for the accept.
+        let tk = TupleKey { family: fam, local_port: dport, remote_port: sport, _pad: [0; 2], local_addr: local, remote_addr: remote };
+        let _ = PENDING.insert(&tk, &cgroup_id, 0);
     } else if proto == IPPROTO_UDP {
         if sport == 53 && cfg().dns != 0 {
             emit_dns(ctx, fam, cgroup_id, dport, l4 + 8, &remote, &local);

@@ -9,7 +9,10 @@
 // Atomic adds: the BPF target has no atomic types' fetch_add, but LLVM lowers this
 // intrinsic to BPF_ATOMIC | BPF_ADD. The eBPF crate is always built with nightly.
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only atomic add on the BPF target")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only atomic add on the BPF target"
+)]
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -62,7 +65,16 @@ static OFFSETS: Offsets = Offsets {
 };
 
 #[unsafe(no_mangle)]
-static CONFIG: Config = Config { dns: 1, drops: 1, ignore_reasons: [0; 4], noop: 0, _pad: 0, filter_cgroup_id: 0, filter_level: 0, _pad2: 0 };
+static CONFIG: Config = Config {
+    dns: 1,
+    drops: 1,
+    ignore_reasons: [0; 4],
+    noop: 0,
+    _pad: 0,
+    filter_cgroup_id: 0,
+    filter_level: 0,
+    _pad2: 0,
+};
 
 #[inline(always)]
 fn off() -> Offsets {
@@ -151,12 +163,24 @@ fn comm() -> [u8; 16] {
 
 /// Sends a flow event; a full ring buffer is counted, never silent.
 #[inline(always)]
-fn emit_flow(kind: u32, key: &FlowKey, src_port: u16, state: u8, syn_retransmits: u32, tid: u32, comm: &[u8; 16]) {
+fn emit_flow(
+    kind: u32,
+    key: &FlowKey,
+    src_port: u16,
+    state: u8,
+    syn_retransmits: u32,
+    tid: u32,
+    comm: &[u8; 16],
+) {
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
             unsafe {
-                (*ev).header = EventHeader { kind, _pad: 0, ts_ns: now() };
+                (*ev).header = EventHeader {
+                    kind,
+                    _pad: 0,
+                    ts_ns: now(),
+                };
                 (*ev).key = *key;
                 (*ev).src_port = src_port;
                 (*ev).state = state;
@@ -208,7 +232,13 @@ fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]
 // ---------------------------------------------------------------- TCP
 
 #[inline(always)]
-unsafe fn read_addrs(ctx: &TracePointContext, o: &Offsets, family: u16, src: &mut [u8; 16], dst: &mut [u8; 16]) {
+unsafe fn read_addrs(
+    ctx: &TracePointContext,
+    o: &Offsets,
+    family: u16,
+    src: &mut [u8; 16],
+    dst: &mut [u8; 16],
+) {
     unsafe {
         if family == AF_INET {
             let s: [u8; 4] = ctx.read_at(o.iss_saddr as usize).unwrap_or([0; 4]);
@@ -277,10 +307,16 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             read_addrs(ctx, &o, family, &mut key.src_addr, &mut key.dst_addr);
             let c = comm();
             touch_flow(&key, sport, STATE_CONNECTING, pid_tgid as u32, &c);
-            let st = SockState { key, syn_retransmits: 0, reset: 0 };
+            let st = SockState {
+                key,
+                syn_retransmits: 0,
+                reset: 0,
+            };
             let _ = SOCKS.insert(&skaddr, &st, 0);
         } else if old == TCP_SYN_SENT {
-            let Some(st) = SOCKS.get_ptr_mut(&skaddr) else { return Ok(()) };
+            let Some(st) = SOCKS.get_ptr_mut(&skaddr) else {
+                return Ok(());
+            };
             let st = *st;
             let _ = SOCKS.remove(&skaddr);
             let (state, kind) = if new == TCP_ESTABLISHED {
@@ -313,19 +349,46 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                 return Ok(());
             }
             let pid_tgid = bpf_get_current_pid_tgid();
-            let lk = ListenKey { cgroup_id: bpf_get_current_cgroup_id(), port: sport, family, _pad: [0; 4] };
-            let info = ListenInfo { tgid: (pid_tgid >> 32) as u32, _pad: [0; 4], comm: comm() };
+            let lk = ListenKey {
+                cgroup_id: bpf_get_current_cgroup_id(),
+                port: sport,
+                family,
+                _pad: [0; 4],
+            };
+            let info = ListenInfo {
+                tgid: (pid_tgid >> 32) as u32,
+                _pad: [0; 4],
+                comm: comm(),
+            };
             let _ = LISTENERS.insert(&lk, &info, 0);
             // Rare (one per listen(2)); shows up with `--log auditor=debug,aya_log=debug`.
-            aya_log_ebpf::debug!(ctx, "listener on port {} (pid {}, cgroup {})", sport, info.tgid, lk.cgroup_id);
+            aya_log_ebpf::debug!(
+                ctx,
+                "listener on port {} (pid {}, cgroup {})",
+                sport,
+                info.tgid,
+                lk.cgroup_id
+            );
         } else if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
             // A child socket of a listener completed the handshake (softirq context).
-            let mut tk = TupleKey { family, local_port: sport, remote_port: dport, ..Default::default() };
+            let mut tk = TupleKey {
+                family,
+                local_port: sport,
+                remote_port: dport,
+                ..Default::default()
+            };
             read_addrs(ctx, &o, family, &mut tk.local_addr, &mut tk.remote_addr);
-            let Some(cg) = PENDING.get_ptr(&tk) else { return Ok(()) };
+            let Some(cg) = PENDING.get_ptr(&tk) else {
+                return Ok(());
+            };
             let cgroup_id = *cg;
             let _ = PENDING.remove(&tk);
-            let lk = ListenKey { cgroup_id, port: sport, family, _pad: [0; 4] };
+            let lk = ListenKey {
+                cgroup_id,
+                port: sport,
+                family,
+                _pad: [0; 4],
+            };
             let (tgid, c) = match LISTENERS.get_ptr(&lk) {
                 Some(l) => ((*l).tgid, (*l).comm),
                 None => (0, [0u8; 16]),
@@ -354,11 +417,15 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     }
     let o = off();
     unsafe {
-        let Ok(state) = ctx.read_at::<i32>(o.rtx_state as usize) else { return 0 };
+        let Ok(state) = ctx.read_at::<i32>(o.rtx_state as usize) else {
+            return 0;
+        };
         if state as u32 != TCP_SYN_SENT {
             return 0;
         }
-        let Ok(skaddr) = ctx.read_at::<u64>(o.rtx_skaddr as usize) else { return 0 };
+        let Ok(skaddr) = ctx.read_at::<u64>(o.rtx_skaddr as usize) else {
+            return 0;
+        };
         if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
             (*st).syn_retransmits += 1;
             if let Some(s) = FLOWS.get_ptr_mut(&(*st).key) {
@@ -376,7 +443,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     }
     let o = off();
     unsafe {
-        let Ok(skaddr) = ctx.read_at::<u64>(o.rst_skaddr as usize) else { return 0 };
+        let Ok(skaddr) = ctx.read_at::<u64>(o.rst_skaddr as usize) else {
+            return 0;
+        };
         if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
             (*st).reset = 1;
         }
@@ -427,7 +496,14 @@ unsafe fn udp_flow(ctx: &SockAddrContext, family: u16) {
             }
         }
         if src_port != 0 {
-            let conv = ConvKey { cgroup_id: key.cgroup_id, family, local_port: src_port, remote_port: key.dst_port, _pad: [0; 2], remote_addr: key.dst_addr };
+            let conv = ConvKey {
+                cgroup_id: key.cgroup_id,
+                family,
+                local_port: src_port,
+                remote_port: key.dst_port,
+                _pad: [0; 2],
+                remote_addr: key.dst_addr,
+            };
             if udp_is_reply(&conv, CONV_LOCAL_FIRST) {
                 return;
             }
@@ -527,13 +603,27 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb as *mut __sk_buff) };
     if proto == IPPROTO_TCP {
         // SYN without ACK (checked above): remember which cgroup's listener got it, for the accept.
-        let tk = TupleKey { family: fam, local_port: dport, remote_port: sport, _pad: [0; 2], local_addr: local, remote_addr: remote };
+        let tk = TupleKey {
+            family: fam,
+            local_port: dport,
+            remote_port: sport,
+            _pad: [0; 2],
+            local_addr: local,
+            remote_addr: remote,
+        };
         let _ = PENDING.insert(&tk, &cgroup_id, 0);
     } else if proto == IPPROTO_UDP {
         if sport == 53 && cfg().dns != 0 {
             emit_dns(ctx, fam, cgroup_id, dport, l4 + 8, &remote, &local);
         } else {
-            let conv = ConvKey { cgroup_id, family: fam, local_port: dport, remote_port: sport, _pad: [0; 2], remote_addr: remote };
+            let conv = ConvKey {
+                cgroup_id,
+                family: fam,
+                local_port: dport,
+                remote_port: sport,
+                _pad: [0; 2],
+                remote_addr: remote,
+            };
             if udp_is_reply(&conv, CONV_REMOTE_FIRST) {
                 return Ok(());
             }
@@ -555,16 +645,32 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn emit_dns(ctx: &SkBuffContext, family: u16, cgroup_id: u64, dport: u16, payload_off: usize, server: &[u8; 16], local: &[u8; 16]) {
+fn emit_dns(
+    ctx: &SkBuffContext,
+    family: u16,
+    cgroup_id: u64,
+    dport: u16,
+    payload_off: usize,
+    server: &[u8; 16],
+    local: &[u8; 16],
+) {
     let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
         count_lost(EVENT_DNS);
         return;
     };
     let ev = entry.as_mut_ptr();
     let avail = (ctx.len() as usize).saturating_sub(payload_off);
-    let m = if avail > DNS_PAYLOAD { DNS_PAYLOAD } else { avail };
+    let m = if avail > DNS_PAYLOAD {
+        DNS_PAYLOAD
+    } else {
+        avail
+    };
     unsafe {
-        (*ev).header = EventHeader { kind: EVENT_DNS, _pad: 0, ts_ns: now() };
+        (*ev).header = EventHeader {
+            kind: EVENT_DNS,
+            _pad: 0,
+            ts_ns: now(),
+        };
         (*ev).cgroup_id = cgroup_id;
         (*ev).family = family;
         (*ev).dst_port = dport;
@@ -576,7 +682,12 @@ fn emit_dns(ctx: &SkBuffContext, family: u16, cgroup_id: u64, dport: u16, payloa
             // The verifier needs a length it can prove is in [1, 512].
             let n = ((m - 1) & (DNS_PAYLOAD - 1)) + 1;
             let dst = (&raw mut (*ev).payload).cast::<core::ffi::c_void>();
-            let ret = aya_ebpf::helpers::generated::bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off as u32, dst, n as u32);
+            let ret = aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                payload_off as u32,
+                dst,
+                n as u32,
+            );
             if ret == 0 {
                 (*ev).len = n as u16;
             }
@@ -618,7 +729,11 @@ unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
             ETH_P_IPV6 => AF_INET6,
             _ => return Ok(()),
         };
-        let mut key = DropKey { reason, family, ..Default::default() };
+        let mut key = DropKey {
+            reason,
+            family,
+            ..Default::default()
+        };
         if o.skb_head != 0 {
             let skb: u64 = ctx.read_at(o.kfs_skbaddr as usize)?;
             let head: u64 = bpf_probe_read_kernel((skb + o.skb_head as u64) as *const u64)?;
@@ -640,7 +755,10 @@ unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
                     key.dst_addr = bpf_probe_read_kernel((ip + 24) as *const [u8; 16])?;
                     l4 = ip + 40;
                 }
-                if key.protocol == IPPROTO_TCP || key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_SCTP {
+                if key.protocol == IPPROTO_TCP
+                    || key.protocol == IPPROTO_UDP
+                    || key.protocol == IPPROTO_SCTP
+                {
                     let ports: [u8; 4] = bpf_probe_read_kernel(l4 as *const [u8; 4])?;
                     key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
                     key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
@@ -657,7 +775,11 @@ unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
             (*s).last_seen_ns = t;
             return Ok(());
         }
-        let stats = DropStats { first_seen_ns: t, last_seen_ns: t, count: 1 };
+        let stats = DropStats {
+            first_seen_ns: t,
+            last_seen_ns: t,
+            count: 1,
+        };
         if DROPS.insert(&key, &stats, 1).is_err() {
             if let Some(s) = DROPS.get_ptr_mut(&key) {
                 add(&raw mut (*s).count, 1);
@@ -667,7 +789,11 @@ unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         match EVENTS.reserve::<DropEvent>(0) {
             Some(mut entry) => {
                 let ev = entry.as_mut_ptr();
-                (*ev).header = EventHeader { kind: EVENT_DROP, _pad: 0, ts_ns: t };
+                (*ev).header = EventHeader {
+                    kind: EVENT_DROP,
+                    _pad: 0,
+                    ts_ns: t,
+                };
                 (*ev).key = key;
                 entry.submit(0);
             }

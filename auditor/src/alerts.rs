@@ -58,7 +58,17 @@ impl Alert {
             pod: me.and_then(|e| e.pod.clone()),
             process: r.comm.clone(),
             pid: r.pid,
-            direction: r.direction.map(|d| if d == Direction::Ingress { "ingress" } else { "egress" }).unwrap_or("unknown").to_string(),
+            direction: r
+                .direction
+                .map(|d| {
+                    if d == Direction::Ingress {
+                        "ingress"
+                    } else {
+                        "egress"
+                    }
+                })
+                .unwrap_or("unknown")
+                .to_string(),
             peer: peer_ip.to_string(),
             peer_name: r.dns_name.clone(),
             peer_workload: peer_ep.and_then(|e| match (&e.namespace, &e.workload) {
@@ -77,13 +87,22 @@ impl Alert {
         let mut out = Vec::new();
         // A TCP SYN to a port nobody listens on is freed as NO_SOCKET and answered with a
         // reset: the process sees "connection refused" at once, nothing is silent.
-        let loud = r.protocol == crate::flowlog::Protocol::Tcp && r.drop_reason.as_deref() == Some("NO_SOCKET");
+        let loud = r.protocol == crate::flowlog::Protocol::Tcp
+            && r.drop_reason.as_deref() == Some("NO_SOCKET");
         if r.drops > 0 && !loud {
-            out.push(base("drop", r.drop_reason.clone().unwrap_or_else(|| "unknown".into()), r.drops));
+            out.push(base(
+                "drop",
+                r.drop_reason.clone().unwrap_or_else(|| "unknown".into()),
+                r.drops,
+            ));
         }
         if r.timed_out > 0 {
             let n = r.syn_retransmits.max(1);
-            out.push(base("connect_timeout", format!("connect timed out after {n} SYN retransmits"), r.timed_out));
+            out.push(base(
+                "connect_timeout",
+                format!("connect timed out after {n} SYN retransmits"),
+                r.timed_out,
+            ));
         }
         out
     }
@@ -95,15 +114,30 @@ impl Alert {
             (Some(ns), None, Some(p)) => format!("{ns}/{p}"),
             _ => "unknown workload".into(),
         };
-        let process = self.process.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
+        let process = self
+            .process
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
         let peer = match (&self.peer_name, &self.peer_workload) {
             (Some(n), _) => format!("{n} [{}]", self.peer),
             (None, Some(w)) => format!("{w} [{}]", self.peer),
             _ => self.peer.clone(),
         };
-        let arrow = if self.direction == "ingress" { "<-" } else { "->" };
-        let verdict = self.verdict.as_deref().map(|v| format!("; {v}")).unwrap_or_default();
-        format!("{}: {who}{process} {arrow} {peer} {}/{}: {} x{}{verdict}", self.kind, self.port, self.protocol, self.reason, self.count)
+        let arrow = if self.direction == "ingress" {
+            "<-"
+        } else {
+            "->"
+        };
+        let verdict = self
+            .verdict
+            .as_deref()
+            .map(|v| format!("; {v}"))
+            .unwrap_or_default();
+        format!(
+            "{}: {who}{process} {arrow} {peer} {}/{}: {} x{}{verdict}",
+            self.kind, self.port, self.protocol, self.reason, self.count
+        )
     }
 
     /// The stream an alert belongs to, for deduplication.
@@ -138,7 +172,10 @@ pub struct Deduper {
 
 impl Deduper {
     pub fn new(window: Duration) -> Self {
-        Self { window, open: BTreeMap::new() }
+        Self {
+            window,
+            open: BTreeMap::new(),
+        }
     }
 
     /// Feeds alerts seen at time `now` (any monotonic clock); returns those to send now.
@@ -156,7 +193,14 @@ impl Deduper {
                 }
                 None => {
                     out.push(a.clone());
-                    self.open.insert(k, Open { told: a.count, alert: a, opened: now });
+                    self.open.insert(
+                        k,
+                        Open {
+                            told: a.count,
+                            alert: a,
+                            opened: now,
+                        },
+                    );
                 }
             }
         }
@@ -167,7 +211,12 @@ impl Deduper {
     /// Closes windows that have run out; returns the updates they owe.
     pub fn tick(&mut self, now: Duration) -> Vec<Alert> {
         let mut out = Vec::new();
-        let expired: Vec<String> = self.open.iter().filter(|(_, o)| now.saturating_sub(o.opened) >= self.window).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, o)| now.saturating_sub(o.opened) >= self.window)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in expired {
             if let Some(o) = self.open.remove(&k) {
                 if o.alert.count > o.told {
@@ -181,7 +230,10 @@ impl Deduper {
     /// Everything still owed (at the end of a run).
     pub fn flush(&mut self) -> Vec<Alert> {
         let open = std::mem::take(&mut self.open);
-        open.into_values().filter(|o| o.alert.count > o.told).map(|o| o.alert).collect()
+        open.into_values()
+            .filter(|o| o.alert.count > o.told)
+            .map(|o| o.alert)
+            .collect()
     }
 }
 
@@ -196,7 +248,11 @@ mod tests {
         r.timed_out = timed_out;
         r.syn_retransmits = 2;
         r.drop_reason = Some("NETFILTER_DROP".into());
-        r.src = Some(Endpoint { namespace: Some("transcode".into()), workload: Some("Deployment/transcoder".into()), ..Default::default() });
+        r.src = Some(Endpoint {
+            namespace: Some("transcode".into()),
+            workload: Some("Deployment/transcoder".into()),
+            ..Default::default()
+        });
         r.dns_name = Some("ingest.ingest.svc.cluster.local".into());
         r.protocol = Protocol::Udp;
         r
@@ -210,7 +266,10 @@ mod tests {
         assert_eq!(a[0].reason, "NETFILTER_DROP");
         assert_eq!(a[0].count, 3);
         assert_eq!(a[0].workload.as_deref(), Some("Deployment/transcoder"));
-        assert_eq!(a[0].peer_name.as_deref(), Some("ingest.ingest.svc.cluster.local"));
+        assert_eq!(
+            a[0].peer_name.as_deref(),
+            Some("ingest.ingest.svc.cluster.local")
+        );
         assert_eq!(a[1].reason, "connect timed out after 2 SYN retransmits");
         assert!(Alert::from_record(&record(0, 0), None).is_empty());
     }
@@ -219,12 +278,23 @@ mod tests {
     fn dedup_per_stream_and_window() {
         let mut d = Deduper::new(Duration::from_secs(60));
         let s = |n| Alert::from_record(&record(n, 0), None);
-        assert_eq!(d.push(Duration::from_secs(0), s(1)).len(), 1, "first goes out at once");
-        assert!(d.push(Duration::from_secs(10), s(4)).is_empty(), "same stream within the window: held");
+        assert_eq!(
+            d.push(Duration::from_secs(0), s(1)).len(),
+            1,
+            "first goes out at once"
+        );
+        assert!(
+            d.push(Duration::from_secs(10), s(4)).is_empty(),
+            "same stream within the window: held"
+        );
         let later = d.tick(Duration::from_secs(61));
         assert_eq!(later.len(), 1);
         assert_eq!(later[0].count, 5, "the window's total");
-        assert_eq!(d.push(Duration::from_secs(62), s(1)).len(), 1, "a new window opens");
+        assert_eq!(
+            d.push(Duration::from_secs(62), s(1)).len(),
+            1,
+            "a new window opens"
+        );
         assert!(d.flush().is_empty(), "nothing more owed");
     }
 }

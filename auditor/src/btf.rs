@@ -18,7 +18,11 @@ pub enum BtfError {
     #[error("{path}: not BTF ({what})")]
     Malformed { path: PathBuf, what: &'static str },
     #[error("{path}: struct {strukt} has no member {member}")]
-    NoMember { path: PathBuf, strukt: String, member: String },
+    NoMember {
+        path: PathBuf,
+        strukt: String,
+        member: String,
+    },
 }
 
 const KIND_INT: u32 = 1;
@@ -57,19 +61,28 @@ pub struct Btf {
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &data)
     }
 
     pub fn parse(path: &Path, data: &[u8]) -> Result<Self, BtfError> {
-        let bad = |what| BtfError::Malformed { path: path.to_owned(), what };
+        let bad = |what| BtfError::Malformed {
+            path: path.to_owned(),
+            what,
+        };
         if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
-            return Err(bad("missing magic 0xeb9f (only little-endian BTF is supported)"));
+            return Err(bad(
+                "missing magic 0xeb9f (only little-endian BTF is supported)",
+            ));
         }
         let hdr_len = u32_at(data, 4).ok_or_else(|| bad("short header"))? as usize;
         let type_off = u32_at(data, 8).ok_or_else(|| bad("short header"))? as usize;
@@ -83,7 +96,11 @@ impl Btf {
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or_else(|| bad("string section out of bounds"))?
             .to_vec();
-        let mut types = vec![Type { name_off: 0, kind: 0, members: vec![] }];
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            members: vec![],
+        }];
         let mut targets = vec![0u32];
         let mut at = 0;
         while at + 12 <= tsec.len() {
@@ -115,9 +132,18 @@ impl Btf {
                 _ => 0,
             };
             at += extra;
-            types.push(Type { name_off, kind, members });
+            types.push(Type {
+                name_off,
+                kind,
+                members,
+            });
         }
-        Ok(Self { path: path.to_owned(), strings, types, targets })
+        Ok(Self {
+            path: path.to_owned(),
+            strings,
+            types,
+            targets,
+        })
     }
 
     fn name(&self, off: u32) -> &str {
@@ -128,13 +154,21 @@ impl Btf {
 
     /// Byte offset of `member` in `struct strukt`, looking through anonymous members.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let not_found = || BtfError::NoMember { path: self.path.clone(), strukt: strukt.to_owned(), member: member.to_owned() };
+        let not_found = || BtfError::NoMember {
+            path: self.path.clone(),
+            strukt: strukt.to_owned(),
+            member: member.to_owned(),
+        };
         let id = self
             .types
             .iter()
-            .position(|t| t.kind == KIND_STRUCT && !t.members.is_empty() && self.name(t.name_off) == strukt)
+            .position(|t| {
+                t.kind == KIND_STRUCT && !t.members.is_empty() && self.name(t.name_off) == strukt
+            })
             .ok_or_else(not_found)?;
-        self.find(id, member, 0, 0).map(|bits| bits / 8).ok_or_else(not_found)
+        self.find(id, member, 0, 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(not_found)
     }
 
     fn find(&self, id: usize, member: &str, base_bits: u32, depth: u32) -> Option<u32> {
@@ -180,7 +214,9 @@ mod tests {
     fn sample() -> Vec<u8> {
         let strings = b"\0int\0outer\0a\0b\0c\0d\0".to_vec();
         let s = |n: &str| -> u32 {
-            let pos = strings.windows(n.len() + 2).position(|w| w[0] == 0 && &w[1..=n.len()] == n.as_bytes() && w[n.len() + 1] == 0);
+            let pos = strings
+                .windows(n.len() + 2)
+                .position(|w| w[0] == 0 && &w[1..=n.len()] == n.as_bytes() && w[n.len() + 1] == 0);
             pos.unwrap() as u32 + 1
         };
         let mut t = Vec::new();
@@ -220,7 +256,13 @@ mod tests {
         push(&mut t, 3);
         push(&mut t, 64);
         let mut out = vec![0x9f, 0xeb, 1, 0];
-        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&t);
@@ -234,7 +276,11 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
         assert_eq!(btf.member_offset("outer", "b").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "d").unwrap(), 12);
-        assert!(btf.member_offset("outer", "zz").unwrap_err().to_string().contains("zz"));
+        assert!(btf
+            .member_offset("outer", "zz")
+            .unwrap_err()
+            .to_string()
+            .contains("zz"));
     }
 
     #[test]

@@ -10,7 +10,11 @@ use crate::procfs::comm_str;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("ring buffer record of {got} bytes is shorter than the {want} bytes of a {what}")]
-    Short { what: &'static str, got: usize, want: usize },
+    Short {
+        what: &'static str,
+        got: usize,
+        want: usize,
+    },
     #[error("ring buffer record of unknown kind {0}")]
     UnknownKind(u32),
     #[error("address family {0} is neither AF_INET nor AF_INET6")]
@@ -75,7 +79,10 @@ pub fn ip(family: u16, a: &[u8; 16]) -> Result<IpAddr, DecodeError> {
         abi::AF_INET6 => {
             let v6 = Ipv6Addr::from(*a);
             // A v4-mapped peer of a dual-stack socket is reported as IPv4.
-            Ok(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)))
+            Ok(v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)))
         }
         f => Err(DecodeError::Family(f)),
     }
@@ -100,7 +107,11 @@ pub fn flow(k: &abi::FlowKey) -> Result<Flow, DecodeError> {
         cgroup_id: k.cgroup_id,
         tgid: k.tgid,
         protocol: Protocol::from_ip_proto(k.protocol).ok_or(DecodeError::Protocol(k.protocol))?,
-        direction: if k.direction == abi::DIR_INGRESS { Direction::Ingress } else { Direction::Egress },
+        direction: if k.direction == abi::DIR_INGRESS {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        },
         src_ip: ip(k.family, &k.src_addr)?,
         dst_ip: ip(k.family, &k.dst_addr)?,
         dst_port: k.dst_port,
@@ -109,18 +120,31 @@ pub fn flow(k: &abi::FlowKey) -> Result<Flow, DecodeError> {
 
 pub fn drop_key(k: &abi::DropKey) -> Result<Drop, DecodeError> {
     let tuple = if k.has_tuple != 0 {
-        Some((ip(k.family, &k.src_addr)?, k.src_port, ip(k.family, &k.dst_addr)?, k.dst_port))
+        Some((
+            ip(k.family, &k.src_addr)?,
+            k.src_port,
+            ip(k.family, &k.dst_addr)?,
+            k.dst_port,
+        ))
     } else {
         None
     };
-    Ok(Drop { reason: k.reason, protocol: Protocol::from_ip_proto(k.protocol), tuple })
+    Ok(Drop {
+        reason: k.reason,
+        protocol: Protocol::from_ip_proto(k.protocol),
+        tuple,
+    })
 }
 
 /// Reads a `#[repr(C)]` ABI value from the front of `buf`.
 fn read<T: Copy>(buf: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let want = std::mem::size_of::<T>();
     if buf.len() < want {
-        return Err(DecodeError::Short { what, got: buf.len(), want });
+        return Err(DecodeError::Short {
+            what,
+            got: buf.len(),
+            want,
+        });
     }
     // SAFETY: length checked; T is a plain-old-data ABI type; read_unaligned has no alignment needs.
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
@@ -142,11 +166,18 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
                 tid: e.tid,
                 comm: comm_str(&e.comm),
             };
-            Ok(if h.kind == abi::EVENT_NEW_FLOW { Event::NewFlow(fe) } else { Event::Outcome(fe) })
+            Ok(if h.kind == abi::EVENT_NEW_FLOW {
+                Event::NewFlow(fe)
+            } else {
+                Event::Outcome(fe)
+            })
         }
         abi::EVENT_DROP => {
             let e: abi::DropEvent = read(buf, "drop event")?;
-            Ok(Event::Drop { ts_ns: h.ts_ns, drop: drop_key(&e.key)? })
+            Ok(Event::Drop {
+                ts_ns: h.ts_ns,
+                drop: drop_key(&e.key)?,
+            })
         }
         abi::EVENT_DNS => {
             let e: abi::DnsEvent = read(buf, "DNS event")?;
@@ -170,18 +201,35 @@ mod tests {
 
     fn bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a repr(C) value as bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()).to_vec() }
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+                .to_vec()
+        }
     }
 
     #[test]
     fn decodes_flow_event_v4_and_mapped_v6() {
-        let mut key = abi::FlowKey { cgroup_id: 7, tgid: 42, family: abi::AF_INET, protocol: 6, dst_port: 8080, ..Default::default() };
+        let mut key = abi::FlowKey {
+            cgroup_id: 7,
+            tgid: 42,
+            family: abi::AF_INET,
+            protocol: 6,
+            dst_port: 8080,
+            ..Default::default()
+        };
         key.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
         key.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        let mut ev = abi::FlowEvent { key, src_port: 5555, state: abi::STATE_CONNECTING, ..Default::default() };
+        let mut ev = abi::FlowEvent {
+            key,
+            src_port: 5555,
+            state: abi::STATE_CONNECTING,
+            ..Default::default()
+        };
         ev.header.kind = abi::EVENT_NEW_FLOW;
         ev.comm[..6].copy_from_slice(b"ffmpeg");
-        let Event::NewFlow(f) = decode(&bytes(&ev)).unwrap() else { panic!("kind") };
+        let Event::NewFlow(f) = decode(&bytes(&ev)).unwrap() else {
+            panic!("kind")
+        };
         assert_eq!(f.flow.dst_ip, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(f.flow.protocol, Protocol::Tcp);
         assert_eq!(f.comm, "ffmpeg");
@@ -191,7 +239,10 @@ mod tests {
         mapped[10] = 0xff;
         mapped[11] = 0xff;
         mapped[12..].copy_from_slice(&[192, 0, 2, 1]);
-        assert_eq!(ip(abi::AF_INET6, &mapped).unwrap(), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ip(abi::AF_INET6, &mapped).unwrap(),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub enum DnsError {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, DnsError> {
-    b.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]])).ok_or(DnsError::Truncated(at))
+    b.get(at..at + 2)
+        .map(|s| u16::from_be_bytes([s[0], s[1]]))
+        .ok_or(DnsError::Truncated(at))
 }
 
 /// Reads a possibly compressed name at `at`; returns it and the offset after it.
@@ -53,7 +55,9 @@ fn read_name(msg: &[u8], mut at: usize) -> Result<(String, usize), DnsError> {
             let after = end.unwrap_or(at + 1);
             return Ok((labels.join("."), after));
         }
-        let label = msg.get(at + 1..at + 1 + len).ok_or(DnsError::Truncated(at))?;
+        let label = msg
+            .get(at + 1..at + 1 + len)
+            .ok_or(DnsError::Truncated(at))?;
         labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
         if labels.len() > 128 {
             return Err(DnsError::Loop(at));
@@ -82,7 +86,11 @@ pub fn parse_response(msg: &[u8]) -> Result<DnsAnswer, DnsError> {
         }
         at = next + 4;
     }
-    let mut out = DnsAnswer { query, cnames: Vec::new(), addrs: Vec::new() };
+    let mut out = DnsAnswer {
+        query,
+        cnames: Vec::new(),
+        addrs: Vec::new(),
+    };
     for _ in 0..an {
         let (_name, next) = match read_name(msg, at) {
             Ok(x) => x,
@@ -95,11 +103,18 @@ pub fn parse_response(msg: &[u8]) -> Result<DnsAnswer, DnsError> {
             Some(s) => u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
             None => break,
         };
-        let Ok(rdlen) = u16_at(msg, next + 8) else { break };
+        let Ok(rdlen) = u16_at(msg, next + 8) else {
+            break;
+        };
         let rdata_at = next + 10;
-        let Some(rdata) = msg.get(rdata_at..rdata_at + rdlen as usize) else { break };
+        let Some(rdata) = msg.get(rdata_at..rdata_at + rdlen as usize) else {
+            break;
+        };
         match (rtype, rdata.len()) {
-            (1, 4) => out.addrs.push((IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3])), ttl)),
+            (1, 4) => out.addrs.push((
+                IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3])),
+                ttl,
+            )),
             (28, 16) => {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(rdata);
@@ -166,7 +181,11 @@ pub(crate) mod tests {
     fn parses_a_aaaa_cname() {
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
         let v6: IpAddr = "2001:db8::7".parse().unwrap();
-        let m = build_response("Origin.Media.svc.cluster.local", Some("cdn.example"), &[(v4, 30), (v6, 40)]);
+        let m = build_response(
+            "Origin.Media.svc.cluster.local",
+            Some("cdn.example"),
+            &[(v4, 30), (v6, 40)],
+        );
         let a = parse_response(&m).unwrap();
         assert_eq!(a.query, "origin.media.svc.cluster.local");
         assert_eq!(a.cnames, vec!["cdn.example".to_string()]);

@@ -21,8 +21,16 @@ impl Cluster {
         let engine = Engine::build(snap)?;
         let mut by_uid = HashMap::new();
         for p in &snap.pods {
-            let (Some(uid), Some(ns), Some(name)) = (&p.metadata.uid, &p.metadata.namespace, &p.metadata.name) else { continue };
-            if let Some(i) = engine.pods().iter().position(|q| &q.namespace == ns && &q.name == name) {
+            let (Some(uid), Some(ns), Some(name)) =
+                (&p.metadata.uid, &p.metadata.namespace, &p.metadata.name)
+            else {
+                continue;
+            };
+            if let Some(i) = engine
+                .pods()
+                .iter()
+                .position(|q| &q.namespace == ns && &q.name == name)
+            {
                 by_uid.insert(uid.clone(), i);
             }
         }
@@ -61,11 +69,20 @@ impl Cluster {
 
     /// Backend (ip, port) pairs of a Service ClusterIP:port, empty if it is none.
     pub fn backends(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Vec<(IpAddr, u16)> {
-        self.engine.service_at(ip, port, protocol).map(|s| s.backends.iter().map(|b| (b.ip, b.port)).collect()).unwrap_or_default()
+        self.engine
+            .service_at(ip, port, protocol)
+            .map(|s| s.backends.iter().map(|b| (b.ip, b.port)).collect())
+            .unwrap_or_default()
     }
 
     /// "allowed" or "denied: ..." naming the policies, as an operator would say it.
-    pub fn verdict(&self, src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> (bool, String) {
+    pub fn verdict(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> (bool, String) {
         let r = self.engine.evaluate(src, dst, port, protocol);
         (r.allowed, self.verdict_text(&r, port, protocol))
     }
@@ -80,10 +97,24 @@ impl Cluster {
             if side.allowed {
                 continue;
             }
-            let pod = side.pod.map(|p| self.engine.pod_name(p)).unwrap_or_default();
-            let by: Vec<String> = side.isolated_by.iter().map(|&p| self.engine.policy_name(p)).collect();
-            let target_port = if t.dst_port != port { format!(" (target port {})", t.dst_port) } else { String::new() };
-            parts.push(format!("{pod} isolated for {what} by {}, no rule allows {port}/{protocol}{target_port}", by.join(", ")));
+            let pod = side
+                .pod
+                .map(|p| self.engine.pod_name(p))
+                .unwrap_or_default();
+            let by: Vec<String> = side
+                .isolated_by
+                .iter()
+                .map(|&p| self.engine.policy_name(p))
+                .collect();
+            let target_port = if t.dst_port != port {
+                format!(" (target port {})", t.dst_port)
+            } else {
+                String::new()
+            };
+            parts.push(format!(
+                "{pod} isolated for {what} by {}, no rule allows {port}/{protocol}{target_port}",
+                by.join(", ")
+            ));
         }
         format!("denied: {}", parts.join("; "))
     }

@@ -199,7 +199,11 @@ pub fn read_flow_log(path: &Path, skip_invalid: bool) -> Result<FlowLog, FlowLog
 }
 
 /// Parses flow-log bytes; `path` only names the source in errors.
-pub fn parse_flow_log(path: &Path, data: &[u8], skip_invalid: bool) -> Result<FlowLog, FlowLogError> {
+pub fn parse_flow_log(
+    path: &Path,
+    data: &[u8],
+    skip_invalid: bool,
+) -> Result<FlowLog, FlowLogError> {
     let mut records = Vec::new();
     let skipped = visit_flow_log(path, data, skip_invalid, |n, _, r| records.push((n, r)))?;
     Ok(FlowLog { records, skipped })
@@ -224,7 +228,8 @@ pub fn visit_flow_log(
         n += 1;
         let line_start = offset;
         offset += raw.len() + 1;
-        let is_last = lines.peek().is_none() || (lines.peek() == Some(&&b""[..]) && ends_with_newline);
+        let is_last =
+            lines.peek().is_none() || (lines.peek() == Some(&&b""[..]) && ends_with_newline);
         let text = match std::str::from_utf8(raw) {
             Ok(t) => t.trim(),
             Err(e) => {
@@ -233,7 +238,11 @@ pub fn visit_flow_log(
                     skipped.push((n, message));
                     continue;
                 }
-                return Err(FlowLogError::Line { path: path.to_owned(), line: n, message });
+                return Err(FlowLogError::Line {
+                    path: path.to_owned(),
+                    line: n,
+                    message,
+                });
             }
         };
         if text.is_empty() {
@@ -248,7 +257,10 @@ pub fn visit_flow_log(
                 if skip_invalid {
                     skipped.push((n, e.to_string()));
                 } else if is_last && !ends_with_newline && e.is_eof() {
-                    return Err(FlowLogError::Truncated { path: path.to_owned(), line: n });
+                    return Err(FlowLogError::Truncated {
+                        path: path.to_owned(),
+                        line: n,
+                    });
                 } else {
                     return Err(FlowLogError::Line {
                         path: path.to_owned(),
@@ -274,9 +286,17 @@ pub fn write_records<W: Write>(w: &mut W, records: &[FlowRecord]) -> std::io::Re
 }
 
 /// Reads records from any reader (used for stdin and tests).
-pub fn read_from<R: BufRead>(name: &Path, mut r: R, skip_invalid: bool) -> Result<FlowLog, FlowLogError> {
+pub fn read_from<R: BufRead>(
+    name: &Path,
+    mut r: R,
+    skip_invalid: bool,
+) -> Result<FlowLog, FlowLogError> {
     let mut data = Vec::new();
-    r.read_to_end(&mut data).map_err(|source| FlowLogError::Io { path: name.to_owned(), source })?;
+    r.read_to_end(&mut data)
+        .map_err(|source| FlowLogError::Io {
+            path: name.to_owned(),
+            source,
+        })?;
     parse_flow_log(name, &data, skip_invalid)
 }
 
@@ -297,7 +317,9 @@ mod tests {
     #[test]
     fn unknown_field_names_line_and_field() {
         let data = format!("{MIN}\n{{\"src_ip\":\"10.0.0.1\",\"dst_ip\":\"10.0.0.2\",\"dst_port\":1,\"protocol\":\"UDP\",\"colour\":1}}\n");
-        let err = parse_flow_log(Path::new("flows.jsonl"), data.as_bytes(), false).unwrap_err().to_string();
+        let err = parse_flow_log(Path::new("flows.jsonl"), data.as_bytes(), false)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("flows.jsonl:2:"), "{err}");
         assert!(err.contains("colour"), "{err}");
     }
@@ -306,7 +328,10 @@ mod tests {
     fn truncated_last_line_is_named() {
         let data = format!("{MIN}\n{}", &MIN[..30]);
         let err = parse_flow_log(Path::new("f"), data.as_bytes(), false).unwrap_err();
-        assert!(matches!(err, FlowLogError::Truncated { line: 2, .. }), "{err}");
+        assert!(
+            matches!(err, FlowLogError::Truncated { line: 2, .. }),
+            "{err}"
+        );
         let log = parse_flow_log(Path::new("f"), data.as_bytes(), true).unwrap();
         assert_eq!((log.records.len(), log.skipped.len()), (1, 1));
     }
@@ -333,6 +358,9 @@ mod tests {
         let mut out = Vec::new();
         write_records(&mut out, &[r.clone(), r.clone()]).unwrap();
         let log = parse_flow_log(Path::new("f"), &out, false).unwrap();
-        assert_eq!(log.records.into_iter().map(|x| x.1).collect::<Vec<_>>(), vec![r.clone(), r]);
+        assert_eq!(
+            log.records.into_iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec![r.clone(), r]
+        );
     }
 }

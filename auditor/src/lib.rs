@@ -19,7 +19,7 @@ pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod record;
-pub mod serve;
 pub mod report;
+pub mod serve;
 pub mod suggest;
 pub mod tracefs;

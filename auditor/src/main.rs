@@ -17,11 +17,21 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "auditor", version, about, verbatim_doc_comment)]
 struct Cli {
     /// Log format on standard error (`json` for the DaemonSet).
-    #[arg(long, global = true, default_value = "text", env = "AUDITOR_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "AUDITOR_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     /// Log filter, e.g. `info`, `debug`, `auditor=debug`. The Kubernetes client's own
     /// retry errors are off by default: the agent logs each API outage once.
-    #[arg(long, global = true, default_value = "info,kube_client=off", env = "AUDITOR_LOG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,kube_client=off",
+        env = "AUDITOR_LOG"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -43,9 +53,13 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -57,9 +71,15 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, &cli.log);
     let result: anyhow::Result<u8> = match cli.command {
         Command::Record(args) => record(*args),
-        Command::Diff(args) => auditor::diff::run(&args).map(|c| c as u8).map_err(Into::into),
-        Command::Suggest(args) => auditor::suggest::run(&args).map(|c| c as u8).map_err(Into::into),
-        Command::Report(args) => auditor::report::run(&args).map(|c| c as u8).map_err(Into::into),
+        Command::Diff(args) => auditor::diff::run(&args)
+            .map(|c| c as u8)
+            .map_err(Into::into),
+        Command::Suggest(args) => auditor::suggest::run(&args)
+            .map(|c| c as u8)
+            .map_err(Into::into),
+        Command::Report(args) => auditor::report::run(&args)
+            .map(|c| c as u8)
+            .map_err(Into::into),
         Command::Collect(args) => collect(&args),
     };
     match result {
@@ -72,12 +92,16 @@ fn main() -> ExitCode {
 }
 
 fn collect(args: &auditor::collect::CollectArgs) -> anyhow::Result<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     Ok(rt.block_on(auditor::collect::run(args))? as u8)
 }
 
 fn record(args: auditor::record::RecordArgs) -> anyhow::Result<u8> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let summary = rt.block_on(auditor::record::run(args))?;
     let lost: u64 = summary.lost_events.values().sum();
     eprintln!(

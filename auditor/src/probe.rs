@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use auditor_ebpf::{Config, Offsets};
-use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
-};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::btf::Btf;
@@ -99,7 +97,9 @@ fn effective_caps() -> Option<u64> {
 
 /// Names of the capabilities the auditor lacks (empty when it has them).
 pub fn missing_capabilities() -> Vec<&'static str> {
-    let Some(caps) = effective_caps() else { return vec![] };
+    let Some(caps) = effective_caps() else {
+        return vec![];
+    };
     let has = |c: u32| caps & (1 << c) != 0;
     if has(CAP_SYS_ADMIN) {
         return vec![];
@@ -118,22 +118,38 @@ pub fn missing_capabilities() -> Vec<&'static str> {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Reads tracepoint layouts and BTF offsets; what is missing is recorded in `degraded`.
-fn offsets(degraded: &mut Vec<String>, drop_reasons: &mut BTreeMap<u32, String>) -> (Offsets, bool) {
-    let mut o = Offsets { min_drop_reason: 1, ..Default::default() };
+fn offsets(
+    degraded: &mut Vec<String>,
+    drop_reasons: &mut BTreeMap<u32, String>,
+) -> (Offsets, bool) {
+    let mut o = Offsets {
+        min_drop_reason: 1,
+        ..Default::default()
+    };
     let tfs = match tracefs::find_tracefs() {
         Ok(p) => p,
         Err(e) => {
-            degraded.push(format!("{e}: TCP connections, inbound accepts and kernel drops are not recorded"));
+            degraded.push(format!(
+                "{e}: TCP connections, inbound accepts and kernel drops are not recorded"
+            ));
             return (o, false);
         }
     };
     let mut ok = true;
     let mut missing: Vec<String> = Vec::new();
-    fn field(missing: &mut Vec<String>, fmt: &tracefs::Format, path: &Path, name: &str, slot: &mut u32) {
+    fn field(
+        missing: &mut Vec<String>,
+        fmt: &tracefs::Format,
+        path: &Path,
+        name: &str,
+        slot: &mut u32,
+    ) {
         match fmt.offset(path, name) {
             Ok(v) => *slot = v,
             Err(e) => missing.push(e.to_string()),
@@ -168,11 +184,19 @@ fn offsets(degraded: &mut Vec<String>, drop_reasons: &mut BTreeMap<u32, String>)
         field(&mut missing, &f, &p, "reason", &mut o.kfs_reason);
         *drop_reasons = tracefs::parse_drop_reasons(&f.print_fmt);
         // NOT_DROPPED_YET (0) and CONSUMED (1, where the kernel has it) are normal frees.
-        o.min_drop_reason = drop_reasons.iter().find(|(_, n)| n.as_str() == "CONSUMED").map(|(k, _)| *k).unwrap_or(1).max(1);
+        o.min_drop_reason = drop_reasons
+            .iter()
+            .find(|(_, n)| n.as_str() == "CONSUMED")
+            .map(|(k, _)| *k)
+            .unwrap_or(1)
+            .max(1);
     }
     if !missing.is_empty() {
         ok = false;
-        degraded.push(format!("{}: tracepoint programs are not attached", missing.join("; ")));
+        degraded.push(format!(
+            "{}: tracepoint programs are not attached",
+            missing.join("; ")
+        ));
     }
     let btf_path = Path::new("/sys/kernel/btf/vmlinux");
     match Btf::from_file(btf_path).and_then(|b| {
@@ -207,21 +231,48 @@ impl Probe {
             }
         }
         let (filter_cgroup_id, filter_level) = opts.filter_cgroup.unwrap_or((0, 0));
-        let config = Config { dns: u32::from(opts.dns), drops: u32::from(opts.drops), ignore_reasons, noop: u32::from(opts.noop), _pad: 0, filter_cgroup_id, filter_level, _pad2: 0 };
+        let config = Config {
+            dns: u32::from(opts.dns),
+            drops: u32::from(opts.drops),
+            ignore_reasons,
+            noop: u32::from(opts.noop),
+            _pad: 0,
+            filter_cgroup_id,
+            filter_level,
+            _pad2: 0,
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offs, true)
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .map_max_entries("FLOWS", opts.max_flows)
             .load(OBJECT)
-            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source: Box::new(source) })?;
+            .map_err(|source| ProbeError::Load {
+                kernel: kernel_release(),
+                source: Box::new(source),
+            })?;
 
         let mut attached = Vec::new();
         if tracepoints_ok {
             for (prog, cat, name, what) in [
-                ("inet_sock_set_state", "sock", "inet_sock_set_state", "TCP connections and accepts"),
-                ("tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", "SYN retransmit counts"),
-                ("tcp_receive_reset", "tcp", "tcp_receive_reset", "refused connections (reported as errors instead)"),
+                (
+                    "inet_sock_set_state",
+                    "sock",
+                    "inet_sock_set_state",
+                    "TCP connections and accepts",
+                ),
+                (
+                    "tcp_retransmit_skb",
+                    "tcp",
+                    "tcp_retransmit_skb",
+                    "SYN retransmit counts",
+                ),
+                (
+                    "tcp_receive_reset",
+                    "tcp",
+                    "tcp_receive_reset",
+                    "refused connections (reported as errors instead)",
+                ),
                 ("kfree_skb", "skb", "kfree_skb", "kernel drops"),
             ] {
                 if prog == "kfree_skb" && !opts.drops {
@@ -229,7 +280,9 @@ impl Probe {
                 }
                 match attach_tracepoint(&mut ebpf, prog, cat, name) {
                     Ok(()) => attached.push(format!("tracepoint {cat}:{name}")),
-                    Err(e) => degraded.push(format!("tracepoint {cat}:{name}: {e}: {what} are not recorded")),
+                    Err(e) => degraded.push(format!(
+                        "tracepoint {cat}:{name}: {e}: {what} are not recorded"
+                    )),
                 }
             }
         }
@@ -257,12 +310,20 @@ impl Probe {
         if attached.is_empty() {
             return Err(ProbeError::NothingAttached(degraded.join("; ")));
         }
-        Ok(Self { ebpf, degraded, drop_reasons, attached })
+        Ok(Self {
+            ebpf,
+            degraded,
+            drop_reasons,
+            attached,
+        })
     }
 }
 
 fn raise_memlock() {
-    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid struct; failure only matters on kernels < 5.11.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
     if ret != 0 {
@@ -277,7 +338,8 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Resu
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     p.load().map_err(|e| format!("load: {e}"))?;
-    p.attach(cat, name).map_err(|e| format!("attach: {}", chain(&e)))?;
+    p.attach(cat, name)
+        .map_err(|e| format!("attach: {}", chain(&e)))?;
     Ok(())
 }
 
@@ -291,7 +353,8 @@ fn attach_sock_addr(ebpf: &mut Ebpf, prog: &str, cg: &std::fs::File) -> Result<(
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     p.load().map_err(|e| format!("load: {e}"))?;
-    p.attach(cg, CgroupAttachMode::Single).map_err(|e| format!("attach: {}", chain(&e)))?;
+    p.attach(cg, CgroupAttachMode::Single)
+        .map_err(|e| format!("attach: {}", chain(&e)))?;
     Ok(())
 }
 
@@ -302,7 +365,8 @@ fn attach_ingress(ebpf: &mut Ebpf, cg: &std::fs::File) -> Result<(), String> {
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
     p.load().map_err(|e| format!("load: {e}"))?;
-    p.attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single).map_err(|e| format!("attach: {}", chain(&e)))?;
+    p.attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+        .map_err(|e| format!("attach: {}", chain(&e)))?;
     Ok(())
 }
 

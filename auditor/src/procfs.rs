@@ -31,7 +31,10 @@ pub struct CgroupResolver {
 
 impl CgroupResolver {
     pub fn new(root: PathBuf) -> Self {
-        Self { root, cache: HashMap::new() }
+        Self {
+            root,
+            cache: HashMap::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -55,10 +58,18 @@ impl CgroupResolver {
             if seen > 200_000 {
                 break;
             }
-            let Ok(md) = std::fs::metadata(&dir) else { continue };
-            let rel = dir.strip_prefix(&self.root).map(|r| format!("/{}", r.display())).unwrap_or_default();
-            self.cache.insert(md.ino(), if rel == "/" { "/".into() } else { rel });
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(md) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = dir
+                .strip_prefix(&self.root)
+                .map(|r| format!("/{}", r.display()))
+                .unwrap_or_default();
+            self.cache
+                .insert(md.ino(), if rel == "/" { "/".into() } else { rel });
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     stack.push(e.path());
@@ -81,8 +92,12 @@ pub fn proc_info(tgid: u32) -> ProcInfo {
     }
     let base = PathBuf::from(format!("/proc/{tgid}"));
     ProcInfo {
-        comm: std::fs::read_to_string(base.join("comm")).ok().map(|s| s.trim_end().to_owned()),
-        exe: std::fs::read_link(base.join("exe")).ok().map(|p| p.display().to_string()),
+        comm: std::fs::read_to_string(base.join("comm"))
+            .ok()
+            .map(|s| s.trim_end().to_owned()),
+        exe: std::fs::read_link(base.join("exe"))
+            .ok()
+            .map(|p| p.display().to_string()),
     }
 }
 
@@ -107,7 +122,11 @@ pub fn sockets_on_port(table: &str, port: u16, tcp: bool) -> Vec<u64> {
 /// flow whose listener started before the recorder did.
 pub fn receiver_in_cgroup(cgroup_dir: &Path, port: u16, tcp: bool) -> Option<u32> {
     let procs = std::fs::read_to_string(cgroup_dir.join("cgroup.procs")).ok()?;
-    let pids: Vec<u32> = procs.split_whitespace().filter_map(|p| p.parse().ok()).take(256).collect();
+    let pids: Vec<u32> = procs
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .take(256)
+        .collect();
     let mut inodes = Vec::new();
     let mut seen_ns = Vec::new();
     for pid in &pids {
@@ -116,7 +135,11 @@ pub fn receiver_in_cgroup(cgroup_dir: &Path, port: u16, tcp: bool) -> Option<u32
             continue;
         }
         seen_ns.push(ns);
-        for t in if tcp { ["tcp", "tcp6"] } else { ["udp", "udp6"] } {
+        for t in if tcp {
+            ["tcp", "tcp6"]
+        } else {
+            ["udp", "udp6"]
+        } {
             if let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{t}")) {
                 inodes.extend(sockets_on_port(&table, port, tcp));
             }
@@ -126,14 +149,22 @@ pub fn receiver_in_cgroup(cgroup_dir: &Path, port: u16, tcp: bool) -> Option<u32
         return None;
     }
     pids.into_iter().find(|pid| {
-        std::fs::read_dir(format!("/proc/{pid}/fd")).ok().is_some_and(|rd| {
-            rd.flatten().any(|e| {
-                std::fs::read_link(e.path()).ok().and_then(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
-                }).is_some_and(|ino| inodes.contains(&ino))
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()
+            .is_some_and(|rd| {
+                rd.flatten().any(|e| {
+                    std::fs::read_link(e.path())
+                        .ok()
+                        .and_then(|l| {
+                            let l = l.to_string_lossy().into_owned();
+                            l.strip_prefix("socket:[")?
+                                .strip_suffix(']')?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .is_some_and(|ino| inodes.contains(&ino))
+                })
             })
-        })
     })
 }
 
@@ -150,16 +181,26 @@ mod tests {
     #[test]
     fn finds_unified_and_hybrid() {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(cgroup2_mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
-        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount_in(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
     }
 
     #[test]
     fn socket_tables() {
         let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
-        assert_eq!(sockets_on_port(tcp, 8080, true), vec![12345], "only the LISTEN socket on 8080");
+        assert_eq!(
+            sockets_on_port(tcp, 8080, true),
+            vec![12345],
+            "only the LISTEN socket on 8080"
+        );
         assert!(sockets_on_port(tcp, 8081, true).is_empty());
         let udp = "  sl  local_address rem_address   st\n 1: 00000000:1388 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2\n";
         assert_eq!(sockets_on_port(udp, 5000, false), vec![4242]);
@@ -171,12 +212,17 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let Some(root) = cgroup2_mount() else { return };
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) else { return };
+        let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return;
+        };
         let dir = root.join(rel.trim_start_matches('/'));
         if !dir.join("cgroup.procs").exists() {
             return;
         }
-        assert_eq!(receiver_in_cgroup(&dir, port, true), Some(std::process::id()));
+        assert_eq!(
+            receiver_in_cgroup(&dir, port, true),
+            Some(std::process::id())
+        );
     }
 
     #[test]

@@ -38,7 +38,12 @@ pub struct RecordArgs {
     #[arg(long, value_parser = humantime::parse_duration, env = "AUDITOR_DURATION")]
     pub duration: Option<Duration>,
     /// Keep only flows of processes with this name (process or thread name); repeatable.
-    #[arg(long = "comm", value_name = "NAME", env = "AUDITOR_COMM", value_delimiter = ',')]
+    #[arg(
+        long = "comm",
+        value_name = "NAME",
+        env = "AUDITOR_COMM",
+        value_delimiter = ','
+    )]
     pub comms: Vec<String>,
     /// Keep only flows of processes in this cgroup v2 directory or below it
     /// (absolute path, or relative to the cgroup v2 mount). Cgroup programs attach here.
@@ -239,7 +244,10 @@ struct State {
 
 impl State {
     fn reason_name(&self, r: u32) -> String {
-        self.drop_reasons.get(&r).cloned().unwrap_or_else(|| format!("REASON_{r}"))
+        self.drop_reasons
+            .get(&r)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{r}"))
     }
 
     fn time(&self, ns: u64) -> Option<String> {
@@ -258,8 +266,15 @@ impl State {
             // started before the recorder: find the socket's owner in the cgroup.
             let mut pid = (flow.tgid != 0).then_some(flow.tgid);
             if pid.is_none() && flow.direction == Direction::Ingress {
-                if let (Some(root), Some(path)) = (self.resolver.as_ref().map(|r| r.root().to_owned()), cgroup.as_ref()) {
-                    pid = procfs::receiver_in_cgroup(&root.join(path.trim_start_matches('/')), flow.dst_port, flow.protocol == Protocol::Tcp);
+                if let (Some(root), Some(path)) = (
+                    self.resolver.as_ref().map(|r| r.root().to_owned()),
+                    cgroup.as_ref(),
+                ) {
+                    pid = procfs::receiver_in_cgroup(
+                        &root.join(path.trim_start_matches('/')),
+                        flow.dst_port,
+                        flow.protocol == Protocol::Tcp,
+                    );
                 }
             }
             let info = procfs::proc_info(pid.unwrap_or(0));
@@ -271,14 +286,29 @@ impl State {
                     || thread_comm.as_ref().is_some_and(|c| self.comms.contains(c));
             }
             if let Some(prefix) = &self.cgroup_prefix {
-                keep &= cgroup.as_ref().is_some_and(|c| c == prefix || c.starts_with(&format!("{}/", prefix.trim_end_matches('/'))) || prefix == "/");
+                keep &= cgroup.as_ref().is_some_and(|c| {
+                    c == prefix
+                        || c.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
+                        || prefix == "/"
+                });
             }
             // The recorder's own connections (the Kubernetes API, Alertmanager) are not audited.
             if flow.tgid == std::process::id() {
                 keep = false;
             }
             let thread_comm = thread_comm.filter(|t| Some(t) != comm.as_ref());
-            self.flows.insert(*flow, Meta { comm, thread_comm, exe: info.exe, cgroup, keep, pid, ..Default::default() });
+            self.flows.insert(
+                *flow,
+                Meta {
+                    comm,
+                    thread_comm,
+                    exe: info.exe,
+                    cgroup,
+                    keep,
+                    pid,
+                    ..Default::default()
+                },
+            );
         }
         self.flows.get_mut(flow).expect("inserted above")
     }
@@ -287,7 +317,9 @@ impl State {
     /// engine rejects keeps the previous view (and says why).
     fn refresh_cluster(&mut self) {
         let Some(w) = &self.watch else { return };
-        self.shared.cluster_ready.store(w.healthy(), std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .cluster_ready
+            .store(w.healthy(), std::sync::atomic::Ordering::Relaxed);
         let generation = w.generation();
         if generation == self.watch_generation {
             return;
@@ -323,9 +355,17 @@ impl State {
         let local = r.cgroup.as_deref().and_then(|p| c.pod_of_cgroup(p));
         match flow.direction {
             Direction::Egress => {
-                r.src = local.map(|i| c.endpoint_of_pod(i)).or_else(|| c.endpoint_of_ip(r.src_ip));
+                r.src = local
+                    .map(|i| c.endpoint_of_pod(i))
+                    .or_else(|| c.endpoint_of_ip(r.src_ip));
                 if r.src_ip.is_unspecified() {
-                    if let Some(ip) = local.and_then(|i| c.engine.pods()[i].ips.iter().find(|ip| ip.is_ipv4() == r.dst_ip.is_ipv4()).copied()) {
+                    if let Some(ip) = local.and_then(|i| {
+                        c.engine.pods()[i]
+                            .ips
+                            .iter()
+                            .find(|ip| ip.is_ipv4() == r.dst_ip.is_ipv4())
+                            .copied()
+                    }) {
                         r.src_ip = ip;
                     }
                 }
@@ -336,7 +376,9 @@ impl State {
                 });
             }
             Direction::Ingress => {
-                r.dst = local.map(|i| c.endpoint_of_pod(i)).or_else(|| c.endpoint_of_ip(r.dst_ip));
+                r.dst = local
+                    .map(|i| c.endpoint_of_pod(i))
+                    .or_else(|| c.endpoint_of_ip(r.dst_ip));
                 r.src = c.endpoint_of_ip(r.src_ip);
             }
         }
@@ -362,7 +404,12 @@ impl State {
                 .get_or_create(&crate::serve::FlowLabels {
                     namespace: namespace.clone(),
                     workload: workload.clone(),
-                    direction: if flow.direction == Direction::Egress { "egress" } else { "ingress" }.into(),
+                    direction: if flow.direction == Direction::Egress {
+                        "egress"
+                    } else {
+                        "ingress"
+                    }
+                    .into(),
                     protocol: flow.protocol.to_string(),
                     verdict: verdict.into(),
                 })
@@ -370,10 +417,21 @@ impl State {
         }
         if r.drops > 0 {
             let reason = r.drop_reason.clone().unwrap_or_else(|| "unknown".into());
-            m.drops.get_or_create(&crate::serve::DropLabels { namespace: namespace.clone(), workload: workload.clone(), reason }).inc_by(r.drops);
+            m.drops
+                .get_or_create(&crate::serve::DropLabels {
+                    namespace: namespace.clone(),
+                    workload: workload.clone(),
+                    reason,
+                })
+                .inc_by(r.drops);
         }
         if r.timed_out > 0 {
-            m.connect_timeouts.get_or_create(&crate::serve::WorkloadLabels { namespace, workload }).inc_by(r.timed_out);
+            m.connect_timeouts
+                .get_or_create(&crate::serve::WorkloadLabels {
+                    namespace,
+                    workload,
+                })
+                .inc_by(r.timed_out);
         }
     }
 
@@ -387,7 +445,10 @@ impl State {
                 if fe.kind == abi::EVENT_OUTCOME && m.keep {
                     let what = match fe.state {
                         Some(FlowState::Refused) => "connection refused".to_string(),
-                        Some(FlowState::TimedOut) => format!("connect timed out after {} SYN retransmits", fe.syn_retransmits),
+                        Some(FlowState::TimedOut) => format!(
+                            "connect timed out after {} SYN retransmits",
+                            fe.syn_retransmits
+                        ),
                         _ => "connect failed".to_string(),
                     };
                     tracing::debug!(
@@ -431,8 +492,16 @@ impl State {
                 continue;
             }
             // A Service ClusterIP flow: the dropped packet carries a backend after DNAT.
-            let backends = self.cluster.as_ref().map(|c| c.backends(f.dst_ip, f.dst_port, f.protocol)).unwrap_or_default();
-            let src_ok = |ip: &IpAddr| f.src_ip == *ip || unspecified(&f.src_ip) || self.pod_ip_of(f).is_some_and(|p| p == *ip);
+            let backends = self
+                .cluster
+                .as_ref()
+                .map(|c| c.backends(f.dst_ip, f.dst_port, f.protocol))
+                .unwrap_or_default();
+            let src_ok = |ip: &IpAddr| {
+                f.src_ip == *ip
+                    || unspecified(&f.src_ip)
+                    || self.pod_ip_of(f).is_some_and(|p| p == *ip)
+            };
             let hit = match f.direction {
                 Direction::Egress => {
                     (f.dst_ip == dst && f.dst_port == dp && src_ok(&s))
@@ -446,7 +515,8 @@ impl State {
                 // Several processes may talk to the same peer: prefer the flow whose first or
                 // latest connection used the dropped packet's port, then the latest active.
                 let meta = &self.flows[f];
-                let is_reply = f.direction == Direction::Egress && (f.dst_ip == s || backends.contains(&(s, sp)));
+                let is_reply = f.direction == Direction::Egress
+                    && (f.dst_ip == s || backends.contains(&(s, sp)));
                 let port = if is_reply { dp } else { sp };
                 let port_hit = meta.src_port == Some(port) || meta.last_src_port == Some(port);
                 let score = (port_hit, meta.last_seen_ns);
@@ -469,7 +539,17 @@ impl State {
     fn send_alerts(&mut self, alerts: Vec<crate::alerts::Alert>) {
         if let (Some(t), false) = (&self.alertmanager, alerts.is_empty()) {
             let now = SystemTime::now();
-            let body: Vec<serde_json::Value> = alerts.iter().map(|a| crate::alertmanager::postable(a, self.node_name.as_deref(), now, Duration::from_secs(300))).collect();
+            let body: Vec<serde_json::Value> = alerts
+                .iter()
+                .map(|a| {
+                    crate::alertmanager::postable(
+                        a,
+                        self.node_name.as_deref(),
+                        now,
+                        Duration::from_secs(300),
+                    )
+                })
+                .collect();
             let t = t.clone();
             tokio::spawn(async move {
                 if let Err(e) = crate::alertmanager::send(&t, &body, Duration::from_secs(5)).await {
@@ -517,18 +597,36 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     let root = procfs::cgroup2_mount();
     let (attach_cgroup, cgroup_prefix) = match (&root, &args.cgroup) {
         (Some(root), Some(cg)) => {
-            let abs = if cg.is_absolute() { cg.clone() } else { root.join(cg) };
+            let abs = if cg.is_absolute() {
+                cg.clone()
+            } else {
+                root.join(cg)
+            };
             let rel = abs
                 .strip_prefix(root)
                 .map(|r| format!("/{}", r.display()))
-                .map_err(|_| RecordError::NotCgroup { path: cg.clone(), root: root.display().to_string() })?;
+                .map_err(|_| RecordError::NotCgroup {
+                    path: cg.clone(),
+                    root: root.display().to_string(),
+                })?;
             if !abs.join("cgroup.procs").exists() {
-                return Err(RecordError::NotCgroup { path: cg.clone(), root: root.display().to_string() });
+                return Err(RecordError::NotCgroup {
+                    path: cg.clone(),
+                    root: root.display().to_string(),
+                });
             }
-            (Some(abs), Some(if rel == "/" { "/".to_string() } else { rel }))
+            (
+                Some(abs),
+                Some(if rel == "/" { "/".to_string() } else { rel }),
+            )
         }
         (Some(root), None) => (Some(root.clone()), None),
-        (None, Some(cg)) => return Err(RecordError::NotCgroup { path: cg.clone(), root: "nowhere".into() }),
+        (None, Some(cg)) => {
+            return Err(RecordError::NotCgroup {
+                path: cg.clone(),
+                root: "nowhere".into(),
+            })
+        }
         (None, None) => (None, None),
     };
 
@@ -538,11 +636,20 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         max_flows: args.max_flows,
         dns: !args.no_dns,
         drops: !args.no_drops,
-        ignore_drop_reasons: args.ignore_drop_reasons.iter().filter(|r| !r.eq_ignore_ascii_case("none")).cloned().collect(),
+        ignore_drop_reasons: args
+            .ignore_drop_reasons
+            .iter()
+            .filter(|r| !r.eq_ignore_ascii_case("none"))
+            .cloned()
+            .collect(),
         noop: args.bench_noop,
         filter_cgroup: match (&cgroup_prefix, &attach_cgroup) {
             (Some(rel), Some(abs)) if rel != "/" => {
-                let id = procfs::cgroup_id(abs).map_err(|source| RecordError::Io { op: "stat cgroup", path: abs.clone(), source })?;
+                let id = procfs::cgroup_id(abs).map_err(|source| RecordError::Io {
+                    op: "stat cgroup",
+                    path: abs.clone(),
+                    source,
+                })?;
                 Some((id, rel.split('/').filter(|c| !c.is_empty()).count() as u32))
             }
             _ => None,
@@ -563,28 +670,58 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         }
     };
 
-    let ring = probe.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+    let ring = probe
+        .ebpf
+        .take_map("EVENTS")
+        .ok_or(ProbeError::MissingMap("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|e| RecordError::Ring(e.to_string()))?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
-    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1).map_err(|source| RecordError::Io { op: "poll ring buffer", path: "EVENTS".into(), source })?;
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| e.into_parts().1)
+        .map_err(|source| RecordError::Io {
+            op: "poll ring buffer",
+            path: "EVENTS".into(),
+            source,
+        })?;
 
     let cluster = match &args.cluster {
         Some(path) => {
             let snap = crate::cluster::read_snapshot(path)?;
-            Some(crate::enrich::Cluster::new(&snap).map_err(|source| RecordError::Policy { path: path.clone(), source })?)
+            Some(
+                crate::enrich::Cluster::new(&snap).map_err(|source| RecordError::Policy {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
         }
         None => None,
     };
     let alerts_out = if args.alerts.as_os_str() == "-" {
         AlertSink::Stderr
     } else {
-        let f = OpenOptions::new().create(true).append(true).open(&args.alerts).map_err(|source| RecordError::Io { op: "open alerts file", path: args.alerts.clone(), source })?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.alerts)
+            .map_err(|source| RecordError::Io {
+                op: "open alerts file",
+                path: args.alerts.clone(),
+                source,
+            })?;
         AlertSink::File(args.alerts.clone(), f)
     };
-    let alertmanager = args.alertmanager_url.as_deref().map(crate::alertmanager::Target::parse).transpose()?;
+    let alertmanager = args
+        .alertmanager_url
+        .as_deref()
+        .map(crate::alertmanager::Target::parse)
+        .transpose()?;
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() && !args.no_kube;
     let watch = if args.kubeconfig.is_some() || (in_cluster && args.cluster.is_none()) {
-        let w = crate::kube::ClusterWatch::start(crate::kube::KubeOptions { kubeconfig: args.kubeconfig.clone(), node_name: args.node_name.clone() }).await?;
+        let w = crate::kube::ClusterWatch::start(crate::kube::KubeOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            node_name: args.node_name.clone(),
+        })
+        .await?;
         tracing::info!("watching the Kubernetes API for pods, services and policies");
         Some(w)
     } else {
@@ -592,7 +729,9 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     };
     let shared = crate::serve::Shared::new(args.flows_buffer);
     if let Some(addr) = args.listen {
-        let bound = crate::serve::spawn(addr, shared.clone()).await.map_err(|source| RecordError::Listen { addr, source })?;
+        let bound = crate::serve::spawn(addr, shared.clone())
+            .await
+            .map_err(|source| RecordError::Listen { addr, source })?;
         tracing::info!(%bound, "serving /metrics, /healthz, /flows");
     }
     let mut state = State {
@@ -614,22 +753,41 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         drop_written: HashMap::new(),
         drop_reasons: probe.drop_reasons.clone(),
         boot_to_unix_ns: boot_to_unix_ns(),
-        summary: Summary { degraded: probe.degraded.clone(), attached: probe.attached.clone(), ..Default::default() },
+        summary: Summary {
+            degraded: probe.degraded.clone(),
+            attached: probe.attached.clone(),
+            ..Default::default()
+        },
     };
 
     if let Some(p) = &args.ready_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|source| RecordError::Io { op: "write ready file", path: p.clone(), source })?;
+        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|source| {
+            RecordError::Io {
+                op: "write ready file",
+                path: p.clone(),
+                source,
+            }
+        })?;
     }
     tracing::info!(output = %args.output.display(), hooks = probe.attached.len(), "recording");
-    shared.recording.store(true, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .recording
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     shared.metrics.up.set(1);
 
     let started = Instant::now();
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|source| RecordError::Io { op: "install SIGINT handler", path: "-".into(), source })?;
+        .map_err(|source| RecordError::Io {
+            op: "install SIGINT handler",
+            path: "-".into(),
+            source,
+        })?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| RecordError::Io { op: "install SIGTERM handler", path: "-".into(), source })?;
+        .map_err(|source| RecordError::Io {
+            op: "install SIGTERM handler",
+            path: "-".into(),
+            source,
+        })?;
     let mut tick = tokio::time::interval(args.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -667,7 +825,9 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     flush(&mut probe, ring.get_mut(), &mut state, &mut out)?;
     let owed = state.dedup.flush();
     state.send_alerts(owed);
-    shared.recording.store(false, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .recording
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     shared.metrics.up.set(0);
     // Let alert deliveries in flight finish (bounded by their own timeout).
     if state.alertmanager.is_some() {
@@ -677,7 +837,11 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     state.summary.flows = state.flows.values().filter(|m| m.keep).count();
     if let Some(p) = &args.summary {
         let text = serde_json::to_string_pretty(&state.summary).unwrap_or_default();
-        std::fs::write(p, text + "\n").map_err(|source| RecordError::Io { op: "write summary", path: p.clone(), source })?;
+        std::fs::write(p, text + "\n").map_err(|source| RecordError::Io {
+            op: "write summary",
+            path: p.clone(),
+            source,
+        })?;
     }
     Ok(state.summary)
 }
@@ -692,7 +856,11 @@ fn drain(ring: &mut RingBuf<MapData>, state: &mut State) {
                     Event::Drop { .. } => abi::EVENT_DROP,
                     Event::Dns(_) => abi::EVENT_DNS,
                 };
-                *state.summary.events.entry(kind_name(k).to_string()).or_default() += 1;
+                *state
+                    .summary
+                    .events
+                    .entry(kind_name(k).to_string())
+                    .or_default() += 1;
                 state.on_event(ev);
             }
             Err(e) => {
@@ -704,7 +872,12 @@ fn drain(ring: &mut RingBuf<MapData>, state: &mut State) {
 }
 
 /// Drains events, reads the kernel's counters and appends the changed flows to the log.
-fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out: &mut Output) -> Result<(), RecordError> {
+fn flush(
+    probe: &mut Probe,
+    ring: &mut RingBuf<MapData>,
+    state: &mut State,
+    out: &mut Output,
+) -> Result<(), RecordError> {
     drain(ring, state);
     state.refresh_cluster();
     // Flow counters.
@@ -715,7 +888,14 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
                 let Ok(flow) = decode::flow(&k) else { continue };
                 let comm = procfs::comm_str(&s.comm);
                 let m = state.meta_for(&flow, Some(comm));
-                let now = [s.count, s.established, s.refused, s.timed_out, s.errors, s.syn_retransmits];
+                let now = [
+                    s.count,
+                    s.established,
+                    s.refused,
+                    s.timed_out,
+                    s.errors,
+                    s.syn_retransmits,
+                ];
                 if now != m.written {
                     m.dirty = true;
                 }
@@ -740,7 +920,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
                 let Ok((k, s)) = entry else { continue };
                 let before = state.drop_written.get(&k).copied().unwrap_or(0);
                 // An LRU eviction and re-insert restarts the kernel counter.
-                let delta = if s.count >= before { s.count - before } else { s.count };
+                let delta = if s.count >= before {
+                    s.count - before
+                } else {
+                    s.count
+                };
                 if delta == 0 {
                     continue;
                 }
@@ -755,7 +939,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
     for (d, delta, last) in new_drops {
         state.summary.drops += delta;
         let reason = state.reason_name(d.reason);
-        *state.summary.drops_by_reason.entry(reason.clone()).or_default() += delta;
+        *state
+            .summary
+            .drops_by_reason
+            .entry(reason.clone())
+            .or_default() += delta;
         match state.attribute_drop(&d) {
             Some(flow) => {
                 let m = state.flows.get_mut(&flow).expect("attributed flows exist");
@@ -766,20 +954,23 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             }
             None if state.comms.is_empty() && state.cgroup_prefix.is_none() => {
                 if let (Some((s, sp, dst, dp)), Some(p)) = (d.tuple, d.protocol) {
-                    records.push((last, FlowRecord {
-                        src_ip: s,
-                        src_port: Some(sp),
-                        dst_ip: dst,
-                        dst_port: dp,
-                        protocol: p,
-                        direction: None,
-                        state: Some(FlowState::Dropped),
-                        drop_reason: Some(reason),
-                        drops: delta,
-                        first_seen: state.time(last),
-                        last_seen: state.time(last),
-                        ..empty_record(s, dst, dp, p)
-                    }));
+                    records.push((
+                        last,
+                        FlowRecord {
+                            src_ip: s,
+                            src_port: Some(sp),
+                            dst_ip: dst,
+                            dst_port: dp,
+                            protocol: p,
+                            direction: None,
+                            state: Some(FlowState::Dropped),
+                            drop_reason: Some(reason),
+                            drops: delta,
+                            first_seen: state.time(last),
+                            last_seen: state.time(last),
+                            ..empty_record(s, dst, dp, p)
+                        },
+                    ));
                 }
             }
             None => {
@@ -790,12 +981,21 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
     // Changed flows -> records.
     let counters: HashMap<Flow, abi::FlowStats> = match probe.ebpf.map("FLOWS") {
         Some(map) => match BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) {
-            Ok(flows) => flows.iter().filter_map(Result::ok).filter_map(|(k, s)| Some((decode::flow(&k).ok()?, s))).collect(),
+            Ok(flows) => flows
+                .iter()
+                .filter_map(Result::ok)
+                .filter_map(|(k, s)| Some((decode::flow(&k).ok()?, s)))
+                .collect(),
             Err(_) => HashMap::new(),
         },
         None => HashMap::new(),
     };
-    let mut flows: Vec<Flow> = state.flows.iter().filter(|(_, m)| m.dirty).map(|(f, _)| *f).collect();
+    let mut flows: Vec<Flow> = state
+        .flows
+        .iter()
+        .filter(|(_, m)| m.dirty)
+        .map(|(f, _)| *f)
+        .collect();
     flows.sort();
     for flow in flows {
         let s = counters.get(&flow).copied().unwrap_or_default();
@@ -809,7 +1009,14 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
         let (first_seen, last_seen) = (state.time(first), state.time(last_ns));
         let m = state.flows.get_mut(&flow).expect("listed above");
         m.dirty = false;
-        let now = [s.count, s.established, s.refused, s.timed_out, s.errors, s.syn_retransmits];
+        let now = [
+            s.count,
+            s.established,
+            s.refused,
+            s.timed_out,
+            s.errors,
+            s.syn_retransmits,
+        ];
         let mut delta = [0u64; 6];
         // A kernel counter below what was written: the LRU evicted the flow and it came
         // back; what it counted between the last flush and the eviction is lost.
@@ -817,7 +1024,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             state.summary.flow_map_evictions += 1;
         }
         for i in 0..6 {
-            delta[i] = if now[i] >= m.written[i] { now[i] - m.written[i] } else { now[i] };
+            delta[i] = if now[i] >= m.written[i] {
+                now[i] - m.written[i]
+            } else {
+                now[i]
+            };
         }
         if s.count != 0 || now.iter().any(|v| *v != 0) {
             m.written = now;
@@ -841,7 +1052,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             protocol: flow.protocol,
             direction: Some(flow.direction),
             state: state_v,
-            drop_reason: if drops > 0 { m.drop_reason.clone() } else { None },
+            drop_reason: if drops > 0 {
+                m.drop_reason.clone()
+            } else {
+                None
+            },
             syn_retransmits: delta[5],
             pid: m.pid,
             comm: m.comm.clone(),
@@ -849,7 +1064,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             exe: m.exe.clone(),
             cgroup_id: Some(flow.cgroup_id),
             cgroup: m.cgroup.clone(),
-            dns_name: if flow.direction == Direction::Egress { dns_name } else { None },
+            dns_name: if flow.direction == Direction::Egress {
+                dns_name
+            } else {
+                None
+            },
             first_seen,
             last_seen,
             count: delta[0],
@@ -872,11 +1091,22 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
     }
     let due = state.dedup.tick(state.started.elapsed());
     state.send_alerts(due);
-    state.shared.metrics.set_lost("decode", state.summary.decode_errors);
-    records.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| sort_key(&a.1).cmp(&sort_key(&b.1))));
+    state
+        .shared
+        .metrics
+        .set_lost("decode", state.summary.decode_errors);
+    records.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| sort_key(&a.1).cmp(&sort_key(&b.1)))
+    });
     let records: Vec<FlowRecord> = records.into_iter().map(|(_, r)| r).collect();
     out.write(&records)?;
-    state.shared.keep_lines(records.iter().map(|r| (r.last_seen.clone().unwrap_or_default(), serde_json::to_string(r).unwrap_or_default())));
+    state.shared.keep_lines(records.iter().map(|r| {
+        (
+            r.last_seen.clone().unwrap_or_default(),
+            serde_json::to_string(r).unwrap_or_default(),
+        )
+    }));
     state.summary.records_written += records.len() as u64;
     // Lost events.
     if let Some(map) = probe.ebpf.map("LOST") {
@@ -884,7 +1114,11 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             for k in 0..abi::EVENT_KINDS {
                 if let Ok(n) = lost.get(&k, 0) {
                     if n > 0 {
-                        let slot = state.summary.lost_events.entry(kind_name(k).to_string()).or_default();
+                        let slot = state
+                            .summary
+                            .lost_events
+                            .entry(kind_name(k).to_string())
+                            .or_default();
                         if *slot != n {
                             tracing::warn!(kind = kind_name(k), lost = n - *slot, total = n, "ring buffer full: events lost (flows are still counted in the kernel map)");
                             *slot = n;
@@ -894,8 +1128,14 @@ fn flush(probe: &mut Probe, ring: &mut RingBuf<MapData>, state: &mut State, out:
             }
         }
     }
-    state.shared.metrics.set_lost("ringbuf", state.summary.lost_events.values().sum());
-    state.shared.metrics.set_lost("flow_map", state.summary.flow_map_evictions);
+    state
+        .shared
+        .metrics
+        .set_lost("ringbuf", state.summary.lost_events.values().sum());
+    state
+        .shared
+        .metrics
+        .set_lost("flow_map", state.summary.flow_map_evictions);
     Ok(())
 }
 
@@ -936,7 +1176,10 @@ fn empty_record(src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> Flow
 /// CLOCK_REALTIME - CLOCK_MONOTONIC (bpf_ktime_get_ns is CLOCK_MONOTONIC), in ns.
 fn boot_to_unix_ns() -> i128 {
     let read = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid pointer to a timespec.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -948,8 +1191,18 @@ fn boot_to_unix_ns() -> i128 {
 pub struct Lock(#[allow(dead_code)] File);
 
 fn take_lock(path: &Path) -> Result<Lock, RecordError> {
-    let io = |op, source| RecordError::Io { op, path: path.to_owned(), source };
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| io("open lock file", e))?;
+    let io = |op, source| RecordError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io("open lock file", e))?;
     // SAFETY: flock on an owned, open fd.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -958,7 +1211,11 @@ fn take_lock(path: &Path) -> Result<Lock, RecordError> {
         let holder = holder.trim();
         return Err(RecordError::Locked {
             path: path.to_owned(),
-            holder: if holder.is_empty() { String::new() } else { format!(" by pid {holder}") },
+            holder: if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" by pid {holder}")
+            },
         });
     }
     f.set_len(0).map_err(|e| io("write lock file", e))?;
@@ -970,7 +1227,11 @@ fn take_lock(path: &Path) -> Result<Lock, RecordError> {
 /// a partial line (a killed earlier run) is cut back to its last complete line.
 enum Output {
     Stdout,
-    File { path: PathBuf, file: File, max_bytes: u64 },
+    File {
+        path: PathBuf,
+        file: File,
+        max_bytes: u64,
+    },
 }
 
 impl Output {
@@ -978,21 +1239,40 @@ impl Output {
         if path.as_os_str() == "-" {
             return Ok(Output::Stdout);
         }
-        let io = |op, source| RecordError::Io { op, path: path.to_owned(), source };
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(|e| io("open flow log", e))?;
+        let io = |op, source| RecordError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| io("open flow log", e))?;
         let len = file.metadata().map_err(|e| io("stat flow log", e))?.len();
         if len > 0 {
             let tail = len.min(1 << 20);
-            file.seek(SeekFrom::Start(len - tail)).map_err(|e| io("read flow log", e))?;
+            file.seek(SeekFrom::Start(len - tail))
+                .map_err(|e| io("read flow log", e))?;
             let mut buf = Vec::with_capacity(tail as usize);
-            file.read_to_end(&mut buf).map_err(|e| io("read flow log", e))?;
+            file.read_to_end(&mut buf)
+                .map_err(|e| io("read flow log", e))?;
             if buf.last() != Some(&b'\n') {
-                let keep = buf.iter().rposition(|b| *b == b'\n').map(|i| len - tail + i as u64 + 1).unwrap_or(len - tail);
+                let keep = buf
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map(|i| len - tail + i as u64 + 1)
+                    .unwrap_or(len - tail);
                 tracing::warn!(path = %path.display(), removed_bytes = len - keep, "the flow log ends in a partial line (an earlier run was killed while writing); removing it");
                 file.set_len(keep).map_err(|e| io("truncate flow log", e))?;
             }
         }
-        Ok(Output::File { path: path.to_owned(), file, max_bytes })
+        Ok(Output::File {
+            path: path.to_owned(),
+            file,
+            max_bytes,
+        })
     }
 
     fn write(&mut self, records: &[FlowRecord]) -> Result<(), RecordError> {
@@ -1001,17 +1281,41 @@ impl Output {
         }
         match self {
             Output::Stdout => flowlog::write_records(&mut std::io::stdout().lock(), records)
-                .map_err(|source| RecordError::Io { op: "write flow log", path: "-".into(), source }),
-            Output::File { path, file, max_bytes } => {
-                flowlog::write_records(file, records).map_err(|source| RecordError::Io { op: "write flow log", path: path.clone(), source })?;
+                .map_err(|source| RecordError::Io {
+                    op: "write flow log",
+                    path: "-".into(),
+                    source,
+                }),
+            Output::File {
+                path,
+                file,
+                max_bytes,
+            } => {
+                flowlog::write_records(file, records).map_err(|source| RecordError::Io {
+                    op: "write flow log",
+                    path: path.clone(),
+                    source,
+                })?;
                 // A rolling log: past the limit the file becomes `<path>.1` (replacing the
                 // previous one) and a new file starts; whole lines only, nothing cut.
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
                 if *max_bytes > 0 && len >= *max_bytes {
                     let mut rotated = path.clone().into_os_string();
                     rotated.push(".1");
-                    std::fs::rename(&*path, &rotated).map_err(|source| RecordError::Io { op: "rotate flow log", path: path.clone(), source })?;
-                    *file = OpenOptions::new().append(true).create(true).open(&*path).map_err(|source| RecordError::Io { op: "open flow log", path: path.clone(), source })?;
+                    std::fs::rename(&*path, &rotated).map_err(|source| RecordError::Io {
+                        op: "rotate flow log",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    *file = OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(&*path)
+                        .map_err(|source| RecordError::Io {
+                            op: "open flow log",
+                            path: path.clone(),
+                            source,
+                        })?;
                     tracing::info!(path = %path.display(), bytes = len, "flow log rotated to {}", PathBuf::from(rotated).display());
                 }
                 Ok(())
@@ -1049,7 +1353,15 @@ mod tests {
     }
 
     fn flow(dir: Direction, src: &str, dst: &str, port: u16) -> Flow {
-        Flow { cgroup_id: 1, tgid: 0, protocol: Protocol::Tcp, direction: dir, src_ip: src.parse().unwrap(), dst_ip: dst.parse().unwrap(), dst_port: port }
+        Flow {
+            cgroup_id: 1,
+            tgid: 0,
+            protocol: Protocol::Tcp,
+            direction: dir,
+            src_ip: src.parse().unwrap(),
+            dst_ip: dst.parse().unwrap(),
+            dst_port: port,
+        }
     }
 
     #[test]
@@ -1059,11 +1371,27 @@ mod tests {
         let ing = flow(Direction::Ingress, "10.0.0.9", "10.0.0.1", 8080);
         s.flows.insert(eg, Meta::default());
         s.flows.insert(ing, Meta::default());
-        let d = |a: &str, ap, b: &str, bp| decode::Drop { reason: 12, protocol: Some(Protocol::Tcp), tuple: Some((a.parse().unwrap(), ap, b.parse().unwrap(), bp)) };
-        assert_eq!(s.attribute_drop(&d("10.0.0.1", 40000, "10.0.0.2", 80)), Some(eg));
-        assert_eq!(s.attribute_drop(&d("10.0.0.2", 80, "10.0.0.1", 40000)), Some(eg));
-        assert_eq!(s.attribute_drop(&d("10.0.0.9", 5000, "10.0.0.1", 8080)), Some(ing));
-        assert_eq!(s.attribute_drop(&d("10.0.0.9", 5000, "10.0.0.1", 9999)), None);
+        let d = |a: &str, ap, b: &str, bp| decode::Drop {
+            reason: 12,
+            protocol: Some(Protocol::Tcp),
+            tuple: Some((a.parse().unwrap(), ap, b.parse().unwrap(), bp)),
+        };
+        assert_eq!(
+            s.attribute_drop(&d("10.0.0.1", 40000, "10.0.0.2", 80)),
+            Some(eg)
+        );
+        assert_eq!(
+            s.attribute_drop(&d("10.0.0.2", 80, "10.0.0.1", 40000)),
+            Some(eg)
+        );
+        assert_eq!(
+            s.attribute_drop(&d("10.0.0.9", 5000, "10.0.0.1", 8080)),
+            Some(ing)
+        );
+        assert_eq!(
+            s.attribute_drop(&d("10.0.0.9", 5000, "10.0.0.1", 9999)),
+            None
+        );
     }
 
     #[test]
@@ -1079,7 +1407,10 @@ mod tests {
     #[test]
     fn rolling_log_keeps_whole_lines() {
         let p = std::env::temp_dir().join(format!("auditor-roll-{}", std::process::id()));
-        let r: FlowRecord = serde_json::from_str(r#"{"src_ip":"10.0.0.1","dst_ip":"10.0.0.2","dst_port":80,"protocol":"TCP"}"#).unwrap();
+        let r: FlowRecord = serde_json::from_str(
+            r#"{"src_ip":"10.0.0.1","dst_ip":"10.0.0.2","dst_port":80,"protocol":"TCP"}"#,
+        )
+        .unwrap();
         let mut out = Output::open(&p, 200).unwrap();
         for _ in 0..5 {
             out.write(&[r.clone(), r.clone()]).unwrap();
@@ -1087,7 +1418,11 @@ mod tests {
         let rotated = PathBuf::from(format!("{}.1", p.display()));
         for f in [&p, &rotated] {
             let text = std::fs::read_to_string(f).unwrap_or_default();
-            assert!(text.is_empty() || text.ends_with('\n'), "whole lines in {}", f.display());
+            assert!(
+                text.is_empty() || text.ends_with('\n'),
+                "whole lines in {}",
+                f.display()
+            );
             assert!(flowlog::parse_flow_log(f, text.as_bytes(), false).is_ok());
         }
         assert!(rotated.exists(), "rotated past 200 bytes");
@@ -1100,8 +1435,14 @@ mod tests {
         let p = std::env::temp_dir().join(format!("auditor-lock-{}", std::process::id()));
         let _a = take_lock(&p).unwrap();
         // flock locks are per open file description: a second open conflicts.
-        let e = take_lock(&p).err().expect("second lock must fail").to_string();
-        assert!(e.contains("another auditor") && e.contains(&std::process::id().to_string()), "{e}");
+        let e = take_lock(&p)
+            .err()
+            .expect("second lock must fail")
+            .to_string();
+        assert!(
+            e.contains("another auditor") && e.contains(&std::process::id().to_string()),
+            "{e}"
+        );
         std::fs::remove_file(&p).unwrap();
     }
 }

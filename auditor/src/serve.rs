@@ -67,22 +67,53 @@ impl Default for Metrics {
         let connect_timeouts = Family::<WorkloadLabels, Counter>::default();
         let lost = Family::<KindLabels, Counter>::default();
         let up = Gauge::<i64, AtomicI64>::default();
-        registry.register("flows", "New flows recorded for an audited workload", flows.clone());
-        registry.register("drops", "Packets of an audited workload dropped on this node", drops.clone());
-        registry.register("connect_timeouts", "Connection attempts that gave up after SYN retransmits", connect_timeouts.clone());
-        registry.register("events_lost", "Events the agent could not record", lost.clone());
-        registry.register("up", "1 while the eBPF programs are attached and the flow log is writable", up.clone());
+        registry.register(
+            "flows",
+            "New flows recorded for an audited workload",
+            flows.clone(),
+        );
+        registry.register(
+            "drops",
+            "Packets of an audited workload dropped on this node",
+            drops.clone(),
+        );
+        registry.register(
+            "connect_timeouts",
+            "Connection attempts that gave up after SYN retransmits",
+            connect_timeouts.clone(),
+        );
+        registry.register(
+            "events_lost",
+            "Events the agent could not record",
+            lost.clone(),
+        );
+        registry.register(
+            "up",
+            "1 while the eBPF programs are attached and the flow log is writable",
+            up.clone(),
+        );
         for k in LOSS_KINDS {
-            let _ = lost.get_or_create(&KindLabels { kind: (*k).to_string() });
+            let _ = lost.get_or_create(&KindLabels {
+                kind: (*k).to_string(),
+            });
         }
-        Self { registry, flows, drops, connect_timeouts, lost, up }
+        Self {
+            registry,
+            flows,
+            drops,
+            connect_timeouts,
+            lost,
+            up,
+        }
     }
 }
 
 impl Metrics {
     /// Sets a loss counter to the absolute total `n` (counters only go up).
     pub fn set_lost(&self, kind: &str, n: u64) {
-        let c = self.lost.get_or_create(&KindLabels { kind: kind.to_string() });
+        let c = self.lost.get_or_create(&KindLabels {
+            kind: kind.to_string(),
+        });
         let now = c.get();
         if n > now {
             c.inc_by(n - now);
@@ -138,7 +169,9 @@ impl Shared {
 
     /// Lines whose `last_seen` is at or after `since` (RFC 3339 UTC strings compare in time order).
     pub fn lines_since(&self, since: Option<&str>) -> String {
-        let Ok(q) = self.flows.lock() else { return String::new() };
+        let Ok(q) = self.flows.lock() else {
+            return String::new();
+        };
         let mut out = String::new();
         for l in q.iter() {
             if since.is_none_or(|s| l.last_seen.as_str() >= s) {
@@ -156,31 +189,61 @@ struct FlowsQuery {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if s.recording.load(Ordering::Relaxed) {
-        let cluster = if s.cluster_ready.load(Ordering::Relaxed) { "" } else { " (cluster view not synced: IP-only attribution)" };
+        let cluster = if s.cluster_ready.load(Ordering::Relaxed) {
+            ""
+        } else {
+            " (cluster view not synced: IP-only attribution)"
+        };
         (StatusCode::OK, format!("ok{cluster}\n"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not recording\n".to_string())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not recording\n".to_string(),
+        )
     }
 }
 
-async fn flows(State(s): State<Arc<Shared>>, Query(q): Query<FlowsQuery>) -> axum::response::Response {
+async fn flows(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<FlowsQuery>,
+) -> axum::response::Response {
     let since = match q.since.as_deref() {
         None => None,
         Some(t) => match humantime::parse_rfc3339_weak(t) {
             Ok(ts) => Some(humantime::format_rfc3339_millis(ts).to_string()),
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("since={t}: {e} (expected RFC 3339, e.g. 2026-11-28T10:00:00Z)\n")).into_response(),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("since={t}: {e} (expected RFC 3339, e.g. 2026-11-28T10:00:00Z)\n"),
+                )
+                    .into_response()
+            }
         },
     };
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], s.lines_since(since.as_deref())).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        s.lines_since(since.as_deref()),
+    )
+        .into_response()
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/flows", get(flows)).with_state(shared)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/flows", get(flows))
+        .with_state(shared)
 }
 
 /// Binds `addr` and serves in the background on the current runtime.
@@ -202,7 +265,15 @@ mod tests {
     #[test]
     fn metrics_contract_names_and_zero_losses() {
         let m = Metrics::default();
-        m.flows.get_or_create(&FlowLabels { namespace: "media".into(), workload: "Deployment/x".into(), direction: "egress".into(), protocol: "UDP".into(), verdict: "deny".into() }).inc();
+        m.flows
+            .get_or_create(&FlowLabels {
+                namespace: "media".into(),
+                workload: "Deployment/x".into(),
+                direction: "egress".into(),
+                protocol: "UDP".into(),
+                verdict: "deny".into(),
+            })
+            .inc();
         m.set_lost("ringbuf", 3);
         m.set_lost("ringbuf", 2);
         m.up.set(1);
@@ -222,11 +293,27 @@ mod tests {
     fn flows_since_filters_and_bounds() {
         let s = Shared::new(2);
         s.keep_lines([
-            ("2026-11-28T10:00:00.000Z".to_string(), "{\"a\":1}".to_string()),
-            ("2026-11-28T10:00:05.000Z".to_string(), "{\"b\":2}".to_string()),
-            ("2026-11-28T10:00:09.000Z".to_string(), "{\"c\":3}".to_string()),
+            (
+                "2026-11-28T10:00:00.000Z".to_string(),
+                "{\"a\":1}".to_string(),
+            ),
+            (
+                "2026-11-28T10:00:05.000Z".to_string(),
+                "{\"b\":2}".to_string(),
+            ),
+            (
+                "2026-11-28T10:00:09.000Z".to_string(),
+                "{\"c\":3}".to_string(),
+            ),
         ]);
-        assert_eq!(s.lines_since(None), "{\"b\":2}\n{\"c\":3}\n", "bounded to 2 lines");
-        assert_eq!(s.lines_since(Some("2026-11-28T10:00:06.000Z")), "{\"c\":3}\n");
+        assert_eq!(
+            s.lines_since(None),
+            "{\"b\":2}\n{\"c\":3}\n",
+            "bounded to 2 lines"
+        );
+        assert_eq!(
+            s.lines_since(Some("2026-11-28T10:00:06.000Z")),
+            "{\"c\":3}\n"
+        );
     }
 }

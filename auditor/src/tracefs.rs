@@ -56,7 +56,9 @@ pub fn parse_format(text: &str) -> Format {
             f.print_fmt = rest.trim().to_owned();
             continue;
         }
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut name = None;
         let mut offset = None;
         let mut size = None;
@@ -69,7 +71,10 @@ pub fn parse_format(text: &str) -> Format {
             } else if name.is_none() && !part.is_empty() && !part.contains(':') {
                 // "const void * skaddr" or "__u8 saddr[4]"
                 let decl = part.split('[').next().unwrap_or(part);
-                name = decl.split_whitespace().last().map(|s| s.trim_start_matches('*').to_owned());
+                name = decl
+                    .split_whitespace()
+                    .last()
+                    .map(|s| s.trim_start_matches('*').to_owned());
             }
         }
         if let (Some(n), Some(o), Some(s)) = (name, offset, size) {
@@ -84,14 +89,28 @@ impl Format {
         self.fields
             .get(field)
             .map(|(o, _)| *o)
-            .ok_or_else(|| TracefsError::MissingField { path: path.to_owned(), field: field.to_owned() })
+            .ok_or_else(|| TracefsError::MissingField {
+                path: path.to_owned(),
+                field: field.to_owned(),
+            })
     }
 }
 
 /// Reads `events/<category>/<name>/format` below the tracefs mount.
-pub fn read_format(tracefs: &Path, category: &str, name: &str) -> Result<(PathBuf, Format), TracefsError> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
-    let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read { path: path.clone(), source })?;
+pub fn read_format(
+    tracefs: &Path,
+    category: &str,
+    name: &str,
+) -> Result<(PathBuf, Format), TracefsError> {
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
+        path: path.clone(),
+        source,
+    })?;
     Ok((path, parse_format(&text)))
 }
 
@@ -99,14 +118,20 @@ pub fn read_format(tracefs: &Path, category: &str, name: &str) -> Result<(PathBu
 /// part of `skb:kfree_skb`'s print format.
 pub fn parse_drop_reasons(print_fmt: &str) -> BTreeMap<u32, String> {
     let mut out = BTreeMap::new();
-    let Some(start) = print_fmt.find("__print_symbolic(REC->reason") else { return out };
+    let Some(start) = print_fmt.find("__print_symbolic(REC->reason") else {
+        return out;
+    };
     let mut rest = &print_fmt[start..];
     while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else { break };
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
         let entry = &rest[open + 1..open + close];
         rest = &rest[open + close + 1..];
         let mut parts = entry.splitn(2, ',');
-        let (Some(num), Some(name)) = (parts.next(), parts.next()) else { continue };
+        let (Some(num), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         if let Ok(n) = num.trim().parse::<u32>() {
             out.insert(n, name.trim().trim_matches('"').to_owned());
         }
@@ -155,7 +180,10 @@ print fmt: "skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s", REC->skbad
     #[test]
     fn missing_field_is_named() {
         let f = parse_format(KFREE);
-        let e = f.offset(Path::new("/t/format"), "nope").unwrap_err().to_string();
+        let e = f
+            .offset(Path::new("/t/format"), "nope")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope") && e.contains("/t/format"), "{e}");
     }
 }

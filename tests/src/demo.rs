@@ -124,12 +124,20 @@ impl Round {
     /// flows or not). Other reasons (e.g. NO_SOCKET when a probe hits a sidecar that was
     /// just stopped) are in `summary.drops_by_reason`.
     pub fn drops(&self) -> u64 {
-        self.summary["drops_by_reason"]["NETFILTER_DROP"].as_u64().unwrap_or(0)
+        self.summary["drops_by_reason"]["NETFILTER_DROP"]
+            .as_u64()
+            .unwrap_or(0)
     }
     pub fn denied(&self) -> u64 {
-        self.diff["summary"]["denied"].as_u64().or_else(|| self.diff["summary"]["denied_flows"].as_u64()).unwrap_or_else(|| {
-            self.diff["flows"].as_array().map(|f| f.iter().filter(|x| x["verdict"] == "deny").count() as u64).unwrap_or(0)
-        })
+        self.diff["summary"]["denied"]
+            .as_u64()
+            .or_else(|| self.diff["summary"]["denied_flows"].as_u64())
+            .unwrap_or_else(|| {
+                self.diff["flows"]
+                    .as_array()
+                    .map(|f| f.iter().filter(|x| x["verdict"] == "deny").count() as u64)
+                    .unwrap_or(0)
+            })
     }
 }
 
@@ -154,7 +162,10 @@ impl Demo {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(work.join("media")).expect("work dir");
         std::fs::create_dir_all(work.join("cdn")).expect("work dir");
-        say(&opts, "making media: a 4 s source clip and a 1 s bumper (ffmpeg lavfi)");
+        say(
+            &opts,
+            "making media: a 4 s source clip and a 1 s bumper (ffmpeg lavfi)",
+        );
         must(&format!(
             "ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=duration=4:size=320x180:rate=25 -f lavfi -i sine=frequency=440:duration=4 -c:v mpeg2video -b:v 600k -c:a mp2 -shortest -f mpegts {}/source.ts",
             work.join("media").display()
@@ -166,19 +177,85 @@ impl Demo {
 
         say(&opts, "simulated node: network namespaces as pods, routed through a node namespace, cgroups as kubelet+containerd name them");
         let mut node = Node::new(&opts.tag);
-        let dns = node.add_pod("kube-system", "coredns-5d78c9869d-x7k2p", 10, &[("k8s-app", "kube-dns"), ("pod-template-hash", "5d78c9869d")], &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")], Some(("ReplicaSet", "coredns-5d78c9869d")));
-        let origin = node.add_pod("media", "origin-6f7c8d9b5-q2w4e", 20, &[("app", "origin"), ("pod-template-hash", "6f7c8d9b5")], &[("http", 8080, "TCP")], Some(("ReplicaSet", "origin-6f7c8d9b5")));
-        let tc = node.add_pod("transcode", "transcoder-7d9f8c6b4-k8s2n", 30, &[("app", "transcoder"), ("pod-template-hash", "7d9f8c6b4")], &[("health", 8081, "TCP")], Some(("ReplicaSet", "transcoder-7d9f8c6b4")));
-        let ingest = node.add_pod("ingest", "ingest-0", 40, &[("app", "ingest"), ("controller-revision-hash", "ingest-6c5b8d"), ("statefulset.kubernetes.io/pod-name", "ingest-0")], &[("ts", 5000, "UDP"), ("ts-backup", 5001, "UDP")], Some(("StatefulSet", "ingest")));
-        let gw = node.add_pod("storage", "gateway-5b6d7f8c9-z9x8c", 50, &[("app", "gateway"), ("pod-template-hash", "5b6d7f8c9")], &[("http", 8000, "TCP")], Some(("ReplicaSet", "gateway-5b6d7f8c9")));
+        let dns = node.add_pod(
+            "kube-system",
+            "coredns-5d78c9869d-x7k2p",
+            10,
+            &[("k8s-app", "kube-dns"), ("pod-template-hash", "5d78c9869d")],
+            &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+            Some(("ReplicaSet", "coredns-5d78c9869d")),
+        );
+        let origin = node.add_pod(
+            "media",
+            "origin-6f7c8d9b5-q2w4e",
+            20,
+            &[("app", "origin"), ("pod-template-hash", "6f7c8d9b5")],
+            &[("http", 8080, "TCP")],
+            Some(("ReplicaSet", "origin-6f7c8d9b5")),
+        );
+        let tc = node.add_pod(
+            "transcode",
+            "transcoder-7d9f8c6b4-k8s2n",
+            30,
+            &[("app", "transcoder"), ("pod-template-hash", "7d9f8c6b4")],
+            &[("health", 8081, "TCP")],
+            Some(("ReplicaSet", "transcoder-7d9f8c6b4")),
+        );
+        let ingest = node.add_pod(
+            "ingest",
+            "ingest-0",
+            40,
+            &[
+                ("app", "ingest"),
+                ("controller-revision-hash", "ingest-6c5b8d"),
+                ("statefulset.kubernetes.io/pod-name", "ingest-0"),
+            ],
+            &[("ts", 5000, "UDP"), ("ts-backup", 5001, "UDP")],
+            Some(("StatefulSet", "ingest")),
+        );
+        let gw = node.add_pod(
+            "storage",
+            "gateway-5b6d7f8c9-z9x8c",
+            50,
+            &[("app", "gateway"), ("pod-template-hash", "5b6d7f8c9")],
+            &[("http", 8000, "TCP")],
+            Some(("ReplicaSet", "gateway-5b6d7f8c9")),
+        );
         let cdn = node.add_external("cdn.example.test", "198.51.100.10");
-        node.add_service("kube-system", "kube-dns", "10.96.0.10", &[("k8s-app", "kube-dns")], &[("dns", 53, 53, "UDP"), ("dns-tcp", 53, 53, "TCP")]);
-        node.add_service("media", "origin", "10.96.1.20", &[("app", "origin")], &[("http", 80, 8080, "TCP")]);
-        node.add_service("ingest", "ingest", "10.96.2.40", &[("app", "ingest")], &[("ts", 5000, 5000, "UDP"), ("ts-backup", 5001, 5001, "UDP")]);
-        node.add_service("storage", "gateway", "10.96.3.50", &[("app", "gateway")], &[("http", 80, 8000, "TCP")]);
+        node.add_service(
+            "kube-system",
+            "kube-dns",
+            "10.96.0.10",
+            &[("k8s-app", "kube-dns")],
+            &[("dns", 53, 53, "UDP"), ("dns-tcp", 53, 53, "TCP")],
+        );
+        node.add_service(
+            "media",
+            "origin",
+            "10.96.1.20",
+            &[("app", "origin")],
+            &[("http", 80, 8080, "TCP")],
+        );
+        node.add_service(
+            "ingest",
+            "ingest",
+            "10.96.2.40",
+            &[("app", "ingest")],
+            &[("ts", 5000, 5000, "UDP"), ("ts-backup", 5001, 5001, "UDP")],
+        );
+        node.add_service(
+            "storage",
+            "gateway",
+            "10.96.3.50",
+            &[("app", "gateway")],
+            &[("http", 80, 8000, "TCP")],
+        );
         node.install_service_nat();
         for p in node.pods.clone() {
-            must(&format!("ip netns exec {} sysctl -qw net.ipv4.tcp_syn_retries=1", p.netns));
+            must(&format!(
+                "ip netns exec {} sysctl -qw net.ipv4.tcp_syn_retries=1",
+                p.netns
+            ));
         }
 
         say(&opts, "servers: dnsmasq as cluster DNS, HTTP origin, UDP ingest, HTTP PUT storage gateway, external CDN");
@@ -193,21 +270,72 @@ impl Demo {
              --address=/cdn.example.test/198.51.100.10 --local-ttl=30 --log-facility=-",
             Some(&logs.join("dns.log")),
         );
-        node.spawn_in(&origin, &format!("python3 -m http.server 8080 --directory {}", work.join("media").display()), Some(&logs.join("origin.log")));
-        node.spawn_in(&origin, &format!("python3 -m http.server 9000 --directory {}", work.join("media").display()), Some(&logs.join("origin-admin.log")));
-        node.spawn_in(&ingest, &format!("python3 {} {} 5000 5001", demo_dir.join("ingest_rx.py").display(), work.join("ingest.json").display()), Some(&logs.join("ingest.log")));
-        node.spawn_in(&gw, &format!("python3 {} 8000 {}", demo_dir.join("gateway.py").display(), work.join("storage").display()), Some(&logs.join("gateway.log")));
-        node.spawn_in_external(&cdn, &format!("python3 -m http.server 80 --directory {}", work.join("cdn").display()), Some(&logs.join("cdn.log")));
+        node.spawn_in(
+            &origin,
+            &format!(
+                "python3 -m http.server 8080 --directory {}",
+                work.join("media").display()
+            ),
+            Some(&logs.join("origin.log")),
+        );
+        node.spawn_in(
+            &origin,
+            &format!(
+                "python3 -m http.server 9000 --directory {}",
+                work.join("media").display()
+            ),
+            Some(&logs.join("origin-admin.log")),
+        );
+        node.spawn_in(
+            &ingest,
+            &format!(
+                "python3 {} {} 5000 5001",
+                demo_dir.join("ingest_rx.py").display(),
+                work.join("ingest.json").display()
+            ),
+            Some(&logs.join("ingest.log")),
+        );
+        node.spawn_in(
+            &gw,
+            &format!(
+                "python3 {} 8000 {}",
+                demo_dir.join("gateway.py").display(),
+                work.join("storage").display()
+            ),
+            Some(&logs.join("gateway.log")),
+        );
+        node.spawn_in_external(
+            &cdn,
+            &format!(
+                "python3 -m http.server 80 --directory {}",
+                work.join("cdn").display()
+            ),
+            Some(&logs.join("cdn.log")),
+        );
         // Wait for the servers (checked from the node, which no policy filters).
-        for (ip, port) in [("10.244.1.20", 8080), ("10.244.1.20", 9000), ("10.244.1.50", 8000), ("198.51.100.10", 80)] {
+        for (ip, port) in [
+            ("10.244.1.20", 8080),
+            ("10.244.1.20", 9000),
+            ("10.244.1.50", 8000),
+            ("198.51.100.10", 80),
+        ] {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !node.run_on_node(&format!("curl -s -o /dev/null -m 1 http://{ip}:{port}/")).0 {
-                assert!(Instant::now() < deadline, "server {ip}:{port} did not start");
+            while !node
+                .run_on_node(&format!("curl -s -o /dev/null -m 1 http://{ip}:{port}/"))
+                .0
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "server {ip}:{port} did not start"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
         let _ = tc;
-        say(&opts, &format!("node ready in {:.1}s", started.elapsed().as_secs_f64()));
+        say(
+            &opts,
+            &format!("node ready in {:.1}s", started.elapsed().as_secs_f64()),
+        );
         Demo { node, opts, work }
     }
 
@@ -224,16 +352,28 @@ impl Demo {
         std::fs::write(dir.join("policies.yaml"), policies).expect("write policies");
         let snapshot = dir.join("cluster.yaml");
         std::fs::write(&snapshot, self.node.snapshot_yaml(policies)).expect("write snapshot");
-        let snap = auditor::cluster::read_snapshot(&snapshot).unwrap_or_else(|e| panic!("{}: {e}", snapshot.display()));
-        let engine = auditor::policy::Engine::build(&snap).unwrap_or_else(|e| panic!("{}: {e}", snapshot.display()));
+        let snap = auditor::cluster::read_snapshot(&snapshot)
+            .unwrap_or_else(|e| panic!("{}: {e}", snapshot.display()));
+        let engine = auditor::policy::Engine::build(&snap)
+            .unwrap_or_else(|e| panic!("{}: {e}", snapshot.display()));
         let rules = enforce::ruleset(&engine);
         std::fs::write(dir.join("enforced.nft"), &rules).expect("write ruleset");
         self.node.nft(&rules);
-        say(&self.opts, &format!("{name}: {} NetworkPolicies enforced with nftables on the node ({})", engine.policies().len(), dir.join("enforced.nft").display()));
+        say(
+            &self.opts,
+            &format!(
+                "{name}: {} NetworkPolicies enforced with nftables on the node ({})",
+                engine.policies().len(),
+                dir.join("enforced.nft").display()
+            ),
+        );
 
         // Fresh state of the sinks; the ingest keeps running totals, so remember them.
         let _ = std::fs::remove_dir_all(self.work.join("storage"));
-        let ingest_before: Value = std::fs::read_to_string(self.work.join("ingest.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+        let ingest_before: Value = std::fs::read_to_string(self.work.join("ingest.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null);
 
         let flows = dir.join("flows.jsonl");
         let summary = dir.join("summary.json");
@@ -270,13 +410,22 @@ impl Demo {
             use std::io::{BufRead, Write};
             let mut f = std::fs::File::create(&log_path).expect("recorder log");
             let mut shown = 0;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = writeln!(f, "{line}");
-                if let Some(i) = line.find("drop: ").or_else(|| line.find("connect_timeout: ")) {
+                if let Some(i) = line
+                    .find("drop: ")
+                    .or_else(|| line.find("connect_timeout: "))
+                {
                     shown += 1;
                     if verbose && shown <= 6 {
                         let sentence = &line[i..];
-                        let cut = sentence.find("  alert=").or_else(|| sentence.find(" alert=")).unwrap_or(sentence.len());
+                        let cut = sentence
+                            .find("  alert=")
+                            .or_else(|| sentence.find(" alert="))
+                            .unwrap_or(sentence.len());
                         eprintln!("    ALERT {round_name}: {}", &sentence[..cut]);
                     } else if verbose && shown == 7 {
                         eprintln!("    ALERT {round_name}: ... (all alerts in recorder.log)");
@@ -287,25 +436,45 @@ impl Demo {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
             if let Ok(Some(st)) = rec.try_wait() {
-                panic!("auditor record exited with {st}: {}", std::fs::read_to_string(&rec_log).unwrap_or_default());
+                panic!(
+                    "auditor record exited with {st}: {}",
+                    std::fs::read_to_string(&rec_log).unwrap_or_default()
+                );
             }
             assert!(Instant::now() < deadline, "auditor record not ready");
             std::thread::sleep(Duration::from_millis(50));
         }
-        say(&self.opts, &format!("{name}: recording (auditor record --cgroup {} --cluster ...)", self.node.cgroup_root.display()));
+        say(
+            &self.opts,
+            &format!(
+                "{name}: recording (auditor record --cgroup {} --cluster ...)",
+                self.node.cgroup_root.display()
+            ),
+        );
 
         // A real Prometheus scrapes the recorder and evaluates the shipped alert rules.
-        let prom = crate::prometheus::Prometheus::start(&dir.join("prometheus"), 19390, &format!("127.0.0.1:{metrics_port}"));
+        let prom = crate::prometheus::Prometheus::start(
+            &dir.join("prometheus"),
+            19390,
+            &format!("127.0.0.1:{metrics_port}"),
+        );
         if prom.is_some() {
             say(&self.opts, &format!("{name}: Prometheus scraping the recorder's /metrics with deploy/prometheusrule.yaml's rules"));
         }
 
-        let tc = self.node.pod("transcode", "transcoder-7d9f8c6b4-k8s2n").clone();
+        let tc = self
+            .node
+            .pod("transcode", "transcoder-7d9f8c6b4-k8s2n")
+            .clone();
         let demo_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo");
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).expect("logs");
         // The sidecar and the kubelet's probes run for the whole round.
-        let sidecar = self.node.spawn_in(&tc, &format!("python3 {}", demo_dir.join("sidecar.py").display()), Some(&logs.join("sidecar.log")));
+        let sidecar = self.node.spawn_in(
+            &tc,
+            &format!("python3 {}", demo_dir.join("sidecar.py").display()),
+            Some(&logs.join("sidecar.log")),
+        );
         let probes = self.node.spawn_on_node("sh -c 'while true; do curl -s -o /dev/null -m 1 http://10.244.1.30:8081/healthz; sleep 0.5; done'", None);
         std::thread::sleep(Duration::from_millis(300));
 
@@ -337,7 +506,8 @@ impl Demo {
             .expect("ffmpeg hls");
         let live_ok = wait_child(live, Duration::from_secs(40));
         crate::node::check_interrupted();
-        let hls_ok = wait_child(hls, Duration::from_secs(40)) && self.work.join("storage/live/index.m3u8").exists();
+        let hls_ok = wait_child(hls, Duration::from_secs(40))
+            && self.work.join("storage/live/index.m3u8").exists();
         std::thread::sleep(Duration::from_millis(1200));
         // SAFETY: signalling processes we started (probes first, so none hits a dead sidecar).
         unsafe {
@@ -345,17 +515,42 @@ impl Demo {
             std::thread::sleep(Duration::from_millis(200));
             libc::kill(sidecar as i32, libc::SIGKILL);
         }
-        let _ = Command::new("sh").arg("-c").arg(format!("pkill -9 -f {}", demo_dir.join("sidecar.py").display())).status();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "pkill -9 -f {}",
+                demo_dir.join("sidecar.py").display()
+            ))
+            .status();
         std::thread::sleep(Duration::from_millis(700));
         // Wait (bounded) for the shipped drop alert when this round had policy drops.
         let prometheus_alerts = prom.as_ref().map(|p| {
-            let any_drop = std::fs::read_to_string(&flows).map(|t| t.contains("NETFILTER_DROP")).unwrap_or(false);
-            let firing = if any_drop { p.wait_for("AuditorFlowDropped", Duration::from_secs(8)) } else { std::thread::sleep(Duration::from_secs(2)); p.firing() };
+            let any_drop = std::fs::read_to_string(&flows)
+                .map(|t| t.contains("NETFILTER_DROP"))
+                .unwrap_or(false);
+            let firing = if any_drop {
+                p.wait_for("AuditorFlowDropped", Duration::from_secs(8))
+            } else {
+                std::thread::sleep(Duration::from_secs(2));
+                p.firing()
+            };
             if !p.target_up() {
-                say(&self.opts, &format!("{name}: Prometheus could not scrape the recorder"));
+                say(
+                    &self.opts,
+                    &format!("{name}: Prometheus could not scrape the recorder"),
+                );
             }
             for a in &firing {
-                say(&self.opts, &format!("{name}: Prometheus alert firing: {} {}/{} {}", a["labels"]["alertname"].as_str().unwrap_or(""), a["labels"]["namespace"].as_str().unwrap_or(""), a["labels"]["workload"].as_str().unwrap_or(""), a["labels"]["reason"].as_str().unwrap_or("")));
+                say(
+                    &self.opts,
+                    &format!(
+                        "{name}: Prometheus alert firing: {} {}/{} {}",
+                        a["labels"]["alertname"].as_str().unwrap_or(""),
+                        a["labels"]["namespace"].as_str().unwrap_or(""),
+                        a["labels"]["workload"].as_str().unwrap_or(""),
+                        a["labels"]["reason"].as_str().unwrap_or("")
+                    ),
+                );
             }
             firing
         });
@@ -366,21 +561,59 @@ impl Demo {
         let _ = tee.join();
         let recorder_log = std::fs::read_to_string(&rec_log).unwrap_or_default();
         assert!(st.success(), "auditor record failed: {recorder_log}");
-        let ingest_after: Value = std::fs::read_to_string(self.work.join("ingest.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
+        let ingest_after: Value = std::fs::read_to_string(self.work.join("ingest.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null);
         let ingest_counts: Value = ["5000", "5001"]
             .iter()
-            .map(|p| (p.to_string(), Value::from(ingest_after[p].as_u64().unwrap_or(0).saturating_sub(ingest_before[p].as_u64().unwrap_or(0)))))
+            .map(|p| {
+                (
+                    p.to_string(),
+                    Value::from(
+                        ingest_after[p]
+                            .as_u64()
+                            .unwrap_or(0)
+                            .saturating_sub(ingest_before[p].as_u64().unwrap_or(0)),
+                    ),
+                )
+            })
             .collect::<serde_json::Map<String, Value>>()
             .into();
         let heartbeats = self.work.join("storage/heartbeat").exists();
 
-        let diff_out = self.auditor().args(["diff", "--format", "json", "--cluster"]).arg(&snapshot).arg("--flows").arg(&flows).output().expect("auditor diff");
-        let diff: Value = serde_json::from_slice(&diff_out.stdout).unwrap_or_else(|e| panic!("auditor diff output is not JSON ({e}): {}", String::from_utf8_lossy(&diff_out.stderr)));
-        std::fs::write(dir.join("diff.json"), serde_json::to_string_pretty(&diff).unwrap_or_default()).expect("write diff");
-        let table = self.auditor().args(["diff", "--format", "table", "--cluster"]).arg(&snapshot).arg("--flows").arg(&flows).output().expect("auditor diff");
+        let diff_out = self
+            .auditor()
+            .args(["diff", "--format", "json", "--cluster"])
+            .arg(&snapshot)
+            .arg("--flows")
+            .arg(&flows)
+            .output()
+            .expect("auditor diff");
+        let diff: Value = serde_json::from_slice(&diff_out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "auditor diff output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&diff_out.stderr)
+            )
+        });
+        std::fs::write(
+            dir.join("diff.json"),
+            serde_json::to_string_pretty(&diff).unwrap_or_default(),
+        )
+        .expect("write diff");
+        let table = self
+            .auditor()
+            .args(["diff", "--format", "table", "--cluster"])
+            .arg(&snapshot)
+            .arg("--flows")
+            .arg(&flows)
+            .output()
+            .expect("auditor diff");
         std::fs::write(dir.join("diff.txt"), &table.stdout).expect("write diff table");
 
-        let summary_v: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap_or_default()).unwrap_or(Value::Null);
+        let summary_v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary).unwrap_or_default())
+                .unwrap_or(Value::Null);
         let round = Round {
             name: name.into(),
             dir: dir.clone(),
@@ -437,15 +670,32 @@ impl Demo {
         let yaml = String::from_utf8_lossy(&o.stdout).into_owned();
         std::fs::write(out, &yaml).expect("write suggestion");
         std::fs::write(out.with_extension("log"), &o.stderr).expect("write suggest log");
-        assert!(o.status.success(), "auditor suggest --mode {mode} failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "auditor suggest --mode {mode} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         yaml
     }
 
     /// `auditor report` into `out/report`.
     pub fn report(&self, snapshot: &Path, flows: &Path) -> PathBuf {
         let dir = self.opts.out.join("report");
-        let o = self.auditor().args(["report", "--cluster"]).arg(snapshot).arg("--flows").arg(flows).arg("--output").arg(&dir).output().expect("auditor report");
-        assert!(o.status.success(), "auditor report failed: {}", String::from_utf8_lossy(&o.stderr));
+        let o = self
+            .auditor()
+            .args(["report", "--cluster"])
+            .arg(snapshot)
+            .arg("--flows")
+            .arg(flows)
+            .arg("--output")
+            .arg(&dir)
+            .output()
+            .expect("auditor report");
+        assert!(
+            o.status.success(),
+            "auditor report failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         dir
     }
 }
@@ -463,7 +713,9 @@ fn wait_child(mut c: std::process::Child, limit: Duration) -> bool {
     loop {
         match c.try_wait() {
             Ok(Some(st)) => return st.success(),
-            Ok(None) if Instant::now() < deadline && !crate::node::interrupted() => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) if Instant::now() < deadline && !crate::node::interrupted() => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
             _ => {
                 let _ = c.kill();
                 let _ = c.wait();
@@ -485,16 +737,43 @@ pub fn run(opts: Options) -> Outcome {
     let mut demo = Demo::setup(opts);
     let r1 = demo.round("round1-too-tight", INITIAL_POLICIES);
     let snap1 = r1.dir.join("cluster.yaml");
-    say(&demo.opts, "fix: auditor suggest --mode fix (the smallest additions that allow what was denied)");
-    let fix = demo.suggest(&snap1, &[&r1.dir.join("flows.jsonl")], "fix", &r1.dir.join("suggest-fix.yaml"));
+    say(
+        &demo.opts,
+        "fix: auditor suggest --mode fix (the smallest additions that allow what was denied)",
+    );
+    let fix = demo.suggest(
+        &snap1,
+        &[&r1.dir.join("flows.jsonl")],
+        "fix",
+        &r1.dir.join("suggest-fix.yaml"),
+    );
     let r2 = demo.round("round2-fixed", &format!("{INITIAL_POLICIES}\n---\n{fix}"));
     let snap2 = r2.dir.join("cluster.yaml");
-    say(&demo.opts, "allowlist: auditor suggest --mode allowlist over everything recorded");
-    let allow = demo.suggest(&snap2, &[&r1.dir.join("flows.jsonl"), &r2.dir.join("flows.jsonl")], "allowlist", &r2.dir.join("suggest-allowlist.yaml"));
+    say(
+        &demo.opts,
+        "allowlist: auditor suggest --mode allowlist over everything recorded",
+    );
+    let allow = demo.suggest(
+        &snap2,
+        &[&r1.dir.join("flows.jsonl"), &r2.dir.join("flows.jsonl")],
+        "allowlist",
+        &r2.dir.join("suggest-allowlist.yaml"),
+    );
     let r3 = demo.round("round3-allowlist", &allow);
     say(&demo.opts, "probe: a connection the pipelines never made (transcoder -> origin:9000) must be denied by the allowlist");
     let probe = demo.probe_unobserved();
     let report_dir = Some(demo.report(&snap2, &r2.dir.join("flows.jsonl")));
-    say(&demo.opts, &format!("done in {:.0}s; unobserved probe {}", t0.elapsed().as_secs_f64(), if probe { "CONNECTED (wrong)" } else { "denied" }));
-    Outcome { rounds: vec![r1, r2, r3], unobserved_probe_connected: probe, report_dir }
+    say(
+        &demo.opts,
+        &format!(
+            "done in {:.0}s; unobserved probe {}",
+            t0.elapsed().as_secs_f64(),
+            if probe { "CONNECTED (wrong)" } else { "denied" }
+        ),
+    );
+    Outcome {
+        rounds: vec![r1, r2, r3],
+        unobserved_probe_connected: probe,
+        report_dir,
+    }
 }

@@ -36,14 +36,26 @@ fn fam(ip: &IpAddr) -> &'static str {
 
 /// Port matches of a rule for traffic to `dest_pod` (for named ports), as nft fragments;
 /// `None` = any port. An empty list = nothing can match (named port not on that pod).
-fn port_matches(engine: &Engine, ports: &Option<Vec<PortSpec>>, dest_pod: Option<usize>) -> Option<Vec<String>> {
+fn port_matches(
+    engine: &Engine,
+    ports: &Option<Vec<PortSpec>>,
+    dest_pod: Option<usize>,
+) -> Option<Vec<String>> {
     let ports = ports.as_ref()?;
     let mut out = Vec::new();
     for p in ports {
         match p {
             PortSpec::Any(pr) => out.push(format!("meta l4proto {}", proto(*pr))),
-            PortSpec::Range { protocol, first, last } if first == last => out.push(format!("{} dport {first}", proto(*protocol))),
-            PortSpec::Range { protocol, first, last } => out.push(format!("{} dport {first}-{last}", proto(*protocol))),
+            PortSpec::Range {
+                protocol,
+                first,
+                last,
+            } if first == last => out.push(format!("{} dport {first}", proto(*protocol))),
+            PortSpec::Range {
+                protocol,
+                first,
+                last,
+            } => out.push(format!("{} dport {first}-{last}", proto(*protocol))),
             PortSpec::Named { protocol, name } => {
                 if let Some(d) = dest_pod {
                     for c in &engine.pods()[d].ports {
@@ -60,32 +72,74 @@ fn port_matches(engine: &Engine, ports: &Option<Vec<PortSpec>>, dest_pod: Option
 
 /// The nft lines (each ending in `return`) that allow traffic matching `rule`, seen from
 /// `pod` in `direction` (`peer_field` is `daddr` for egress, `saddr` for ingress).
-fn rule_lines(engine: &Engine, pod: usize, direction: Direction, rule: &ResolvedRule, comment: &str) -> Vec<String> {
-    let peer_field = if direction == Direction::Egress { "daddr" } else { "saddr" };
+fn rule_lines(
+    engine: &Engine,
+    pod: usize,
+    direction: Direction,
+    rule: &ResolvedRule,
+    comment: &str,
+) -> Vec<String> {
+    let peer_field = if direction == Direction::Egress {
+        "daddr"
+    } else {
+        "saddr"
+    };
     let mut lines = Vec::new();
     // (peer address match, destination pod for named ports)
     let mut peers: Vec<(Option<String>, Option<usize>)> = Vec::new();
     match &rule.peers {
-        None => peers.push((None, if direction == Direction::Ingress { Some(pod) } else { None })),
+        None => peers.push((
+            None,
+            if direction == Direction::Ingress {
+                Some(pod)
+            } else {
+                None
+            },
+        )),
         Some(list) => {
             for p in list {
                 match p {
                     ResolvedPeer::Pods(ids) => {
                         for &id in ids {
                             for ip in &engine.pods()[id].ips {
-                                let dest = if direction == Direction::Egress { Some(id) } else { Some(pod) };
+                                let dest = if direction == Direction::Egress {
+                                    Some(id)
+                                } else {
+                                    Some(pod)
+                                };
                                 peers.push((Some(format!("{} {peer_field} {ip}", fam(ip))), dest));
                             }
                         }
                     }
                     ResolvedPeer::Block { cidr, except } => {
-                        let f = if matches!(cidr, ipnet::IpNet::V4(_)) { "ip" } else { "ip6" };
+                        let f = if matches!(cidr, ipnet::IpNet::V4(_)) {
+                            "ip"
+                        } else {
+                            "ip6"
+                        };
                         let mut m = format!("{f} {peer_field} {cidr}");
-                        let ex: Vec<String> = except.iter().filter(|e| matches!((e, cidr), (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_)) | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_)))).map(|e| e.to_string()).collect();
+                        let ex: Vec<String> = except
+                            .iter()
+                            .filter(|e| {
+                                matches!(
+                                    (e, cidr),
+                                    (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_))
+                                        | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_))
+                                )
+                            })
+                            .map(|e| e.to_string())
+                            .collect();
                         if !ex.is_empty() {
                             let _ = write!(m, " {f} {peer_field} != {{ {} }}", ex.join(", "));
                         }
-                        peers.push((Some(m), if direction == Direction::Ingress { Some(pod) } else { None }));
+                        peers.push((
+                            Some(m),
+                            if direction == Direction::Ingress {
+                                Some(pod)
+                            } else {
+                                None
+                            },
+                        ));
                     }
                 }
             }
@@ -93,10 +147,21 @@ fn rule_lines(engine: &Engine, pod: usize, direction: Direction, rule: &Resolved
     }
     for (peer, dest) in peers {
         match port_matches(engine, &rule.ports, dest) {
-            None => lines.push(format!("{} return comment \"{comment}\"", peer.unwrap_or_default()).trim_start().to_string()),
+            None => lines.push(
+                format!("{} return comment \"{comment}\"", peer.unwrap_or_default())
+                    .trim_start()
+                    .to_string(),
+            ),
             Some(ports) => {
                 for p in ports {
-                    lines.push(format!("{} {p} return comment \"{comment}\"", peer.clone().unwrap_or_default()).trim_start().to_string());
+                    lines.push(
+                        format!(
+                            "{} {p} return comment \"{comment}\"",
+                            peer.clone().unwrap_or_default()
+                        )
+                        .trim_start()
+                        .to_string(),
+                    );
                 }
             }
         }
@@ -123,7 +188,11 @@ pub fn ruleset(engine: &Engine) -> String {
             for ip in &pod.ips {
                 let _ = writeln!(jumps, "    {} {field} {ip} jump {chain}", fam(ip));
             }
-            let _ = writeln!(chains, "  chain {chain} {{\n    # {}/{} {:?}", pod.namespace, pod.name, direction);
+            let _ = writeln!(
+                chains,
+                "  chain {chain} {{\n    # {}/{} {:?}",
+                pod.namespace, pod.name, direction
+            );
             for &pid in policies.iter() {
                 let rules = engine.resolved_rules(pid, direction).unwrap_or_default();
                 for (i, rule) in rules.iter().enumerate() {

@@ -31,7 +31,9 @@ pub fn privileged(name: &str) -> Option<()> {
         eprintln!("SKIPPED {name}: no cgroup v2 mount");
         return None;
     }
-    if !Path::new("/sys/kernel/tracing/events").is_dir() && !Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+    if !Path::new("/sys/kernel/tracing/events").is_dir()
+        && !Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
         eprintln!("SKIPPED {name}: tracefs is not mounted (cargo xtask setup mounts it)");
         return None;
     }
@@ -48,7 +50,11 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 }
 
 pub fn sh(cmd: &str) -> Output {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap_or_else(|e| panic!("spawn `{cmd}`: {e}"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("spawn `{cmd}`: {e}"));
     out
 }
 
@@ -95,21 +101,30 @@ impl NetPair {
         };
         must(&format!("ip netns add {}", p.a));
         must(&format!("ip netns add {}", p.b));
-        must(&format!("ip link add {va} netns {} type veth peer name {vb} netns {}", p.a, p.b));
+        must(&format!(
+            "ip link add {va} netns {} type veth peer name {vb} netns {}",
+            p.a, p.b
+        ));
         for (ns, dev, v4, v6) in [(&p.a, &va, &p.a4, &p.a6), (&p.b, &vb, &p.b4, &p.b6)] {
             must(&format!("ip -n {ns} link set lo up"));
             must(&format!("ip -n {ns} addr add {v4}/24 dev {dev}"));
             must(&format!("ip -n {ns} addr add {v6}/64 dev {dev} nodad"));
             must(&format!("ip -n {ns} link set {dev} up"));
             // Short SYN retry budget so a silently dropped connect times out in ~3 s.
-            must(&format!("ip netns exec {ns} sysctl -qw net.ipv4.tcp_syn_retries=1"));
+            must(&format!(
+                "ip netns exec {ns} sysctl -qw net.ipv4.tcp_syn_retries=1"
+            ));
         }
         p
     }
 
     /// Installs an nftables ruleset in namespace `ns`.
     pub fn nft(&self, ns: &str, rules: &str) {
-        let path = std::env::temp_dir().join(format!("aud-nft-{}-{}.nft", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let path = std::env::temp_dir().join(format!(
+            "aud-nft-{}-{}.nft",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::write(&path, rules).expect("write nft rules");
         must(&format!("ip netns exec {ns} nft -f {}", path.display()));
         let _ = std::fs::remove_file(path);
@@ -118,7 +133,10 @@ impl NetPair {
 
 impl Drop for NetPair {
     fn drop(&mut self) {
-        let _ = sh(&format!("ip netns pids {} | xargs -r kill -9; ip netns pids {} | xargs -r kill -9", self.a, self.b));
+        let _ = sh(&format!(
+            "ip netns pids {} | xargs -r kill -9; ip netns pids {} | xargs -r kill -9",
+            self.a, self.b
+        ));
         let _ = sh(&format!("ip netns del {}; ip netns del {}", self.a, self.b));
     }
 }
@@ -131,7 +149,11 @@ pub struct Cgroup {
 impl Cgroup {
     pub fn new(tag: &str) -> Self {
         let root = cgroup2_root().expect("cgroup v2");
-        let path = root.join(format!("auditor-test-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let path = root.join(format!(
+            "auditor-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
         Cgroup { path }
     }
@@ -143,7 +165,10 @@ impl Cgroup {
     /// A shell prefix that runs the rest of the command in namespace `ns` inside this cgroup.
     pub fn exec_in(&self, ns: &str) -> String {
         // Join the cgroup first: `ip netns exec` mounts a fresh /sys without the cgroup mounts.
-        format!("sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {ns} \"$@\"' sh", self.path.display())
+        format!(
+            "sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {ns} \"$@\"' sh",
+            self.path.display()
+        )
     }
 }
 
@@ -215,7 +240,11 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn start(args: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("auditor-it-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let dir = std::env::temp_dir().join(format!(
+            "auditor-it-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&dir).expect("tmp dir");
         let log = dir.join("flows.jsonl");
         let summary = dir.join("summary.json");
@@ -237,11 +266,20 @@ impl Recorder {
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", auditor_bin().display()));
-        let mut r = Recorder { child: Some(child), dir, log, summary, stderr };
+        let mut r = Recorder {
+            child: Some(child),
+            dir,
+            log,
+            summary,
+            stderr,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
             if let Some(status) = r.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("auditor record exited with {status} before it was ready:\n{}", r.stderr_text());
+                panic!(
+                    "auditor record exited with {status} before it was ready:\n{}",
+                    r.stderr_text()
+                );
             }
             if Instant::now() > deadline {
                 panic!("auditor record not ready after 30 s:\n{}", r.stderr_text());
@@ -274,10 +312,15 @@ impl Recorder {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         let status = child.wait().expect("wait for auditor");
-        assert!(status.success(), "auditor record exited with {status}:\n{}", self.stderr_text());
+        assert!(
+            status.success(),
+            "auditor record exited with {status}:\n{}",
+            self.stderr_text()
+        );
         let flows = read_jsonl(&self.log);
-        let summary: Value = serde_json::from_str(&std::fs::read_to_string(&self.summary).expect("summary written"))
-            .expect("summary is JSON");
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(&self.summary).expect("summary written"))
+                .expect("summary is JSON");
         (flows, summary)
     }
 }
@@ -293,28 +336,43 @@ impl Drop for Recorder {
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
-    let Ok(f) = std::fs::File::open(path) else { return vec![] };
+    let Ok(f) = std::fs::File::open(path) else {
+        return vec![];
+    };
     BufReader::new(f)
         .lines()
         .map(|l| l.expect("read flow log"))
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("flow log line is not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(&l)
+                .unwrap_or_else(|e| panic!("flow log line is not JSON ({e}): {l}"))
+        })
         .collect()
 }
 
 /// Records matching every `(field, value)` pair (values compared as JSON).
 pub fn find<'a>(flows: &'a [Value], pairs: &[(&str, Value)]) -> Vec<&'a Value> {
-    flows.iter().filter(|f| pairs.iter().all(|(k, v)| f.get(*k) == Some(v))).collect()
+    flows
+        .iter()
+        .filter(|f| pairs.iter().all(|(k, v)| f.get(*k) == Some(v)))
+        .collect()
 }
 
 /// Sum of a counter over records.
 pub fn sum(records: &[&Value], field: &str) -> u64 {
-    records.iter().map(|r| r.get(field).and_then(Value::as_u64).unwrap_or(0)).sum()
+    records
+        .iter()
+        .map(|r| r.get(field).and_then(Value::as_u64).unwrap_or(0))
+        .sum()
 }
 
 /// A Python one-liner run in the test cgroup inside `ns`; returns stdout.
 pub fn py(cg: &Cgroup, ns: &str, code: &str) -> String {
-    let file = std::env::temp_dir().join(format!("aud-py-{}-{}.py", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+    let file = std::env::temp_dir().join(format!(
+        "aud-py-{}-{}.py",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::write(&file, code).expect("write script");
     let out = must(&format!("{} python3 {}", cg.exec_in(ns), file.display()));
     let _ = std::fs::remove_file(file);

@@ -97,7 +97,9 @@ impl Node {
         let _ = sh(&format!("ip netns del {node_ns} 2>/dev/null"));
         must(&format!("ip netns add {node_ns}"));
         must(&format!("ip -n {node_ns} link set lo up"));
-        must(&format!("ip netns exec {node_ns} sysctl -qw net.ipv4.ip_forward=1"));
+        must(&format!(
+            "ip netns exec {node_ns} sysctl -qw net.ipv4.ip_forward=1"
+        ));
         // The node's own address (kubelet probes come from it).
         must(&format!("ip -n {node_ns} addr add 10.244.1.1/32 dev lo"));
         let root = cgroup2_root().expect("cgroup v2 is mounted");
@@ -133,19 +135,40 @@ impl Node {
     fn attach_host(&self, netns: &str, host_if: &str, ip: &str) {
         let _ = sh(&format!("ip netns del {netns} 2>/dev/null"));
         must(&format!("ip netns add {netns}"));
-        must(&format!("ip link add eth0 netns {netns} type veth peer name {host_if} netns {}", self.node_ns));
+        must(&format!(
+            "ip link add eth0 netns {netns} type veth peer name {host_if} netns {}",
+            self.node_ns
+        ));
         must(&format!("ip -n {netns} link set lo up"));
         must(&format!("ip -n {netns} addr add {ip}/32 dev eth0"));
         must(&format!("ip -n {netns} link set eth0 up"));
-        must(&format!("ip -n {netns} route add 10.244.1.1 dev eth0 scope link"));
-        must(&format!("ip -n {netns} route add default via 10.244.1.1 dev eth0"));
-        must(&format!("ip -n {} addr add 10.244.1.1/32 dev {host_if} noprefixroute", self.node_ns));
+        must(&format!(
+            "ip -n {netns} route add 10.244.1.1 dev eth0 scope link"
+        ));
+        must(&format!(
+            "ip -n {netns} route add default via 10.244.1.1 dev eth0"
+        ));
+        must(&format!(
+            "ip -n {} addr add 10.244.1.1/32 dev {host_if} noprefixroute",
+            self.node_ns
+        ));
         must(&format!("ip -n {} link set {host_if} up", self.node_ns));
-        must(&format!("ip -n {} route add {ip}/32 dev {host_if}", self.node_ns));
+        must(&format!(
+            "ip -n {} route add {ip}/32 dev {host_if}",
+            self.node_ns
+        ));
     }
 
     /// Adds a pod with address `10.244.1.<octet>`.
-    pub fn add_pod(&mut self, namespace: &str, name: &str, octet: u8, labels: &[(&str, &str)], ports: &[(&str, u16, &str)], owner: Option<(&str, &str)>) -> Pod {
+    pub fn add_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        octet: u8,
+        labels: &[(&str, &str)],
+        ports: &[(&str, u16, &str)],
+        owner: Option<(&str, &str)>,
+    ) -> Pod {
         self.add_namespace(namespace);
         let n = self.next();
         let ip = format!("10.244.1.{octet}");
@@ -154,14 +177,25 @@ impl Node {
         self.attach_host(&netns, &host_if, &ip);
         let uid = {
             let h = hex_id(&format!("{namespace}/{name}"), 32);
-            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
         };
         let container_id = hex_id(&format!("ctr/{namespace}/{name}"), 64);
         let cgroup = self
             .cgroup_root
-            .join(format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")))
+            .join(format!(
+                "kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            ))
             .join(format!("cri-containerd-{container_id}.scope"));
-        std::fs::create_dir_all(&cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
+        std::fs::create_dir_all(&cgroup)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
         // Pod DNS: the cluster DNS Service, with the usual search path.
         let etc = PathBuf::from(format!("/etc/netns/{netns}"));
         std::fs::create_dir_all(&etc).expect("mkdir /etc/netns/...");
@@ -175,8 +209,14 @@ impl Node {
             name: name.into(),
             ip,
             uid,
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ports: ports.iter().map(|(n, p, proto)| (n.to_string(), *p, proto.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ports: ports
+                .iter()
+                .map(|(n, p, proto)| (n.to_string(), *p, proto.to_string()))
+                .collect(),
             owner: owner.map(|(k, n)| (k.to_owned(), n.to_owned())),
             netns,
             cgroup,
@@ -193,26 +233,47 @@ impl Node {
         let netns = format!("{}-x{n}", self.tag);
         let host_if = format!("{}x{n}", self.tag);
         self.attach_host(&netns, &host_if, ip);
-        let x = External { name: name.into(), ip: ip.into(), netns, host_if };
+        let x = External {
+            name: name.into(),
+            ip: ip.into(),
+            netns,
+            host_if,
+        };
         self.externals.push(x.clone());
         x
     }
 
     /// A ClusterIP Service, DNATed in the node to the pods its selector matches.
-    pub fn add_service(&mut self, namespace: &str, name: &str, cluster_ip: &str, selector: &[(&str, &str)], ports: &[(&str, u16, u16, &str)]) {
+    pub fn add_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        cluster_ip: &str,
+        selector: &[(&str, &str)],
+        ports: &[(&str, u16, u16, &str)],
+    ) {
         self.services.push(Service {
             namespace: namespace.into(),
             name: name.into(),
             cluster_ip: cluster_ip.into(),
-            ports: ports.iter().map(|(n, p, t, proto)| (n.to_string(), *p, *t, proto.to_string())).collect(),
-            selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ports: ports
+                .iter()
+                .map(|(n, p, t, proto)| (n.to_string(), *p, *t, proto.to_string()))
+                .collect(),
+            selector: selector
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         });
     }
 
     pub fn backends(&self, svc: &Service) -> Vec<&Pod> {
         self.pods
             .iter()
-            .filter(|p| p.namespace == svc.namespace && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .filter(|p| {
+                p.namespace == svc.namespace
+                    && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+            })
             .collect()
     }
 
@@ -220,9 +281,17 @@ impl Node {
     pub fn install_service_nat(&self) {
         let mut rules = String::from("table ip kubeproxy {\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n");
         for s in &self.services {
-            let Some(b) = self.backends(s).into_iter().next() else { continue };
+            let Some(b) = self.backends(s).into_iter().next() else {
+                continue;
+            };
             for (_, port, target, proto) in &s.ports {
-                let _ = writeln!(rules, "    ip daddr {} {} dport {port} dnat to {}:{target}", s.cluster_ip, proto.to_lowercase(), b.ip);
+                let _ = writeln!(
+                    rules,
+                    "    ip daddr {} {} dport {port} dnat to {}:{target}",
+                    s.cluster_ip,
+                    proto.to_lowercase(),
+                    b.ip
+                );
             }
         }
         rules.push_str("  }\n}\n");
@@ -231,23 +300,38 @@ impl Node {
 
     /// Loads an nftables ruleset into the node namespace.
     pub fn nft(&self, ruleset: &str) {
-        let path = std::env::temp_dir().join(format!("{}-{}.nft", self.node_ns, std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("{}-{}.nft", self.node_ns, std::process::id()));
         std::fs::write(&path, ruleset).expect("write ruleset");
-        let out = sh(&format!("ip netns exec {} nft -f {}", self.node_ns, path.display()));
+        let out = sh(&format!(
+            "ip netns exec {} nft -f {}",
+            self.node_ns,
+            path.display()
+        ));
         if !out.status.success() {
-            panic!("nft -f failed: {}\n{ruleset}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "nft -f failed: {}\n{ruleset}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let _ = std::fs::remove_file(path);
     }
 
     /// Deletes an nftables table from the node namespace (ignores a missing one).
     pub fn nft_delete_table(&self, family_table: &str) {
-        let _ = sh(&format!("ip netns exec {} nft delete table {family_table} 2>/dev/null", self.node_ns));
+        let _ = sh(&format!(
+            "ip netns exec {} nft delete table {family_table} 2>/dev/null",
+            self.node_ns
+        ));
     }
 
     /// The shell prefix that runs a command inside `pod` (its cgroup, then its namespace).
     pub fn in_pod(&self, pod: &Pod) -> String {
-        format!("sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} \"$@\"' sh", pod.cgroup.display(), pod.netns)
+        format!(
+            "sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} \"$@\"' sh",
+            pod.cgroup.display(),
+            pod.netns
+        )
     }
 
     /// Starts a long-running process in a pod; it is killed when the node is dropped.
@@ -256,7 +340,12 @@ impl Node {
         self.spawn_raw(&full, log)
     }
 
-    pub fn spawn_in_external(&mut self, x: &External, cmd: &str, log: Option<&std::path::Path>) -> u32 {
+    pub fn spawn_in_external(
+        &mut self,
+        x: &External,
+        cmd: &str,
+        log: Option<&std::path::Path>,
+    ) -> u32 {
         let full = format!("ip netns exec {} {cmd}", x.netns);
         self.spawn_raw(&full, log)
     }
@@ -269,7 +358,11 @@ impl Node {
     fn spawn_raw(&mut self, full: &str, log: Option<&std::path::Path>) -> u32 {
         let (out, err) = match log {
             Some(p) => {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(p).expect("log file");
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("log file");
                 (Stdio::from(f.try_clone().expect("dup")), Stdio::from(f))
             }
             None => (Stdio::null(), Stdio::null()),
@@ -289,22 +382,33 @@ impl Node {
     /// Runs a command in a pod to completion; returns (success, combined output).
     pub fn run_in(&self, pod: &Pod, cmd: &str) -> (bool, String) {
         let out = sh(&format!("{} {cmd} 2>&1", self.in_pod(pod)));
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     pub fn run_on_node(&self, cmd: &str) -> (bool, String) {
         let out = sh(&format!("ip netns exec {} {cmd} 2>&1", self.node_ns));
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> &Pod {
-        self.pods.iter().find(|p| p.namespace == namespace && p.name == name).unwrap_or_else(|| panic!("no pod {namespace}/{name}"))
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+            .unwrap_or_else(|| panic!("no pod {namespace}/{name}"))
     }
 
     /// The cluster as `kubectl get ns,pods,svc,endpointslices -A -o yaml` would print it
     /// (a `kind: List`), plus `policies` (NetworkPolicy documents, YAML) appended as items.
     pub fn snapshot_yaml(&self, policies: &str) -> String {
-        let mut y = String::from("apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n");
+        let mut y = String::from(
+            "apiVersion: v1\nkind: List\nmetadata:\n  resourceVersion: \"\"\nitems:\n",
+        );
         let mut nss = self.namespaces.clone();
         nss.sort();
         for ns in &nss {
@@ -353,11 +457,18 @@ impl Node {
             }
             y.push_str("  ports:\n");
             for (n, _, target, proto) in &s.ports {
-                let _ = write!(y, "  - name: {n}\n    port: {target}\n    protocol: {proto}\n");
+                let _ = write!(
+                    y,
+                    "  - name: {n}\n    port: {target}\n    protocol: {proto}\n"
+                );
             }
         }
         // Policies: documents of their own, indented as list items.
-        for doc in policies.split("\n---").map(str::trim).filter(|d| !d.is_empty() && *d != "---") {
+        for doc in policies
+            .split("\n---")
+            .map(str::trim)
+            .filter(|d| !d.is_empty() && *d != "---")
+        {
             let doc = doc.trim_start_matches("---").trim();
             if doc.is_empty() {
                 continue;
@@ -391,7 +502,9 @@ impl Drop for Node {
         all_ns.extend(self.externals.iter().map(|x| x.netns.clone()));
         all_ns.push(self.node_ns.clone());
         for ns in &all_ns {
-            let _ = sh(&format!("ip netns pids {ns} 2>/dev/null | xargs -r kill -9"));
+            let _ = sh(&format!(
+                "ip netns pids {ns} 2>/dev/null | xargs -r kill -9"
+            ));
         }
         for p in &self.pods {
             if let Ok(pids) = std::fs::read_to_string(p.cgroup.join("cgroup.procs")) {
@@ -427,7 +540,9 @@ pub fn cleanup_stale(tag: &str) {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
             if name.starts_with(&prefix) {
-                let _ = sh(&format!("ip netns pids {name} | xargs -r kill -9; ip netns del {name}"));
+                let _ = sh(&format!(
+                    "ip netns pids {name} | xargs -r kill -9; ip netns del {name}"
+                ));
                 let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
             }
         }
@@ -435,9 +550,15 @@ pub fn cleanup_stale(tag: &str) {
     if let Some(root) = cgroup2_root() {
         let dir = root.join(format!("auditor-{tag}.slice"));
         if dir.exists() {
-            let _ = sh(&format!("find {} -name cgroup.procs -exec cat {{}} + | xargs -r kill -9", dir.display()));
+            let _ = sh(&format!(
+                "find {} -name cgroup.procs -exec cat {{}} + | xargs -r kill -9",
+                dir.display()
+            ));
             std::thread::sleep(std::time::Duration::from_millis(200));
-            let _ = sh(&format!("find {} -depth -type d -exec rmdir {{}} + 2>/dev/null", dir.display()));
+            let _ = sh(&format!(
+                "find {} -depth -type d -exec rmdir {{}} + 2>/dev/null",
+                dir.display()
+            ));
         }
     }
 }

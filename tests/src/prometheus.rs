@@ -19,8 +19,14 @@ pub fn rule_file_from_deploy(out: &Path) -> std::io::Result<()> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheusrule.yaml");
     let text = std::fs::read_to_string(&src)?;
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(std::io::Error::other)?;
-    let spec = doc.get("spec").cloned().ok_or_else(|| std::io::Error::other(format!("{}: no spec", src.display())))?;
-    std::fs::write(out, serde_yaml::to_string(&spec).map_err(std::io::Error::other)?)
+    let spec = doc
+        .get("spec")
+        .cloned()
+        .ok_or_else(|| std::io::Error::other(format!("{}: no spec", src.display())))?;
+    std::fs::write(
+        out,
+        serde_yaml::to_string(&spec).map_err(std::io::Error::other)?,
+    )
 }
 
 impl Prometheus {
@@ -55,21 +61,35 @@ impl Prometheus {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(Self { _proc: p, dir: dir.to_owned(), url })
+        Some(Self {
+            _proc: p,
+            dir: dir.to_owned(),
+            url,
+        })
     }
 
     /// Firing alerts (Prometheus's own view, `/api/v1/alerts`).
     pub fn firing(&self) -> Vec<Value> {
         let out = sh(&format!("curl -sf {}/api/v1/alerts", self.url));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        v["data"]["alerts"].as_array().cloned().unwrap_or_default().into_iter().filter(|a| a["state"] == "firing").collect()
+        v["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["state"] == "firing")
+            .collect()
     }
 
     /// Waits up to `limit` for an alert named `name` to fire; returns the firing ones.
     pub fn wait_for(&self, name: &str, limit: Duration) -> Vec<Value> {
         let deadline = Instant::now() + limit;
         loop {
-            let f: Vec<Value> = self.firing().into_iter().filter(|a| a["labels"]["alertname"] == name).collect();
+            let f: Vec<Value> = self
+                .firing()
+                .into_iter()
+                .filter(|a| a["labels"]["alertname"] == name)
+                .collect();
             if !f.is_empty() || Instant::now() > deadline {
                 return f;
             }
@@ -79,8 +99,13 @@ impl Prometheus {
 
     /// Whether the scrape of the recorder succeeded.
     pub fn target_up(&self) -> bool {
-        let out = sh(&format!("curl -sf '{}/api/v1/query?query=up%7Bjob%3D%22auditor%22%7D'", self.url));
+        let out = sh(&format!(
+            "curl -sf '{}/api/v1/query?query=up%7Bjob%3D%22auditor%22%7D'",
+            self.url
+        ));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        v["data"]["result"].as_array().is_some_and(|r| r.iter().any(|x| x["value"][1] == "1"))
+        v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["value"][1] == "1"))
     }
 }

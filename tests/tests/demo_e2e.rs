@@ -7,20 +7,43 @@ use serde_json::Value;
 
 #[test]
 fn media_pipelines_recorded_diffed_fixed_and_verified() {
-    let Some(()) = privileged("demo end to end") else { return };
+    let Some(()) = privileged("demo end to end") else {
+        return;
+    };
     integration_tests::node::cleanup_stale("e2");
     let out = std::env::temp_dir().join(format!("auditor-e2e-{}", std::process::id()));
-    let o = demo::run(Options { out: out.clone(), auditor: auditor_bin(), tag: "e2".into(), verbose: true });
-    let [r1, r2, r3] = &o.rounds[..] else { panic!("three rounds") };
+    let o = demo::run(Options {
+        out: out.clone(),
+        auditor: auditor_bin(),
+        tag: "e2".into(),
+        verbose: true,
+    });
+    let [r1, r2, r3] = &o.rounds[..] else {
+        panic!("three rounds")
+    };
 
     // Round 1, too tight: DNS forgotten in `transcode`, so the pipelines fail and the
     // auditor says why.
-    assert!(!r1.live_ok && !r1.hls_ok, "too-tight policies break the pipelines");
+    assert!(
+        !r1.live_ok && !r1.hls_ok,
+        "too-tight policies break the pipelines"
+    );
     assert!(r1.drops() > 0 && r1.denied() > 0);
-    let dns: Vec<&Value> = r1.flows.iter().filter(|f| f["dst_port"] == 53 && f["protocol"] == "UDP").collect();
+    let dns: Vec<&Value> = r1
+        .flows
+        .iter()
+        .filter(|f| f["dst_port"] == 53 && f["protocol"] == "UDP")
+        .collect();
     assert!(!dns.is_empty(), "DNS lookups recorded");
-    assert!(dns.iter().any(|f| f["comm"] == "ffmpeg"), "ffmpeg's own lookups: {dns:?}");
-    assert!(dns.iter().all(|f| f["src"]["pod"] == "transcoder-7d9f8c6b4-k8s2n"), "attributed to the transcoder pod by cgroup");
+    assert!(
+        dns.iter().any(|f| f["comm"] == "ffmpeg"),
+        "ffmpeg's own lookups: {dns:?}"
+    );
+    assert!(
+        dns.iter()
+            .all(|f| f["src"]["pod"] == "transcoder-7d9f8c6b4-k8s2n"),
+        "attributed to the transcoder pod by cgroup"
+    );
     // Every denied flow was alerted, with the flow and the policy that denies it.
     for f in r1.diff["flows"].as_array().expect("diff flows") {
         if f["verdict"] != "deny" {
@@ -28,32 +51,75 @@ fn media_pipelines_recorded_diffed_fixed_and_verified() {
         }
         let port = f["dst_port"].as_u64().unwrap();
         let alerted = r1.recorder_log.lines().any(|l| {
-            l.contains("drop:") && l.contains(&format!(" {port}/")) && l.contains("denied:") && l.contains("transcode/default-deny")
+            l.contains("drop:")
+                && l.contains(&format!(" {port}/"))
+                && l.contains("denied:")
+                && l.contains("transcode/default-deny")
         });
-        assert!(alerted, "denied flow to port {port} alerted with its policy:\n{}", r1.recorder_log);
+        assert!(
+            alerted,
+            "denied flow to port {port} alerted with its policy:\n{}",
+            r1.recorder_log
+        );
     }
 
     // Round 2, fix mode applied: DNS works; storage and the second UDP port are still
     // blocked and now show up as drops and connect timeouts.
     assert!(r2.drops() > 0, "round 2 reveals the flows DNS hid");
     let ff2: Vec<&Value> = r2.flows.iter().filter(|f| f["comm"] == "ffmpeg").collect();
-    assert!(ff2.iter().any(|f| f["dst_port"] == 5001 && f["protocol"] == "UDP"), "UDP to the backup port: {ff2:?}");
-    assert!(ff2.iter().any(|f| f["dns_name"] == "gateway.storage.svc.cluster.local"), "storage upload named by DNS: {ff2:?}");
-    assert!(ff2.iter().any(|f| f["dns_name"] == "cdn.example.test" && f["dst_ip"] == "198.51.100.10"), "external CDN named: {ff2:?}");
-    assert!(ff2.iter().all(|f| f["src"]["pod"] == "transcoder-7d9f8c6b4-k8s2n"), "every ffmpeg flow from the transcoder pod");
+    assert!(
+        ff2.iter()
+            .any(|f| f["dst_port"] == 5001 && f["protocol"] == "UDP"),
+        "UDP to the backup port: {ff2:?}"
+    );
+    assert!(
+        ff2.iter()
+            .any(|f| f["dns_name"] == "gateway.storage.svc.cluster.local"),
+        "storage upload named by DNS: {ff2:?}"
+    );
+    assert!(
+        ff2.iter()
+            .any(|f| f["dns_name"] == "cdn.example.test" && f["dst_ip"] == "198.51.100.10"),
+        "external CDN named: {ff2:?}"
+    );
+    assert!(
+        ff2.iter()
+            .all(|f| f["src"]["pod"] == "transcoder-7d9f8c6b4-k8s2n"),
+        "every ffmpeg flow from the transcoder pod"
+    );
     // The sidecar is told apart from ffmpeg.
-    let side: Vec<&Value> = r2.flows.iter().filter(|f| f["comm"] == "python3" && f["dst_port"] == 80 && f["direction"] == "egress").collect();
-    assert!(!side.is_empty(), "the sidecar's heartbeats are its own flows");
-    assert!(r2.recorder_log.contains("connect_timeout:"), "storage connect timeouts alerted:\n{}", r2.recorder_log);
+    let side: Vec<&Value> = r2
+        .flows
+        .iter()
+        .filter(|f| f["comm"] == "python3" && f["dst_port"] == 80 && f["direction"] == "egress")
+        .collect();
+    assert!(
+        !side.is_empty(),
+        "the sidecar's heartbeats are its own flows"
+    );
+    assert!(
+        r2.recorder_log.contains("connect_timeout:"),
+        "storage connect timeouts alerted:\n{}",
+        r2.recorder_log
+    );
     // A real Prometheus scraped the recorder and the shipped drop alert fired.
     if let Some(firing) = &r2.prometheus_alerts {
         assert!(
-            firing.iter().any(|a| a["labels"]["alertname"] == "AuditorFlowDropped" && a["labels"]["namespace"] == "transcode" && a["labels"]["reason"] == "NETFILTER_DROP"),
+            firing
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "AuditorFlowDropped"
+                    && a["labels"]["namespace"] == "transcode"
+                    && a["labels"]["reason"] == "NETFILTER_DROP"),
             "AuditorFlowDropped firing for transcode: {firing:?}"
         );
     }
     if let Some(firing) = &r3.prometheus_alerts {
-        assert!(!firing.iter().any(|a| a["labels"]["alertname"] == "AuditorFlowDropped"), "quiet under the allowlist: {firing:?}");
+        assert!(
+            !firing
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "AuditorFlowDropped"),
+            "quiet under the allowlist: {firing:?}"
+        );
     }
 
     // Round 3, the suggested allowlist instead of the installed policies: everything works,
@@ -61,10 +127,23 @@ fn media_pipelines_recorded_diffed_fixed_and_verified() {
     assert!(r3.live_ok, "live push finished");
     assert!(r3.hls_ok, "HLS upload finished");
     assert!(r3.heartbeats, "sidecar heartbeats arrived");
-    assert!(r3.ingest_counts["5000"].as_u64().unwrap_or(0) > 0 && r3.ingest_counts["5001"].as_u64().unwrap_or(0) > 0, "both renditions arrived: {}", r3.ingest_counts);
-    assert_eq!(r3.drops(), 0, "zero drops under the allowlist: {}", r3.summary);
+    assert!(
+        r3.ingest_counts["5000"].as_u64().unwrap_or(0) > 0
+            && r3.ingest_counts["5001"].as_u64().unwrap_or(0) > 0,
+        "both renditions arrived: {}",
+        r3.ingest_counts
+    );
+    assert_eq!(
+        r3.drops(),
+        0,
+        "zero drops under the allowlist: {}",
+        r3.summary
+    );
     assert_eq!(r3.denied(), 0, "zero denied flows under the allowlist");
-    assert!(!o.unobserved_probe_connected, "a connection nobody needed is denied by the allowlist");
+    assert!(
+        !o.unobserved_probe_connected,
+        "a connection nobody needed is denied by the allowlist"
+    );
 
     // The report.
     let report = o.report_dir.expect("report written");
@@ -72,8 +151,13 @@ fn media_pipelines_recorded_diffed_fixed_and_verified() {
         assert!(report.join(f).is_file(), "{f} written");
     }
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("transcoder"), "HTML report with the flow picture");
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).expect("report.json is JSON");
+    assert!(
+        html.contains("<svg") && html.contains("transcoder"),
+        "HTML report with the flow picture"
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .expect("report.json is JSON");
     assert!(json.is_object());
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -32,14 +32,18 @@ s.close()
 }
 
 fn start_http(net: &NetPair, ns: &str, addr: &str, port: u16, dir: &str) -> Bg {
-    let bg = spawn(&format!("ip netns exec {ns} python3 -m http.server {port} --bind {addr} --directory {dir}"));
+    let bg = spawn(&format!(
+        "ip netns exec {ns} python3 -m http.server {port} --bind {addr} --directory {dir}"
+    ));
     wait_tcp(if ns == net.a { &net.b } else { &net.a }, addr, port);
     bg
 }
 
 #[test]
 fn tcp_established_refused_and_timed_out_behind_nftables_drop() {
-    let Some(()) = privileged("tcp outcomes") else { return };
+    let Some(()) = privileged("tcp outcomes") else {
+        return;
+    };
     let net = NetPair::new("t");
     let cg = Cgroup::new("tcp");
     let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8080, "/tmp");
@@ -47,29 +51,51 @@ fn tcp_established_refused_and_timed_out_behind_nftables_drop() {
     net.nft(&net.b, "table inet audtest {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 9 drop\n  }\n}\n");
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
 
-    assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b4, 8080, 5.0)).trim(), "established");
+    assert_eq!(
+        py(&cg, &net.a, &tcp_connect_script(&net.b4, 8080, 5.0)).trim(),
+        "established"
+    );
     // The same connect from outside the audited cgroup is not recorded (the tracepoint
     // checks the task's cgroup ancestry in the kernel).
     let f = std::env::temp_dir().join(format!("aud-out-{}.py", std::process::id()));
     std::fs::write(&f, tcp_connect_script(&net.b4, 8080, 5.0)).unwrap();
-    assert_eq!(must(&format!("ip netns exec {} python3 {}", net.a, f.display())).trim(), "established");
-    assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b4, 7, 5.0)).trim(), "refused");
+    assert_eq!(
+        must(&format!("ip netns exec {} python3 {}", net.a, f.display())).trim(),
+        "established"
+    );
+    assert_eq!(
+        py(&cg, &net.a, &tcp_connect_script(&net.b4, 7, 5.0)).trim(),
+        "refused"
+    );
     // tcp_syn_retries=1: one retransmit after 1 s, ETIMEDOUT after ~3 s.
     let r = py(&cg, &net.a, &tcp_connect_script(&net.b4, 9, 10.0));
-    assert!(r.trim() == "error 110" || r.trim() == "timeout", "expected a timed out connect, got {r}");
+    assert!(
+        r.trim() == "error 110" || r.trim() == "timeout",
+        "expected a timed out connect, got {r}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (flows, summary) = rec.stop();
     eprintln!("flows: {flows:#?}\nsummary: {summary}");
 
     let b4 = json!(net.b4);
-    let est = find(&flows, &[("dst_ip", b4.clone()), ("dst_port", json!(8080)), ("protocol", json!("TCP"))]);
+    let est = find(
+        &flows,
+        &[
+            ("dst_ip", b4.clone()),
+            ("dst_port", json!(8080)),
+            ("protocol", json!("TCP")),
+        ],
+    );
     assert!(!est.is_empty(), "established connect recorded");
     assert_eq!(sum(&est, "established"), 1);
     assert_eq!(est[0]["direction"], "egress");
     assert_eq!(est[0]["src_ip"], json!(net.a4));
     assert_eq!(est[0]["comm"], "python3");
     assert_eq!(est[0]["cgroup_id"], json!(cg.id()));
-    assert!(est[0]["cgroup"].as_str().unwrap().ends_with(cg.path.file_name().unwrap().to_str().unwrap()));
+    assert!(est[0]["cgroup"]
+        .as_str()
+        .unwrap()
+        .ends_with(cg.path.file_name().unwrap().to_str().unwrap()));
     assert!(est[0]["pid"].as_u64().unwrap() > 0);
     assert!(est[0]["first_seen"].as_str().unwrap().starts_with("20"));
 
@@ -79,15 +105,26 @@ fn tcp_established_refused_and_timed_out_behind_nftables_drop() {
 
     let dropped = find(&flows, &[("dst_ip", b4.clone()), ("dst_port", json!(9))]);
     assert_eq!(sum(&dropped, "timed_out"), 1, "timed out: {dropped:?}");
-    assert!(sum(&dropped, "syn_retransmits") >= 1, "SYN retransmits counted: {dropped:?}");
-    assert!(sum(&dropped, "drops") >= 2, "the SYN and its retransmit were dropped: {dropped:?}");
-    assert!(dropped.iter().any(|r| r["drop_reason"] == "NETFILTER_DROP"), "drop reason: {dropped:?}");
+    assert!(
+        sum(&dropped, "syn_retransmits") >= 1,
+        "SYN retransmits counted: {dropped:?}"
+    );
+    assert!(
+        sum(&dropped, "drops") >= 2,
+        "the SYN and its retransmit were dropped: {dropped:?}"
+    );
+    assert!(
+        dropped.iter().any(|r| r["drop_reason"] == "NETFILTER_DROP"),
+        "drop reason: {dropped:?}"
+    );
     assert!(dropped.iter().any(|r| r["state"] == "timed_out"));
 }
 
 #[test]
 fn inbound_accept_by_listener_in_audited_cgroup() {
-    let Some(()) = privileged("inbound accept") else { return };
+    let Some(()) = privileged("inbound accept") else {
+        return;
+    };
     let net = NetPair::new("i");
     let cg = Cgroup::new("acc");
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
@@ -106,7 +143,14 @@ fn inbound_accept_by_listener_in_audited_cgroup() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (flows, _summary) = rec.stop();
     eprintln!("flows: {flows:#?}");
-    let acc = find(&flows, &[("direction", json!("ingress")), ("dst_ip", json!(net.a4)), ("dst_port", json!(8443))]);
+    let acc = find(
+        &flows,
+        &[
+            ("direction", json!("ingress")),
+            ("dst_ip", json!(net.a4)),
+            ("dst_port", json!(8443)),
+        ],
+    );
     assert_eq!(acc.len(), 1, "one accept recorded: {flows:?}");
     assert_eq!(acc[0]["src_ip"], json!(net.b4));
     assert_eq!(acc[0]["state"], "accepted");
@@ -143,12 +187,34 @@ for i in range(3):
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (flows, _) = rec.stop();
     eprintln!("flows: {flows:#?}");
-    let unconnected = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(40000)), ("protocol", json!("UDP"))]);
-    assert_eq!(sum(&unconnected, "count"), 5, "five datagrams: {unconnected:?}");
+    let unconnected = find(
+        &flows,
+        &[
+            ("dst_ip", json!(net.b4)),
+            ("dst_port", json!(40000)),
+            ("protocol", json!("UDP")),
+        ],
+    );
+    assert_eq!(
+        sum(&unconnected, "count"),
+        5,
+        "five datagrams: {unconnected:?}"
+    );
     assert_eq!(unconnected[0]["state"], "sent");
     assert_eq!(unconnected[0]["comm"], "python3");
-    let connected = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(50999)), ("protocol", json!("UDP"))]);
-    assert_eq!(connected.len(), 1, "connected UDP socket recorded at connect: {flows:?}");
+    let connected = find(
+        &flows,
+        &[
+            ("dst_ip", json!(net.b4)),
+            ("dst_port", json!(50999)),
+            ("protocol", json!("UDP")),
+        ],
+    );
+    assert_eq!(
+        connected.len(),
+        1,
+        "connected UDP socket recorded at connect: {flows:?}"
+    );
 }
 
 #[test]
@@ -156,18 +222,38 @@ fn ipv6_tcp_and_udp() {
     let Some(()) = privileged("ipv6") else { return };
     let net = NetPair::new("6");
     let cg = Cgroup::new("v6");
-    let _http = spawn(&format!("ip netns exec {} python3 -m http.server 8080 --bind {} --directory /tmp", net.b, net.b6));
+    let _http = spawn(&format!(
+        "ip netns exec {} python3 -m http.server 8080 --bind {} --directory /tmp",
+        net.b, net.b6
+    ));
     wait_tcp(&net.a, &net.b6, 8080);
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
-    assert_eq!(py(&cg, &net.a, &tcp_connect_script(&net.b6, 8080, 5.0)).trim(), "established");
+    assert_eq!(
+        py(&cg, &net.a, &tcp_connect_script(&net.b6, 8080, 5.0)).trim(),
+        "established"
+    );
     py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.sendto(b'z', ('{}', 45000))\n", net.b6));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (flows, _) = rec.stop();
     eprintln!("flows: {flows:#?}");
-    let t = find(&flows, &[("dst_ip", json!(net.b6)), ("dst_port", json!(8080)), ("protocol", json!("TCP"))]);
+    let t = find(
+        &flows,
+        &[
+            ("dst_ip", json!(net.b6)),
+            ("dst_port", json!(8080)),
+            ("protocol", json!("TCP")),
+        ],
+    );
     assert_eq!(sum(&t, "established"), 1, "{flows:?}");
     assert_eq!(t[0]["src_ip"], json!(net.a6));
-    let u = find(&flows, &[("dst_ip", json!(net.b6)), ("dst_port", json!(45000)), ("protocol", json!("UDP"))]);
+    let u = find(
+        &flows,
+        &[
+            ("dst_ip", json!(net.b6)),
+            ("dst_port", json!(45000)),
+            ("protocol", json!("UDP")),
+        ],
+    );
     assert_eq!(sum(&u, "count"), 1, "{flows:?}");
 }
 
@@ -209,16 +295,28 @@ print(ip)
     let (flows, summary) = rec.stop();
     eprintln!("flows: {flows:#?}\nsummary: {summary}");
     assert!(summary["dns_answers"].as_u64().unwrap() >= 1);
-    let conn = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(8080)), ("protocol", json!("TCP"))]);
+    let conn = find(
+        &flows,
+        &[
+            ("dst_ip", json!(net.b4)),
+            ("dst_port", json!(8080)),
+            ("protocol", json!("TCP")),
+        ],
+    );
     assert_eq!(conn.len(), 1, "{flows:?}");
     assert_eq!(conn[0]["dns_name"], "origin.media.test");
-    let q = find(&flows, &[("dst_port", json!(53)), ("protocol", json!("UDP"))]);
+    let q = find(
+        &flows,
+        &[("dst_port", json!(53)), ("protocol", json!("UDP"))],
+    );
     assert!(!q.is_empty(), "the DNS query itself is a flow: {flows:?}");
 }
 
 #[test]
 fn comm_filter_keeps_real_ffmpeg_and_leaves_out_curl_in_the_same_cgroup() {
-    let Some(()) = privileged("ffmpeg comm filter") else { return };
+    let Some(()) = privileged("ffmpeg comm filter") else {
+        return;
+    };
     let net = NetPair::new("f");
     let cg = Cgroup::new("ff");
     let media = std::env::temp_dir().join(format!("aud-media-{}", std::process::id()));
@@ -227,36 +325,69 @@ fn comm_filter_keeps_real_ffmpeg_and_leaves_out_curl_in_the_same_cgroup() {
         "ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=duration=2:size=160x120:rate=25 -c:v mpeg2video -f mpegts {}/clip.ts",
         media.display()
     ));
-    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8000, media.to_str().unwrap());
+    let _http = start_http(
+        &net,
+        &net.b.clone(),
+        &net.b4.clone(),
+        8000,
+        media.to_str().unwrap(),
+    );
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap(), "--comm", "ffmpeg"]);
     must(&format!(
         "{} ffmpeg -hide_banner -loglevel error -i http://{}:8000/clip.ts -f null -",
         cg.exec_in(&net.a),
         net.b4
     ));
-    must(&format!("{} curl -sf -o /dev/null http://{}:8000/clip.ts", cg.exec_in(&net.a), net.b4));
+    must(&format!(
+        "{} curl -sf -o /dev/null http://{}:8000/clip.ts",
+        cg.exec_in(&net.a),
+        net.b4
+    ));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (flows, _) = rec.stop();
     let _ = std::fs::remove_dir_all(&media);
     eprintln!("flows: {flows:#?}");
-    let ff = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(8000))]);
+    let ff = find(
+        &flows,
+        &[("dst_ip", json!(net.b4)), ("dst_port", json!(8000))],
+    );
     assert!(!ff.is_empty(), "ffmpeg's connection recorded");
-    assert!(ff.iter().all(|r| r["comm"] == "ffmpeg"), "only ffmpeg: {ff:?}");
+    assert!(
+        ff.iter().all(|r| r["comm"] == "ffmpeg"),
+        "only ffmpeg: {ff:?}"
+    );
     assert!(sum(&ff, "established") >= 1);
     assert!(ff[0]["exe"].as_str().unwrap_or("").ends_with("/ffmpeg"));
-    assert!(flows.iter().all(|r| r["comm"] != "curl"), "curl left out: {flows:?}");
+    assert!(
+        flows.iter().all(|r| r["comm"] != "curl"),
+        "curl left out: {flows:?}"
+    );
 }
 
 #[test]
 fn traffic_is_unaffected_by_the_auditor() {
-    let Some(()) = privileged("traffic unaffected") else { return };
+    let Some(()) = privileged("traffic unaffected") else {
+        return;
+    };
     let net = NetPair::new("n");
     let cg = Cgroup::new("pass");
     let data = std::env::temp_dir().join(format!("aud-blob-{}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
-    must(&format!("head -c 8388608 /dev/urandom > {}/blob", data.display()));
-    let want = must(&format!("sha256sum {}/blob | cut -d' ' -f1", data.display()));
-    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8081, data.to_str().unwrap());
+    must(&format!(
+        "head -c 8388608 /dev/urandom > {}/blob",
+        data.display()
+    ));
+    let want = must(&format!(
+        "sha256sum {}/blob | cut -d' ' -f1",
+        data.display()
+    ));
+    let _http = start_http(
+        &net,
+        &net.b.clone(),
+        &net.b4.clone(),
+        8081,
+        data.to_str().unwrap(),
+    );
     // Receiver for UDP in b; counts datagrams for 2 s.
     let udp_count = data.join("udp-count");
     let _udp = spawn(&format!(
@@ -266,58 +397,114 @@ fn traffic_is_unaffected_by_the_auditor() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
     for _ in 0..20 {
-        let got = must(&format!("{} sh -c 'curl -sf http://{}:8081/blob | sha256sum | cut -d\" \" -f1'", cg.exec_in(&net.a), net.b4));
+        let got = must(&format!(
+            "{} sh -c 'curl -sf http://{}:8081/blob | sha256sum | cut -d\" \" -f1'",
+            cg.exec_in(&net.a),
+            net.b4
+        ));
         assert_eq!(got, want, "payload intact through the auditor");
     }
     py(&cg, &net.a, &format!("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(200):\n    s.sendto(b'm'*1316,('{}',46000))\n    time.sleep(0.001)\n", net.b4));
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let (flows, summary) = rec.stop();
-    let received: u64 = std::fs::read_to_string(&udp_count).unwrap_or_default().trim().parse().unwrap_or(0);
+    let received: u64 = std::fs::read_to_string(&udp_count)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&data);
     assert_eq!(received, 200, "every datagram arrived");
-    let http = find(&flows, &[("dst_ip", json!(net.b4)), ("dst_port", json!(8081))]);
+    let http = find(
+        &flows,
+        &[("dst_ip", json!(net.b4)), ("dst_port", json!(8081))],
+    );
     assert_eq!(sum(&http, "established"), 20);
-    assert_eq!(sum(&http, "drops"), 0, "no drops caused: {http:?} {summary}");
+    assert_eq!(
+        sum(&http, "drops"),
+        0,
+        "no drops caused: {http:?} {summary}"
+    );
 }
 
 #[test]
 fn overflowed_ring_buffer_is_reported_with_exact_lost_counts() {
-    let Some(()) = privileged("ring buffer overflow") else { return };
+    let Some(()) = privileged("ring buffer overflow") else {
+        return;
+    };
     let net = NetPair::new("o");
     let cg = Cgroup::new("ovf");
     // Scoped to the test's cgroup (cgroup programs attached there, tracepoints filtered in
     // the kernel by cgroup ancestry): every new-flow event is one of our flows and every
     // flow in the kernel map reaches the log, so received + lost must equal the flows in
     // the log exactly, whatever else the machine is doing.
-    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap(), "--ring-buffer-bytes", "4096", "--stall-reader", "3s", "--no-drops", "--no-dns"]);
+    let rec = Recorder::start(&[
+        "--cgroup",
+        cg.path.to_str().unwrap(),
+        "--ring-buffer-bytes",
+        "4096",
+        "--stall-reader",
+        "3s",
+        "--no-drops",
+        "--no-dns",
+    ]);
     py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor p in range(41000, 41300):\n    s.sendto(b'o',('{}',p))\n", net.b4));
     std::thread::sleep(std::time::Duration::from_millis(3500));
     let (flows, summary) = rec.stop();
     let ours: Vec<&Value> = flows
         .iter()
-        .filter(|r| r["dst_ip"] == json!(net.b4) && r["protocol"] == "UDP" && r["direction"] == "egress")
+        .filter(|r| {
+            r["dst_ip"] == json!(net.b4) && r["protocol"] == "UDP" && r["direction"] == "egress"
+        })
         .collect();
-    let mut ports: Vec<u64> = ours.iter().map(|r| r["dst_port"].as_u64().unwrap()).collect();
+    let mut ports: Vec<u64> = ours
+        .iter()
+        .map(|r| r["dst_port"].as_u64().unwrap())
+        .collect();
     ports.sort();
     ports.dedup();
-    assert_eq!(ports.len(), 300, "every flow reached the log from the kernel map even though its event was lost");
+    assert_eq!(
+        ports.len(),
+        300,
+        "every flow reached the log from the kernel map even though its event was lost"
+    );
     let received = summary["events"]["new_flow"].as_u64().unwrap_or(0);
     let lost = summary["lost_events"]["new_flow"].as_u64().unwrap_or(0);
-    assert!(lost > 0, "a 4 KiB ring buffer cannot hold 300 events: {summary}");
+    assert!(
+        lost > 0,
+        "a 4 KiB ring buffer cannot hold 300 events: {summary}"
+    );
     let mut keys: Vec<String> = flows
         .iter()
         .filter(|r| r.get("direction").is_some())
-        .map(|r| format!("{}|{}|{}|{}|{}|{}|{}", r["cgroup_id"], r["pid"], r["protocol"], r["direction"], r["src_ip"], r["dst_ip"], r["dst_port"]))
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}|{}|{}|{}",
+                r["cgroup_id"],
+                r["pid"],
+                r["protocol"],
+                r["direction"],
+                r["src_ip"],
+                r["dst_ip"],
+                r["dst_port"]
+            )
+        })
         .collect();
     keys.sort();
     keys.dedup();
-    assert_eq!(received + lost, keys.len() as u64, "received {received} + lost {lost} == flows {}: {summary}", keys.len());
+    assert_eq!(
+        received + lost,
+        keys.len() as u64,
+        "received {received} + lost {lost} == flows {}: {summary}",
+        keys.len()
+    );
     eprintln!("ring buffer of 4096 bytes, reader stalled 3 s: {received} new-flow events received, {lost} lost, {} flows in the log", keys.len());
 }
 
 #[test]
 fn second_instance_is_refused_with_a_clear_message() {
-    let Some(()) = privileged("second instance") else { return };
+    let Some(()) = privileged("second instance") else {
+        return;
+    };
     let rec = Recorder::start(&[]);
     let out = std::process::Command::new(auditor_bin())
         .args(["record", "--duration", "1s", "--output", "-", "--lock-file"])
@@ -332,7 +519,9 @@ fn second_instance_is_refused_with_a_clear_message() {
 
 #[test]
 fn killed_run_leaves_whole_lines_and_no_programs_behind() {
-    let Some(()) = privileged("killed run") else { return };
+    let Some(()) = privileged("killed run") else {
+        return;
+    };
     let net = NetPair::new("k");
     let cg = Cgroup::new("kill");
     let mut rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
@@ -344,13 +533,28 @@ fn killed_run_leaves_whole_lines_and_no_programs_behind() {
     let before = std::fs::read(&log).expect("flow log written by the periodic flush");
     assert!(before.ends_with(b"\n"), "only whole lines on disk");
     let lines = read_jsonl(&log);
-    assert_eq!(lines.iter().filter(|r| r["dst_ip"] == json!(net.b4)).count(), 50, "flushed flows kept");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|r| r["dst_ip"] == json!(net.b4))
+            .count(),
+        50,
+        "flushed flows kept"
+    );
     // The kernel dropped the programs with the process: nothing stays attached to the cgroup.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let attached = must(&format!("bpftool cgroup show {}", cg.path.display()));
-    assert!(attached.trim().is_empty(), "programs still attached after SIGKILL: {attached}");
+    assert!(
+        attached.trim().is_empty(),
+        "programs still attached after SIGKILL: {attached}"
+    );
     // A partial line (as a kill in the middle of a write would leave) is cut by the next run.
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"{\"src_ip\":\"10.").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(b"{\"src_ip\":\"10.")
+        .unwrap();
     let out = std::process::Command::new(auditor_bin())
         .args(["record", "--duration", "300ms", "--lock-file"])
         .arg(rec.dir.join("lock2"))
@@ -358,16 +562,28 @@ fn killed_run_leaves_whole_lines_and_no_programs_behind() {
         .arg(&log)
         .output()
         .expect("second run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("partial line"), "the repair is reported");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("partial line"),
+        "the repair is reported"
+    );
     let after = std::fs::read(&log).unwrap();
-    assert!(after.ends_with(b"\n") && after.starts_with(&before), "earlier lines kept, partial line gone");
+    assert!(
+        after.ends_with(b"\n") && after.starts_with(&before),
+        "earlier lines kept, partial line gone"
+    );
     assert!(read_jsonl(&log).len() >= lines.len());
 }
 
 #[test]
 fn degrades_without_tracefs_or_btf_and_says_what_is_missing() {
-    let Some(()) = privileged("degradation") else { return };
+    let Some(()) = privileged("degradation") else {
+        return;
+    };
     if sh("command -v unshare").stdout.is_empty() {
         eprintln!("SKIPPED degradation: no unshare");
         return;
@@ -404,37 +620,71 @@ fn degrades_without_tracefs_or_btf_and_says_what_is_missing() {
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "still records: {err}");
-    assert!(err.contains("tracefs is not mounted") && err.contains("mount -t tracefs"), "names what is missing and the fix: {err}");
-    assert!(err.contains("TCP connections") && err.contains("not recorded"), "says which outputs are missing: {err}");
+    assert!(
+        err.contains("tracefs is not mounted") && err.contains("mount -t tracefs"),
+        "names what is missing and the fix: {err}"
+    );
+    assert!(
+        err.contains("TCP connections") && err.contains("not recorded"),
+        "says which outputs are missing: {err}"
+    );
     let flows = read_jsonl(&log);
-    assert!(flows.iter().any(|r| r["dst_port"] == 43000), "UDP still recorded without tracefs: {flows:?}");
+    assert!(
+        flows.iter().any(|r| r["dst_port"] == 43000),
+        "UDP still recorded without tracefs: {flows:?}"
+    );
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
-    assert!(s["degraded"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().contains("tracefs")));
+    assert!(s["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d.as_str().unwrap().contains("tracefs")));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn without_capabilities_it_says_which_are_missing() {
-    let Some(()) = privileged("capabilities") else { return };
+    let Some(()) = privileged("capabilities") else {
+        return;
+    };
     if sh("command -v setpriv").stdout.is_empty() {
         eprintln!("SKIPPED capabilities: no setpriv");
         return;
     }
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(auditor_bin())
-        .args(["record", "--duration", "1s", "--output", "-", "--lock-file", "/tmp/auditor-nocaps.lock"])
+        .args([
+            "record",
+            "--duration",
+            "1s",
+            "--output",
+            "-",
+            "--lock-file",
+            "/tmp/auditor-nocaps.lock",
+        ])
         .output()
         .expect("setpriv");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("run as root"), "{err}");
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("run as root"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
 fn udp_replies_are_not_flows_of_their_own() {
-    let Some(()) = privileged("udp replies") else { return };
+    let Some(()) = privileged("udp replies") else {
+        return;
+    };
     let net = NetPair::new("r");
     let cg = Cgroup::new("rep");
     let echo = |addr: &str, port: u16| {
@@ -456,11 +706,43 @@ fn udp_replies_are_not_flows_of_their_own() {
     std::thread::sleep(std::time::Duration::from_millis(400));
     let (flows, _) = rec.stop();
     eprintln!("flows: {flows:#?}");
-    let inbound = find(&flows, &[("direction", json!("ingress")), ("dst_port", json!(47000)), ("protocol", json!("UDP"))]);
-    assert_eq!(sum(&inbound, "count"), 3, "the audited server's inbound flow: {flows:?}");
-    assert_eq!(inbound[0]["comm"], "python3", "the receiving process, found in /proc although it started before the recorder");
-    let outbound = find(&flows, &[("direction", json!("egress")), ("dst_port", json!(47001)), ("protocol", json!("UDP"))]);
-    assert_eq!(sum(&outbound, "count"), 3, "the audited client's flow: {flows:?}");
+    let inbound = find(
+        &flows,
+        &[
+            ("direction", json!("ingress")),
+            ("dst_port", json!(47000)),
+            ("protocol", json!("UDP")),
+        ],
+    );
+    assert_eq!(
+        sum(&inbound, "count"),
+        3,
+        "the audited server's inbound flow: {flows:?}"
+    );
+    assert_eq!(
+        inbound[0]["comm"], "python3",
+        "the receiving process, found in /proc although it started before the recorder"
+    );
+    let outbound = find(
+        &flows,
+        &[
+            ("direction", json!("egress")),
+            ("dst_port", json!(47001)),
+            ("protocol", json!("UDP")),
+        ],
+    );
+    assert_eq!(
+        sum(&outbound, "count"),
+        3,
+        "the audited client's flow: {flows:?}"
+    );
     let udp: Vec<&Value> = flows.iter().filter(|r| r["protocol"] == "UDP").collect();
-    assert_eq!(udp.iter().map(|r| format!("{}:{}", r["direction"], r["dst_port"])).collect::<std::collections::BTreeSet<_>>().len(), 2, "no flows for the replies (to ephemeral ports): {udp:?}");
+    assert_eq!(
+        udp.iter()
+            .map(|r| format!("{}:{}", r["direction"], r["dst_port"]))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        2,
+        "no flows for the replies (to ephemeral ports): {udp:?}"
+    );
 }

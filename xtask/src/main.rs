@@ -80,7 +80,10 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_owned()
 }
 
 fn step(msg: &str) {
@@ -97,7 +100,10 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn ok(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {
@@ -117,14 +123,22 @@ fn setup() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| !ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])) || !dpkg_installed(p))
+        .filter(|p| {
+            !ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])) || !dpkg_installed(p)
+        })
         .collect();
     if missing.is_empty() {
         step("Debian packages: all present");
     } else {
-        step(&format!("Debian packages: installing {}", missing.join(" ")));
+        step(&format!(
+            "Debian packages: installing {}",
+            missing.join(" ")
+        ));
         run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // 2. nightly rust-src (aya-build runs `rustup run nightly cargo build -Z build-std=core`)
     let has_src = Command::new("rustup")
@@ -132,34 +146,72 @@ fn setup() -> Result<()> {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").is_dir())
+        .map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+                .join("lib/rustlib/src/rust/library/core")
+                .is_dir()
+        })
         .unwrap_or(false);
     if has_src {
         step("nightly toolchain with rust-src: present");
     } else {
-        let have_nightly = ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]));
+        let have_nightly =
+            ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]));
         let added = if have_nightly {
             step("nightly toolchain: adding rust-src (rustup component add rust-src --toolchain nightly)");
-            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))
         } else {
             step("nightly toolchain: installing it with rust-src (rustup toolchain install nightly --profile minimal --component rust-src)");
-            run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
         };
         if added.is_err() {
             step("rustup could not add rust-src; falling back to Debian's rustc-web with a prebuilt core for bpfel-unknown-none");
-            run(Command::new("apt-get").args(["install", "-y", "-q", "rustc-web", "libstd-rust-web-dev-bpf"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+            run(Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "rustc-web",
+                    "libstd-rust-web-dev-bpf",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
             bail!("installed rustc-web; build the eBPF crate with it by hand as described in ARCHITECTURE.md (\"Toolchain fallback\"): this path is not automated");
         }
     }
     // 3. bpf-linker
-    let linker_ok = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success())
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
         || home_bin("bpf-linker").is_file();
     if linker_ok {
         step("bpf-linker: present");
     } else {
         step("bpf-linker: building it (cargo install bpf-linker 0.13 against LLVM 22; about 5 minutes on 2 cores)");
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", "^0.13", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
     // 4. tracefs
@@ -189,7 +241,9 @@ fn dpkg_installed(p: &str) -> bool {
 fn home_bin(name: &str) -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
     home.join("bin").join(name)
 }
 
@@ -203,7 +257,10 @@ fn cargo() -> Command {
     if !paths.contains(&bin) {
         paths.push(bin);
     }
-    c.env("PATH", std::env::join_paths(paths).expect("PATH entries are valid"));
+    c.env(
+        "PATH",
+        std::env::join_paths(paths).expect("PATH entries are valid"),
+    );
     c
 }
 
@@ -212,7 +269,9 @@ fn test(filter: Option<String>) -> Result<()> {
     step("build: cargo build --bins --tests (eBPF included through auditor/build.rs)");
     run(cargo().args(["build", "--bins", "--tests"]))?;
     step("unit and property tests: cargo test -p auditor -p xtask");
-    run(cargo().args(["test", "-p", "auditor", "-p", "xtask", "--"]).args(&filter_args))?;
+    run(cargo()
+        .args(["test", "-p", "auditor", "-p", "xtask", "--"])
+        .args(&filter_args))?;
     step("privileged integration tests (root, one thread, each in its own network namespaces)");
     let bin = root().join("target/debug/auditor");
     run(cargo()
@@ -230,9 +289,20 @@ fn test(filter: Option<String>) -> Result<()> {
 
 fn demo(output: &Path) -> Result<()> {
     step("build: cargo build -p auditor -p integration-tests --bins");
-    run(cargo().args(["build", "-p", "auditor", "-p", "integration-tests", "--bins"]))?;
+    run(cargo().args([
+        "build",
+        "-p",
+        "auditor",
+        "-p",
+        "integration-tests",
+        "--bins",
+    ]))?;
     step("demo: real ffmpeg pipelines on a simulated node (tests/src/demo.rs)");
-    let output = if output.is_absolute() { output.to_owned() } else { root().join(output) };
+    let output = if output.is_absolute() {
+        output.to_owned()
+    } else {
+        root().join(output)
+    };
     run(Command::new(root().join("target/debug/demo"))
         .arg(&output)
         .env("AUDITOR_BIN", root().join("target/debug/auditor"))
@@ -244,10 +314,21 @@ fn bench(output: &Path, reps: usize, only: Option<&str>) -> Result<()> {
         bail!("the benchmarks load eBPF programs and make network namespaces: run as root (sudo -E cargo xtask bench)");
     }
     step("build: cargo build --release -p auditor -p integration-tests --bins");
-    run(cargo().args(["build", "--release", "-p", "auditor", "-p", "integration-tests", "--bins"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "auditor",
+        "-p",
+        "integration-tests",
+        "--bins",
+    ]))?;
     // The offline figure reuses the policy benchmark's generator (auditor/benches/policy.rs).
     step("build: cargo bench -p auditor --bench policy --no-run (the generator for the offline figure)");
-    let out = cargo().args(["bench", "-p", "auditor", "--bench", "policy", "--no-run"]).output().context("cargo bench --no-run")?;
+    let out = cargo()
+        .args(["bench", "-p", "auditor", "--bench", "policy", "--no-run"])
+        .output()
+        .context("cargo bench --no-run")?;
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!("cargo bench --no-run failed:\n{err}");
@@ -256,9 +337,16 @@ fn bench(output: &Path, reps: usize, only: Option<&str>) -> Result<()> {
     let policy_bench = err
         .lines()
         .find(|l| l.contains("Executable") && l.contains("policy"))
-        .and_then(|l| l.rsplit_once('(').map(|(_, p)| p.trim_end_matches(')').trim().to_owned()))
+        .and_then(|l| {
+            l.rsplit_once('(')
+                .map(|(_, p)| p.trim_end_matches(')').trim().to_owned())
+        })
         .map(|p| root().join(p));
-    let output = if output.is_absolute() { output.to_owned() } else { root().join(output) };
+    let output = if output.is_absolute() {
+        output.to_owned()
+    } else {
+        root().join(output)
+    };
     let mut cmd = Command::new(root().join("target/release/bench"));
     cmd.arg("run")
         .arg("--auditor")
@@ -274,7 +362,10 @@ fn bench(output: &Path, reps: usize, only: Option<&str>) -> Result<()> {
     if let Some(o) = only {
         cmd.args(["--only", o]);
     }
-    step(&format!("bench: tests/src/bin/bench (writes {})", output.display()));
+    step(&format!(
+        "bench: tests/src/bin/bench (writes {})",
+        output.display()
+    ));
     run(&mut cmd)
 }
 
@@ -294,7 +385,12 @@ fn main() -> Result<()> {
             }
             demo(&output)
         }
-        Cmd::Bench { output, reps, only, no_setup } => {
+        Cmd::Bench {
+            output,
+            reps,
+            only,
+            no_setup,
+        } => {
             if !no_setup {
                 setup()?;
             }

@@ -28,14 +28,22 @@ pub enum ResolvedPeer {
 pub enum PortSpec {
     /// Every port of one protocol.
     Any(Protocol),
-    Range { protocol: Protocol, first: u16, last: u16 },
+    Range {
+        protocol: Protocol,
+        first: u16,
+        last: u16,
+    },
     /// A named port: resolved on the destination pod's container ports.
     Named { protocol: Protocol, name: String },
 }
 
 impl Engine {
     /// The rules of `policy` for `direction`, `None` when the policy does not isolate in it.
-    pub fn resolved_rules(&self, policy: PolicyId, direction: Direction) -> Option<Vec<ResolvedRule>> {
+    pub fn resolved_rules(
+        &self,
+        policy: PolicyId,
+        direction: Direction,
+    ) -> Option<Vec<ResolvedRule>> {
         let pol = &self.policies[policy];
         pol.rule_count(direction)?;
         Some(
@@ -46,7 +54,10 @@ impl Engine {
                         peers
                             .iter()
                             .map(|p| match p {
-                                Peer::Block(b) => ResolvedPeer::Block { cidr: b.cidr, except: b.except.clone() },
+                                Peer::Block(b) => ResolvedPeer::Block {
+                                    cidr: b.cidr,
+                                    except: b.except.clone(),
+                                },
                                 Peer::Pods { namespaces, pods } => ResolvedPeer::Pods(
                                     self.pods
                                         .iter()
@@ -54,7 +65,9 @@ impl Engine {
                                         .filter(|(_, other)| !other.host_network)
                                         .filter(|(_, other)| match namespaces {
                                             NamespaceMatch::Own => other.ns == pol.ns,
-                                            NamespaceMatch::Selected(s) => s.matches(&self.namespaces[other.ns].labels),
+                                            NamespaceMatch::Selected(s) => {
+                                                s.matches(&self.namespaces[other.ns].labels)
+                                            }
                                         })
                                         .filter(|(_, other)| pods.matches(&other.labels))
                                         .map(|(i, _)| i)
@@ -68,8 +81,19 @@ impl Engine {
                             .iter()
                             .map(|m| match m {
                                 PortMatch::AnyPort(p) => PortSpec::Any(*p),
-                                PortMatch::Range { protocol, first, last } => PortSpec::Range { protocol: *protocol, first: *first, last: *last },
-                                PortMatch::Named { protocol, name } => PortSpec::Named { protocol: *protocol, name: name.clone() },
+                                PortMatch::Range {
+                                    protocol,
+                                    first,
+                                    last,
+                                } => PortSpec::Range {
+                                    protocol: *protocol,
+                                    first: *first,
+                                    last: *last,
+                                },
+                                PortMatch::Named { protocol, name } => PortSpec::Named {
+                                    protocol: *protocol,
+                                    name: name.clone(),
+                                },
                             })
                             .collect()
                     }),

@@ -8,18 +8,36 @@ use std::process::ExitCode;
 use integration_tests::demo::{self, Options};
 
 fn main() -> ExitCode {
-    let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("out/demo"));
+    let out = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("out/demo"));
     let out = std::path::absolute(&out).unwrap_or(out);
     // A failure or Ctrl-C unwinds (so every namespace, cgroup and process is removed on the
     // way out); say what happened in one line, without a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<String>().cloned().or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-        let at = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" ({}:{})", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("\ndemo stopped: {msg}{at}\nremoving the simulated node...");
     }));
     integration_tests::node::cleanup_stale("dm");
     integration_tests::node::exit_cleanly_on_signals();
-    let o = match std::panic::catch_unwind(|| demo::run(Options { out: out.clone(), auditor: integration_tests::auditor_bin(), tag: "dm".into(), verbose: true })) {
+    let o = match std::panic::catch_unwind(|| {
+        demo::run(Options {
+            out: out.clone(),
+            auditor: integration_tests::auditor_bin(),
+            tag: "dm".into(),
+            verbose: true,
+        })
+    }) {
         Ok(o) => o,
         Err(_) => {
             eprintln!("done: nothing left behind");
@@ -28,7 +46,10 @@ fn main() -> ExitCode {
     };
     let mut ok = true;
     println!();
-    println!("{:<18} {:>6} {:>6} {:>9} {:>12} {:>7}", "round", "live", "HLS", "sidecar", "policy drops", "denied");
+    println!(
+        "{:<18} {:>6} {:>6} {:>9} {:>12} {:>7}",
+        "round", "live", "HLS", "sidecar", "policy drops", "denied"
+    );
     for r in &o.rounds {
         println!(
             "{:<18} {:>6} {:>6} {:>9} {:>12} {:>7}",
@@ -41,9 +62,13 @@ fn main() -> ExitCode {
         );
     }
     let last = o.rounds.last().expect("three rounds");
-    if !(last.live_ok && last.hls_ok && last.heartbeats && last.drops() == 0 && last.denied() == 0) {
+    if !(last.live_ok && last.hls_ok && last.heartbeats && last.drops() == 0 && last.denied() == 0)
+    {
         ok = false;
-        println!("\nthe allowlist round still has failures or drops: see {}", last.dir.display());
+        println!(
+            "\nthe allowlist round still has failures or drops: see {}",
+            last.dir.display()
+        );
     }
     if o.unobserved_probe_connected {
         ok = false;

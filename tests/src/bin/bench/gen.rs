@@ -24,7 +24,8 @@ fn in_ns<T>(ns: &str, f: impl FnOnce() -> std::io::Result<T>) -> Result<T> {
         return f().context("open socket");
     }
     let own = File::open("/proc/thread-self/ns/net").context("open /proc/thread-self/ns/net")?;
-    let target = File::open(format!("/run/netns/{ns}")).with_context(|| format!("open /run/netns/{ns}"))?;
+    let target =
+        File::open(format!("/run/netns/{ns}")).with_context(|| format!("open /run/netns/{ns}"))?;
     // SAFETY: setns on fds we own; only this thread changes namespace.
     if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         bail!("setns {ns}: {}", std::io::Error::last_os_error());
@@ -52,15 +53,26 @@ fn cpu_us() -> (u64, u64) {
 struct Args(Vec<String>);
 impl Args {
     fn get(&self, name: &str) -> Result<&str> {
-        let i = self.0.iter().position(|a| a == name).with_context(|| format!("missing {name}"))?;
-        self.0.get(i + 1).map(String::as_str).with_context(|| format!("{name} needs a value"))
+        let i = self
+            .0
+            .iter()
+            .position(|a| a == name)
+            .with_context(|| format!("missing {name}"))?;
+        self.0
+            .get(i + 1)
+            .map(String::as_str)
+            .with_context(|| format!("{name} needs a value"))
     }
     fn opt(&self, name: &str, default: &str) -> String {
-        self.get(name).map(str::to_owned).unwrap_or_else(|_| default.to_owned())
+        self.get(name)
+            .map(str::to_owned)
+            .unwrap_or_else(|_| default.to_owned())
     }
     fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
         match self.get(name) {
-            Ok(s) => s.parse().map_err(|_| anyhow::anyhow!("{name}: not a number: {s}")),
+            Ok(s) => s
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name}: not a number: {s}")),
             Err(_) => Ok(default),
         }
     }
@@ -87,7 +99,10 @@ fn secs(a: &Args) -> Result<Duration> {
 
 fn addr(a: &Args) -> Result<SocketAddr> {
     let ip: Ipv4Addr = a.get("--addr")?.parse().context("--addr")?;
-    Ok(SocketAddr::V4(SocketAddrV4::new(ip, a.num("--port", 5000u16)?)))
+    Ok(SocketAddr::V4(SocketAddrV4::new(
+        ip,
+        a.num("--port", 5000u16)?,
+    )))
 }
 
 /// TCP connect/accept/close: the server (in `--server-ns`) accepts and closes at once;
@@ -132,7 +147,9 @@ fn connect(a: &Args) -> Result<Value> {
     }
     let el = start.elapsed().as_secs_f64();
     let (u1, s1) = cpu_us();
-    Ok(json!({"conns": conns, "errors": errors, "secs": el, "utime_us": u1 - u0, "stime_us": s1 - s0}))
+    Ok(
+        json!({"conns": conns, "errors": errors, "secs": el, "utime_us": u1 - u0, "stime_us": s1 - s0}),
+    )
 }
 
 /// An established stream: UDP datagrams of `--size` bytes or a TCP byte stream, as fast as
@@ -201,7 +218,9 @@ fn stream(a: &Args) -> Result<Value> {
     let _ = receiver.join();
     let (u1, s1) = cpu_us();
     let rx = received.load(Ordering::Relaxed);
-    Ok(json!({"sent_bytes": sent, "received_bytes": rx, "secs": el, "utime_us": u1 - u0, "stime_us": s1 - s0}))
+    Ok(
+        json!({"sent_bytes": sent, "received_bytes": rx, "secs": el, "utime_us": u1 - u0, "stime_us": s1 - s0}),
+    )
 }
 
 /// The i-th destination of the flow space: `--ips` addresses 10.<net>.(1 + i/250).(1 + i%250)
@@ -209,7 +228,10 @@ fn stream(a: &Args) -> Result<Value> {
 fn flow_dst(net: u8, ports: u32, port_base: u16, i: u64) -> SocketAddr {
     let ip_i = (i / ports as u64) as u32;
     let port = port_base + (i % ports as u64) as u16;
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, net, (1 + ip_i / 250) as u8, (1 + ip_i % 250) as u8), port))
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(10, net, (1 + ip_i / 250) as u8, (1 + ip_i % 250) as u8),
+        port,
+    ))
 }
 
 /// New UDP flows: `--count` datagrams, each to a destination (address, port) not used
@@ -234,13 +256,18 @@ fn flows(a: &Args) -> Result<Value> {
                 std::thread::sleep(due - now);
             }
         }
-        if tx.send_to(&payload, flow_dst(net, ports, port_base, offset + i)).is_err() {
+        if tx
+            .send_to(&payload, flow_dst(net, ports, port_base, offset + i))
+            .is_err()
+        {
             errors += 1;
         }
     }
     let el = start.elapsed().as_secs_f64();
     let (u1, s1) = cpu_us();
-    Ok(json!({"sent": count, "errors": errors, "secs": el, "rate": count as f64 / el, "utime_us": u1 - u0, "stime_us": s1 - s0}))
+    Ok(
+        json!({"sent": count, "errors": errors, "secs": el, "rate": count as f64 / el, "utime_us": u1 - u0, "stime_us": s1 - s0}),
+    )
 }
 
 /// A UDP flood to one (dropped) port, as fast as possible.
@@ -272,7 +299,10 @@ fn flood(a: &Args) -> Result<Value> {
 fn sink(a: &Args) -> Result<()> {
     let ports: u16 = a.num("--ports", 1000)?;
     let base: u16 = a.num("--port-base", 20000)?;
-    let lim = libc::rlimit { rlim_cur: 8192, rlim_max: 8192 };
+    let lim = libc::rlimit {
+        rlim_cur: 8192,
+        rlim_max: 8192,
+    };
     // SAFETY: plain setrlimit on a struct we own.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     // SAFETY: epoll_create1 has no preconditions.
@@ -282,9 +312,13 @@ fn sink(a: &Args) -> Result<()> {
     }
     let mut socks = Vec::with_capacity(ports as usize);
     for p in 0..ports {
-        let s = UdpSocket::bind(("0.0.0.0", base + p)).with_context(|| format!("bind udp {}", base + p))?;
+        let s = UdpSocket::bind(("0.0.0.0", base + p))
+            .with_context(|| format!("bind udp {}", base + p))?;
         s.set_nonblocking(true)?;
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: socks.len() as u64 };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: socks.len() as u64,
+        };
         // SAFETY: registering an fd we own.
         if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) } != 0 {
             bail!("epoll_ctl: {}", std::io::Error::last_os_error());

@@ -70,13 +70,7 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, ClusterError> {
         path: path.to_owned(),
         source,
     };
-    let data = if path.as_os_str() == "-" {
-        let mut s = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(io)?;
-        s
-    } else {
-        std::fs::read(path).map_err(io)?
-    };
+    let data = crate::flowlog::read_input(path).map_err(io)?;
     parse_snapshot(path, &data)
 }
 

@@ -156,13 +156,7 @@ impl FlowInput {
             path: path.to_owned(),
             source,
         };
-        let data = if path.as_os_str() == "-" {
-            let mut s = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(io)?;
-            s
-        } else {
-            std::fs::read(path).map_err(io)?
-        };
+        let data = crate::flowlog::read_input(path).map_err(io)?;
         Self::parse(path, data, skip_invalid)
     }
 

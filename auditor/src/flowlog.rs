@@ -181,6 +181,17 @@ pub struct FlowLog {
     pub skipped: Vec<(usize, String)>,
 }
 
+/// The bytes of an input file, or of standard input for `-` (flow logs and snapshots alike).
+pub fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read(path)
+    }
+}
+
 /// Reads a flow log. With `skip_invalid`, bad lines are counted in `skipped`
 /// instead of failing the whole read. Blank lines are ignored.
 pub fn read_flow_log(path: &Path, skip_invalid: bool) -> Result<FlowLog, FlowLogError> {
@@ -188,13 +199,7 @@ pub fn read_flow_log(path: &Path, skip_invalid: bool) -> Result<FlowLog, FlowLog
         path: path.to_owned(),
         source,
     };
-    let data = if path.as_os_str() == "-" {
-        let mut s = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s).map_err(io)?;
-        s
-    } else {
-        std::fs::read(path).map_err(io)?
-    };
+    let data = read_input(path).map_err(io)?;
     parse_flow_log(path, &data, skip_invalid)
 }
 

@@ -880,12 +880,14 @@ fn flush(
 ) -> Result<(), RecordError> {
     drain(ring, state);
     state.refresh_cluster();
-    // Flow counters.
+    // Flow counters, read from the kernel once per flush.
+    let mut counters: HashMap<Flow, abi::FlowStats> = HashMap::new();
     if let Some(map) = probe.ebpf.map("FLOWS") {
         if let Ok(flows) = BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) {
             for entry in flows.iter() {
                 let Ok((k, s)) = entry else { continue };
                 let Ok(flow) = decode::flow(&k) else { continue };
+                counters.insert(flow, s);
                 let comm = procfs::comm_str(&s.comm);
                 let m = state.meta_for(&flow, Some(comm));
                 let now = [
@@ -979,17 +981,6 @@ fn flush(
         }
     }
     // Changed flows -> records.
-    let counters: HashMap<Flow, abi::FlowStats> = match probe.ebpf.map("FLOWS") {
-        Some(map) => match BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) {
-            Ok(flows) => flows
-                .iter()
-                .filter_map(Result::ok)
-                .filter_map(|(k, s)| Some((decode::flow(&k).ok()?, s)))
-                .collect(),
-            Err(_) => HashMap::new(),
-        },
-        None => HashMap::new(),
-    };
     let mut flows: Vec<Flow> = state
         .flows
         .iter()

@@ -110,7 +110,7 @@ pub struct DropStats {
 pub struct SockState {
     pub key: FlowKey,
     pub syn_retransmits: u32,
-    /// 1 after a RST was received in SYN_SENT.
+    /// 1 after a RST was received in SYN_SENT; 2 after the SYN retries ran out (sock_ops path).
     pub reset: u32,
 }
 
@@ -245,7 +245,8 @@ pub struct Offsets {
     pub skb_transport_header: u32,
     /// Drop reasons at or below this value are not drops (NOT_DROPPED_YET, CONSUMED).
     pub min_drop_reason: u32,
-    pub _pad: u32,
+    /// `tcp_receive_reset`'s `sock_cookie` (0: the kernel's tracepoint has none).
+    pub rst_cookie: u32,
 }
 
 /// Settings handed to the programs as the global `CONFIG`.

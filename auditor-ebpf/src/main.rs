@@ -21,11 +21,14 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_skb_cgroup_id},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id,
+        },
     },
-    macros::{cgroup_skb, cgroup_sock_addr, map, tracepoint},
+    macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops, tracepoint},
     maps::{Array, LruHashMap, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, TracePointContext},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext, TracePointContext},
+    EbpfContext,
 };
 
 // TCP states (include/net/tcp_states.h)
@@ -61,7 +64,7 @@ static OFFSETS: Offsets = Offsets {
     skb_network_header: 0,
     skb_transport_header: 0,
     min_drop_reason: 1,
-    _pad: 0,
+    rst_cookie: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -319,56 +322,12 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             };
             let st = *st;
             let _ = SOCKS.remove(&skaddr);
-            let (state, kind) = if new == TCP_ESTABLISHED {
-                (STATE_ESTABLISHED, 0)
-            } else if st.reset != 0 {
-                (STATE_REFUSED, EVENT_OUTCOME)
-            } else if st.syn_retransmits > 0 {
-                (STATE_TIMED_OUT, EVENT_OUTCOME)
-            } else {
-                (STATE_ERROR, EVENT_OUTCOME)
-            };
-            let mut c = [0u8; 16];
-            if let Some(s) = FLOWS.get_ptr_mut(&st.key) {
-                let field = match state {
-                    STATE_ESTABLISHED => &raw mut (*s).established,
-                    STATE_REFUSED => &raw mut (*s).refused,
-                    STATE_TIMED_OUT => &raw mut (*s).timed_out,
-                    _ => &raw mut (*s).errors,
-                };
-                add(field, 1);
-                (*s).state = state;
-                (*s).last_seen_ns = now();
-                c = (*s).comm;
-            }
-            if kind != 0 {
-                emit_flow(kind, &st.key, sport, state, st.syn_retransmits, 0, &c);
-            }
+            connect_outcome(&st, new, sport);
         } else if old == TCP_CLOSE && new == TCP_LISTEN {
             if !current_in_scope() {
                 return Ok(());
             }
-            let pid_tgid = bpf_get_current_pid_tgid();
-            let lk = ListenKey {
-                cgroup_id: bpf_get_current_cgroup_id(),
-                port: sport,
-                family,
-                _pad: [0; 4],
-            };
-            let info = ListenInfo {
-                tgid: (pid_tgid >> 32) as u32,
-                _pad: [0; 4],
-                comm: comm(),
-            };
-            let _ = LISTENERS.insert(&lk, &info, 0);
-            // Rare (one per listen(2)); shows up with `--log auditor=debug,aya_log=debug`.
-            aya_log_ebpf::debug!(
-                ctx,
-                "listener on port {} (pid {}, cgroup {})",
-                sport,
-                info.tgid,
-                lk.cgroup_id
-            );
+            listening(ctx, family, sport);
         } else if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
             // A child socket of a listener completed the handshake (softirq context).
             let mut tk = TupleKey {
@@ -378,36 +337,239 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                 ..Default::default()
             };
             read_addrs(ctx, &o, family, &mut tk.local_addr, &mut tk.remote_addr);
-            let Some(cg) = PENDING.get_ptr(&tk) else {
-                return Ok(());
-            };
-            let cgroup_id = *cg;
-            let _ = PENDING.remove(&tk);
-            let lk = ListenKey {
-                cgroup_id,
-                port: sport,
-                family,
-                _pad: [0; 4],
-            };
-            let (tgid, c) = match LISTENERS.get_ptr(&lk) {
-                Some(l) => ((*l).tgid, (*l).comm),
-                None => (0, [0u8; 16]),
-            };
-            let key = FlowKey {
-                cgroup_id,
-                tgid,
-                family,
-                protocol: IPPROTO_TCP,
-                direction: DIR_INGRESS,
-                src_addr: tk.remote_addr,
-                dst_addr: tk.local_addr,
-                dst_port: sport,
-                _pad: [0; 6],
-            };
-            touch_flow(&key, dport, STATE_ACCEPTED, 0, &c);
+            accepted(&tk);
         }
     }
     Ok(())
+}
+
+/// The end of a handshake this host started: counts the outcome on the flow; a failure
+/// crosses the ring buffer (the recorder alerts on it).
+#[inline(always)]
+unsafe fn connect_outcome(st: &SockState, new: u32, sport: u16) {
+    let (state, kind) = if new == TCP_ESTABLISHED {
+        (STATE_ESTABLISHED, 0)
+    } else if st.reset == 1 {
+        (STATE_REFUSED, EVENT_OUTCOME)
+    } else if st.reset == 2 || st.syn_retransmits > 0 {
+        (STATE_TIMED_OUT, EVENT_OUTCOME)
+    } else {
+        (STATE_ERROR, EVENT_OUTCOME)
+    };
+    let mut c = [0u8; 16];
+    if let Some(s) = FLOWS.get_ptr_mut(&st.key) {
+        unsafe {
+            let field = match state {
+                STATE_ESTABLISHED => &raw mut (*s).established,
+                STATE_REFUSED => &raw mut (*s).refused,
+                STATE_TIMED_OUT => &raw mut (*s).timed_out,
+                _ => &raw mut (*s).errors,
+            };
+            add(field, 1);
+            (*s).state = state;
+            (*s).last_seen_ns = now();
+            c = (*s).comm;
+        }
+    }
+    if kind != 0 {
+        emit_flow(kind, &st.key, sport, state, st.syn_retransmits, 0, &c);
+    }
+}
+
+/// A socket entered LISTEN (process context): remember its owner for the accepts.
+#[inline(always)]
+fn listening<C: aya_ebpf::EbpfContext>(ctx: &C, family: u16, port: u16) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let lk = ListenKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        port,
+        family,
+        _pad: [0; 4],
+    };
+    let info = ListenInfo {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: [0; 4],
+        comm: comm(),
+    };
+    let _ = LISTENERS.insert(&lk, &info, 0);
+    // Rare (one per listen(2)); shows up with `--log auditor=debug,aya_log=debug`.
+    aya_log_ebpf::debug!(
+        ctx,
+        "listener on port {} (pid {}, cgroup {})",
+        port,
+        info.tgid,
+        lk.cgroup_id
+    );
+}
+
+/// A child socket of a listener completed the handshake (softirq context): the cgroup
+/// comes from the SYN the ingress program saw, the process from the listener.
+#[inline(always)]
+fn accepted(tk: &TupleKey) {
+    let Some(cg) = PENDING.get_ptr(tk) else {
+        return;
+    };
+    let cgroup_id = unsafe { *cg };
+    let _ = PENDING.remove(tk);
+    let lk = ListenKey {
+        cgroup_id,
+        port: tk.local_port,
+        family: tk.family,
+        _pad: [0; 4],
+    };
+    let (tgid, c) = match LISTENERS.get_ptr(&lk) {
+        Some(l) => unsafe { ((*l).tgid, (*l).comm) },
+        None => (0, [0u8; 16]),
+    };
+    let key = FlowKey {
+        cgroup_id,
+        tgid,
+        family: tk.family,
+        protocol: IPPROTO_TCP,
+        direction: DIR_INGRESS,
+        src_addr: tk.remote_addr,
+        dst_addr: tk.local_addr,
+        dst_port: tk.local_port,
+        _pad: [0; 6],
+    };
+    touch_flow(&key, tk.remote_port, STATE_ACCEPTED, 0, &c);
+}
+
+// ------------------------------------------------ TCP through sock_ops (preferred)
+//
+// Attached to the audited cgroup, so only sockets of that subtree run it, and only
+// at a handful of points per connection: connect (process context), listen, the
+// passive handshake's end, and, while a SYN is out, state changes and RTOs (the
+// callbacks are switched on per socket at connect and off when the handshake ends).
+
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const BPF_SOCK_OPS_RTO_CB: u32 = 8;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_TCP_LISTEN_CB: u32 = 11;
+const BPF_SOCK_OPS_RTO_CB_FLAG: i32 = 1;
+const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
+
+/// Connections this host started and whose handshake is not over, by socket cookie.
+#[map]
+static CONNS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(16384, 0);
+
+#[sock_ops]
+pub fn tcp_sockops(ctx: SockOpsContext) -> u32 {
+    if noop() {
+        return 1;
+    }
+    unsafe { try_sockops(&ctx) };
+    1
+}
+
+/// The socket's addresses from the context, one 32-bit load at a time (the verifier
+/// refuses wider loads of these context fields).
+#[inline(always)]
+fn ops_addrs(ctx: &SockOpsContext, family: u16, local: &mut [u8; 16], remote: &mut [u8; 16]) {
+    let ops = ctx.ops;
+    unsafe {
+        if family == AF_INET {
+            let l = core::ptr::read_volatile(&raw const (*ops).local_ip4);
+            let r = core::ptr::read_volatile(&raw const (*ops).remote_ip4);
+            local[..4].copy_from_slice(&l.to_ne_bytes());
+            remote[..4].copy_from_slice(&r.to_ne_bytes());
+        } else {
+            for i in 0..4 {
+                let l = core::ptr::read_volatile(&raw const (*ops).local_ip6[i]);
+                let r = core::ptr::read_volatile(&raw const (*ops).remote_ip6[i]);
+                local[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
+                remote[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn try_sockops(ctx: &SockOpsContext) {
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_TCP_CONNECT_CB
+        && op != BPF_SOCK_OPS_STATE_CB
+        && op != BPF_SOCK_OPS_RTO_CB
+        && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_TCP_LISTEN_CB
+    {
+        return;
+    }
+    let family = ctx.family() as u16;
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let local_port = ctx.local_port() as u16;
+    // remote_port holds the port in network order in its upper half.
+    let remote_port = u32::from_be(ctx.remote_port()) as u16;
+    unsafe {
+        match op {
+            BPF_SOCK_OPS_TCP_CONNECT_CB => {
+                let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+                let pid_tgid = bpf_get_current_pid_tgid();
+                let mut key = FlowKey {
+                    cgroup_id: bpf_get_current_cgroup_id(),
+                    tgid: (pid_tgid >> 32) as u32,
+                    family,
+                    protocol: IPPROTO_TCP,
+                    direction: DIR_EGRESS,
+                    dst_port: remote_port,
+                    ..Default::default()
+                };
+                ops_addrs(ctx, family, &mut key.src_addr, &mut key.dst_addr);
+                let c = comm();
+                touch_flow(&key, local_port, STATE_CONNECTING, pid_tgid as u32, &c);
+                let st = SockState {
+                    key,
+                    syn_retransmits: 0,
+                    reset: 0,
+                };
+                let _ = CONNS.insert(&cookie, &st, 0);
+                let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
+            }
+            BPF_SOCK_OPS_STATE_CB => {
+                // Only switched on while the SYN is out: the first change ends the handshake.
+                let _ = ctx.set_cb_flags(0);
+                if ctx.arg(0) != TCP_SYN_SENT {
+                    return;
+                }
+                let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+                let Some(st) = CONNS.get_ptr(&cookie) else {
+                    return;
+                };
+                let st = *st;
+                let _ = CONNS.remove(&cookie);
+                connect_outcome(&st, ctx.arg(1), local_port);
+            }
+            BPF_SOCK_OPS_RTO_CB => {
+                let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+                let Some(st) = CONNS.get_ptr_mut(&cookie) else {
+                    return;
+                };
+                if ctx.arg(2) != 0 {
+                    // The retries ran out: the state change to CLOSE follows.
+                    (*st).reset = if (*st).reset == 1 { 1 } else { 2 };
+                    return;
+                }
+                (*st).syn_retransmits += 1;
+                if let Some(s) = FLOWS.get_ptr_mut(&(*st).key) {
+                    add(&raw mut (*s).syn_retransmits, 1);
+                }
+            }
+            BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+                let mut tk = TupleKey {
+                    family,
+                    local_port,
+                    remote_port,
+                    ..Default::default()
+                };
+                ops_addrs(ctx, family, &mut tk.local_addr, &mut tk.remote_addr);
+                accepted(&tk);
+            }
+            _ => listening(ctx, family, local_port),
+        }
+    }
 }
 
 #[tracepoint]
@@ -448,6 +610,13 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         };
         if let Some(st) = SOCKS.get_ptr_mut(&skaddr) {
             (*st).reset = 1;
+        }
+        if o.rst_cookie != 0 {
+            if let Ok(cookie) = ctx.read_at::<u64>(o.rst_cookie as usize) {
+                if let Some(st) = CONNS.get_ptr_mut(&cookie) {
+                    (*st).reset = 1;
+                }
+            }
         }
     }
     0

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use auditor_ebpf::{Config, Offsets};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps, TracePoint,
+};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::btf::Btf;
@@ -54,6 +56,9 @@ pub struct ProbeOptions {
     pub noop: bool,
     /// Scope the tracepoints to this cgroup (id, depth below the v2 root) as well.
     pub filter_cgroup: Option<(u64, u32)>,
+    /// Record TCP with the host-wide tracepoints even where cgroup sock_ops works
+    /// (the fallback path; for comparison in the benchmarks and tests).
+    pub tcp_tracepoints: bool,
 }
 
 /// `skb_drop_reason`s that come from the normal life of a socket, not from a policy or a
@@ -136,7 +141,7 @@ fn offsets(
         Ok(p) => p,
         Err(e) => {
             degraded.push(format!(
-                "{e}: TCP connections, inbound accepts and kernel drops are not recorded"
+                "{e}: the tracepoints are not attached: kernel drops are not recorded, refused connects are reported as errors, and TCP connections are recorded only through cgroup sock_ops"
             ));
             return (o, false);
         }
@@ -177,6 +182,10 @@ fn offsets(
     }
     if let Ok((p, f)) = tracefs::read_format(&tfs, "tcp", "tcp_receive_reset") {
         field(&mut missing, &f, &p, "skaddr", &mut o.rst_skaddr);
+        // Newer kernels (5.x+) carry the socket cookie, which is what the sock_ops path keys on.
+        if let Ok(v) = f.offset(&p, "sock_cookie") {
+            o.rst_cookie = v;
+        }
     }
     if let Ok((p, f)) = tracefs::read_format(&tfs, "skb", "kfree_skb") {
         field(&mut missing, &f, &p, "skbaddr", &mut o.kfs_skbaddr);
@@ -253,6 +262,30 @@ impl Probe {
             })?;
 
         let mut attached = Vec::new();
+        let cgroup_dir = match &opts.cgroup {
+            Some(cg) => Some((
+                cg,
+                std::fs::File::open(cg).map_err(|source| ProbeError::Cgroup {
+                    path: cg.clone(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        // TCP: cgroup sock_ops where it works (only the audited cgroup's sockets pay, a few
+        // callbacks per connection); else the host-wide state-change tracepoint.
+        let mut tcp_by_sock_ops = false;
+        if let Some((cg, f)) = &cgroup_dir {
+            if !opts.tcp_tracepoints {
+                match attach_sock_ops(&mut ebpf, f) {
+                    Ok(()) => {
+                        tcp_by_sock_ops = true;
+                        attached.push(format!("cgroup sock_ops on {}", cg.display()));
+                    }
+                    Err(e) => degraded.push(format!("cgroup sock_ops: {e}: TCP is recorded with the host-wide tracepoint sock:inet_sock_set_state instead (more CPU per connection)")),
+                }
+            }
+        }
         if tracepoints_ok {
             for (prog, cat, name, what) in [
                 (
@@ -278,6 +311,11 @@ impl Probe {
                 if prog == "kfree_skb" && !opts.drops {
                     continue;
                 }
+                if tcp_by_sock_ops
+                    && (prog == "inet_sock_set_state" || prog == "tcp_retransmit_skb")
+                {
+                    continue;
+                }
                 match attach_tracepoint(&mut ebpf, prog, cat, name) {
                     Ok(()) => attached.push(format!("tracepoint {cat}:{name}")),
                     Err(e) => degraded.push(format!(
@@ -286,21 +324,23 @@ impl Probe {
                 }
             }
         }
-        match &opts.cgroup {
-            Some(cg) => {
-                let f = std::fs::File::open(cg).map_err(|source| ProbeError::Cgroup { path: cg.clone(), source })?;
+        if !tcp_by_sock_ops && !attached.iter().any(|a| a.contains("inet_sock_set_state")) {
+            degraded.push("neither cgroup sock_ops nor the tracepoint sock:inet_sock_set_state is attached: TCP connections and inbound accepts are not recorded".into());
+        }
+        match &cgroup_dir {
+            Some((cg, f)) => {
                 for (prog, what) in [
                     ("udp_sendmsg4", "UDP/IPv4 datagrams"),
                     ("udp_sendmsg6", "UDP/IPv6 datagrams"),
                     ("udp_connect4", "connected UDP/IPv4 sockets"),
                     ("udp_connect6", "connected UDP/IPv6 sockets"),
                 ] {
-                    match attach_sock_addr(&mut ebpf, prog, &f) {
+                    match attach_sock_addr(&mut ebpf, prog, f) {
                         Ok(()) => attached.push(format!("cgroup {prog} on {}", cg.display())),
                         Err(e) => degraded.push(format!("cgroup program {prog}: {e}: {what} are not recorded")),
                     }
                 }
-                match attach_ingress(&mut ebpf, &f) {
+                match attach_ingress(&mut ebpf, f) {
                     Ok(()) => attached.push(format!("cgroup_skb ingress on {}", cg.display())),
                     Err(e) => degraded.push(format!("cgroup_skb ingress: {e}: DNS answers, inbound UDP and the cgroup of accepted connections are not recorded")),
                 }
@@ -349,6 +389,18 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Resu
 fn attach_sock_addr(ebpf: &mut Ebpf, prog: &str, cg: &std::fs::File) -> Result<(), String> {
     let p: &mut CgroupSockAddr = ebpf
         .program_mut(prog)
+        .ok_or("program missing from object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load().map_err(|e| format!("load: {e}"))?;
+    p.attach(cg, CgroupAttachMode::Single)
+        .map_err(|e| format!("attach: {}", chain(&e)))?;
+    Ok(())
+}
+
+fn attach_sock_ops(ebpf: &mut Ebpf, cg: &std::fs::File) -> Result<(), String> {
+    let p: &mut SockOps = ebpf
+        .program_mut("tcp_sockops")
         .ok_or("program missing from object")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;

@@ -113,6 +113,10 @@ pub struct RecordArgs {
     /// Create this file once every program is attached (for scripts waiting on the recorder).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Record TCP with the host-wide tracepoint sock:inet_sock_set_state instead of cgroup
+    /// sock_ops (the automatic fallback where sock_ops cannot attach; costs more per connection).
+    #[arg(long, env = "AUDITOR_TCP_TRACEPOINTS")]
+    pub tcp_tracepoints: bool,
     /// Benchmark baseline: attach every program but make each return at once.
     #[arg(long, hide = true)]
     pub bench_noop: bool,
@@ -643,6 +647,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
             .cloned()
             .collect(),
         noop: args.bench_noop,
+        tcp_tracepoints: args.tcp_tracepoints,
         filter_cgroup: match (&cgroup_prefix, &attach_cgroup) {
             (Some(rel), Some(abs)) if rel != "/" => {
                 let id = procfs::cgroup_id(abs).map_err(|source| RecordError::Io {

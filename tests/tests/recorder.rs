@@ -44,19 +44,35 @@ fn tcp_established_refused_and_timed_out_behind_nftables_drop() {
     let Some(()) = privileged("tcp outcomes") else {
         return;
     };
-    let net = NetPair::new("t");
-    let cg = Cgroup::new("tcp");
+    tcp_outcomes("t", &[]);
+}
+
+/// The same outcomes through the fallback TCP hooks (host-wide tracepoints, as on a
+/// kernel where cgroup sock_ops cannot attach).
+#[test]
+fn tcp_outcomes_through_the_tracepoint_fallback() {
+    let Some(()) = privileged("tcp outcomes, tracepoints") else {
+        return;
+    };
+    tcp_outcomes("tt", &["--tcp-tracepoints"]);
+}
+
+fn tcp_outcomes(tag: &str, extra: &[&str]) {
+    let net = NetPair::new(tag);
+    let cg = Cgroup::new(&format!("tcp{tag}"));
     let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8080, "/tmp");
     // Port 9 on b: packets silently dropped by nftables in b's input hook.
     net.nft(&net.b, "table inet audtest {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 9 drop\n  }\n}\n");
-    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    let mut args = vec!["--cgroup", cg.path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let rec = Recorder::start(&args);
 
     assert_eq!(
         py(&cg, &net.a, &tcp_connect_script(&net.b4, 8080, 5.0)).trim(),
         "established"
     );
-    // The same connect from outside the audited cgroup is not recorded (the tracepoint
-    // checks the task's cgroup ancestry in the kernel).
+    // The same connect from outside the audited cgroup is not recorded (sock_ops runs
+    // only for the cgroup's sockets; the tracepoint checks the task's cgroup ancestry).
     let f = std::env::temp_dir().join(format!("aud-out-{}.py", std::process::id()));
     std::fs::write(&f, tcp_connect_script(&net.b4, 8080, 5.0)).unwrap();
     assert_eq!(
@@ -617,6 +633,11 @@ fn degrades_without_tracefs_or_btf_and_says_what_is_missing() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(b'd',('{}',43000))\n", net.b4));
+    // Refused, but through cgroup sock_ops (no tracefs needed) the connect is recorded.
+    assert_eq!(
+        py(&cg, &net.a, &tcp_connect_script(&net.b4, 7, 5.0)).trim(),
+        "refused"
+    );
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "still records: {err}");
@@ -625,13 +646,26 @@ fn degrades_without_tracefs_or_btf_and_says_what_is_missing() {
         "names what is missing and the fix: {err}"
     );
     assert!(
-        err.contains("TCP connections") && err.contains("not recorded"),
+        err.contains("kernel drops are not recorded")
+            && err.contains("refused connects are reported as errors"),
         "says which outputs are missing: {err}"
     );
     let flows = read_jsonl(&log);
     assert!(
         flows.iter().any(|r| r["dst_port"] == 43000),
         "UDP still recorded without tracefs: {flows:?}"
+    );
+    let tcp = find(
+        &flows,
+        &[("dst_port", json!(7)), ("protocol", json!("TCP"))],
+    );
+    assert!(
+        !tcp.is_empty() && tcp[0]["comm"] == "python3",
+        "TCP still recorded through sock_ops without tracefs: {flows:?}"
+    );
+    assert!(
+        sum(&tcp, "refused") == 0 && tcp.iter().any(|r| r["state"] == "error"),
+        "without the reset tracepoint a refusal is an error: {tcp:?}"
     );
     let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert!(s["degraded"]

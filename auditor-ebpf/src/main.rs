@@ -22,7 +22,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_cgroup_id,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock,
+            bpf_skb_cgroup_id,
         },
     },
     macros::{cgroup_skb, cgroup_sock_addr, map, sock_ops, tracepoint},
@@ -732,6 +733,21 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let skb = ctx.skb.skb;
+    // A TCP socket that is not listening: nothing to do here (its connects and accepts
+    // are the TCP hooks' job). Decided from the socket, without touching the packet: this
+    // runs for every packet of the audited cgroup's established TCP connections.
+    unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        if !sk.is_null() {
+            let full = bpf_sk_fullsock(sk);
+            if !full.is_null()
+                && (*full).protocol == IPPROTO_TCP as u32
+                && (*full).state != TCP_LISTEN
+            {
+                return Ok(());
+            }
+        }
+    }
     let family = unsafe { (*skb).family };
     // Decide from the protocol (and, for TCP, the flags) before loading addresses: only
     // SYNs and UDP matter here, and this runs for every packet of audited sockets.

@@ -202,7 +202,7 @@ fn emit_flow(
 
 /// Counts one new connection / datagram of `key`; emits EVENT_NEW_FLOW the first time.
 #[inline(always)]
-fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]) {
+fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: impl FnOnce() -> [u8; 16]) {
     let t = now();
     if let Some(s) = FLOWS.get_ptr_mut(key) {
         unsafe {
@@ -213,6 +213,8 @@ fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]
         }
         return;
     }
+    // Only a new flow needs the process name (one helper call saved per connection).
+    let comm = comm();
     let stats = FlowStats {
         first_seen_ns: t,
         last_seen_ns: t,
@@ -220,7 +222,7 @@ fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]
         src_port,
         last_src_port: src_port,
         state,
-        comm: *comm,
+        comm,
         ..Default::default()
     };
     // BPF_NOEXIST: a racing CPU that inserted first keeps its entry; count on it.
@@ -230,7 +232,7 @@ fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: &[u8; 16]
         }
         return;
     }
-    emit_flow(EVENT_NEW_FLOW, key, src_port, state, 0, tid, comm);
+    emit_flow(EVENT_NEW_FLOW, key, src_port, state, 0, tid, &comm);
 }
 
 // ---------------------------------------------------------------- TCP
@@ -309,8 +311,7 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                 ..Default::default()
             };
             read_addrs(ctx, &o, family, &mut key.src_addr, &mut key.dst_addr);
-            let c = comm();
-            touch_flow(&key, sport, STATE_CONNECTING, pid_tgid as u32, &c);
+            touch_flow(&key, sport, STATE_CONNECTING, pid_tgid as u32, comm);
             let st = SockState {
                 key,
                 syn_retransmits: 0,
@@ -433,7 +434,7 @@ fn accepted(tk: &TupleKey) {
         dst_port: tk.local_port,
         _pad: [0; 6],
     };
-    touch_flow(&key, tk.remote_port, STATE_ACCEPTED, 0, &c);
+    touch_flow(&key, tk.remote_port, STATE_ACCEPTED, 0, move || c);
 }
 
 // ------------------------------------------------ TCP through sock_ops (preferred)
@@ -519,8 +520,7 @@ unsafe fn try_sockops(ctx: &SockOpsContext) {
                     ..Default::default()
                 };
                 ops_addrs(ctx, family, &mut key.src_addr, &mut key.dst_addr);
-                let c = comm();
-                touch_flow(&key, local_port, STATE_CONNECTING, pid_tgid as u32, &c);
+                touch_flow(&key, local_port, STATE_CONNECTING, pid_tgid as u32, comm);
                 let st = SockState {
                     key,
                     syn_retransmits: 0,
@@ -678,8 +678,7 @@ unsafe fn udp_flow(ctx: &SockAddrContext, family: u16) {
                 return;
             }
         }
-        let c = comm();
-        touch_flow(&key, src_port, STATE_SENT, pid_tgid as u32, &c);
+        touch_flow(&key, src_port, STATE_SENT, pid_tgid as u32, comm);
     }
 }
 
@@ -823,7 +822,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
                 dst_port: dport,
                 _pad: [0; 6],
             };
-            touch_flow(&key, sport, STATE_RECEIVED, 0, &[0; 16]);
+            touch_flow(&key, sport, STATE_RECEIVED, 0, || [0; 16]);
         }
     }
     Ok(())

@@ -729,6 +729,9 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// Header bytes the ingress program copies (IPv4 with the longest options + TCP flags fit).
+const HDR: usize = 128;
+
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let skb = ctx.skb.skb;
@@ -748,42 +751,60 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
         }
     }
     let family = unsafe { (*skb).family };
-    // Decide from the protocol (and, for TCP, the flags) before loading addresses: only
-    // SYNs and UDP matter here, and this runs for every packet of audited sockets.
+    // The headers in one helper call (up to 128 bytes, fewer for a short packet), then
+    // parsed on the stack: one copy per packet instead of a load per field.
+    let len = ctx.len() as usize;
+    if len < 20 {
+        return Ok(());
+    }
+    let n = ((if len > HDR { HDR } else { len }) - 1) & (HDR - 1);
+    let n = n + 1;
+    let mut h = [0u8; HDR];
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            skb as *const _,
+            0,
+            h.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if ret != 0 {
+        return Ok(());
+    }
+    // Decide from the protocol (and, for TCP, the flags) before anything else: only
+    // SYNs and UDP matter here.
     let (proto, l4) = if family == AF_INET as u32 {
-        let b0: u8 = ctx.load(0)?;
-        if b0 >> 4 != 4 {
+        if h[0] >> 4 != 4 {
             return Ok(());
         }
-        (ctx.load::<u8>(9)?, (((b0 & 0x0f) as usize) * 4) & 0x3c)
+        (h[9], ((h[0] & 0x0f) as usize * 4) & 0x3c)
     } else if family == AF_INET6 as u32 {
-        (ctx.load::<u8>(6)?, 40usize)
+        (h[6], 40usize)
     } else {
         return Ok(());
     };
     if proto == IPPROTO_TCP {
-        let flags: u8 = ctx.load(l4 + 13)?;
-        if flags & 0x12 != 0x02 {
+        if l4 + 14 > n || h[(l4 + 13) & (HDR - 1)] & 0x12 != 0x02 {
             return Ok(());
         }
-    } else if proto != IPPROTO_UDP {
+    } else if proto != IPPROTO_UDP || l4 + 8 > n {
         return Ok(());
     }
-    let (fam, proto, l4, local, remote) = if family == AF_INET as u32 {
-        let s: [u8; 4] = ctx.load(12)?;
-        let d: [u8; 4] = ctx.load(16)?;
+    let (fam, local, remote) = if family == AF_INET as u32 {
         let mut local = [0u8; 16];
         let mut remote = [0u8; 16];
-        local[..4].copy_from_slice(&d);
-        remote[..4].copy_from_slice(&s);
-        (AF_INET, proto, l4, local, remote)
+        local[..4].copy_from_slice(&h[16..20]);
+        remote[..4].copy_from_slice(&h[12..16]);
+        (AF_INET, local, remote)
     } else {
-        let s: [u8; 16] = ctx.load(8)?;
-        let d: [u8; 16] = ctx.load(24)?;
-        (AF_INET6, proto, l4, d, s)
+        let mut local = [0u8; 16];
+        let mut remote = [0u8; 16];
+        local.copy_from_slice(&h[24..40]);
+        remote.copy_from_slice(&h[8..24]);
+        (AF_INET6, local, remote)
     };
-    let sport = u16::from_be(ctx.load::<u16>(l4)?);
-    let dport = u16::from_be(ctx.load::<u16>(l4 + 2)?);
+    let sport = u16::from_be_bytes([h[l4 & (HDR - 1)], h[(l4 + 1) & (HDR - 1)]]);
+    let dport = u16::from_be_bytes([h[(l4 + 2) & (HDR - 1)], h[(l4 + 3) & (HDR - 1)]]);
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb as *mut __sk_buff) };
     if proto == IPPROTO_TCP {
         // SYN without ACK (checked above): remember which cgroup's listener got it, for the accept.

@@ -945,19 +945,19 @@ unsafe fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
             let nh: u16 = bpf_probe_read_kernel((skb + o.skb_network_header as u64) as *const u16)?;
             if nh != 0xffff {
                 let ip = head + nh as u64;
+                // One read for the IP header, one for the ports.
                 let l4;
                 if family == AF_INET {
-                    let b0: u8 = bpf_probe_read_kernel(ip as *const u8)?;
-                    key.protocol = bpf_probe_read_kernel((ip + 9) as *const u8)?;
-                    let s: [u8; 4] = bpf_probe_read_kernel((ip + 12) as *const [u8; 4])?;
-                    let d: [u8; 4] = bpf_probe_read_kernel((ip + 16) as *const [u8; 4])?;
-                    key.src_addr[..4].copy_from_slice(&s);
-                    key.dst_addr[..4].copy_from_slice(&d);
-                    l4 = ip + ((b0 & 0x0f) as u64) * 4;
+                    let iph: [u8; 20] = bpf_probe_read_kernel(ip as *const [u8; 20])?;
+                    key.protocol = iph[9];
+                    key.src_addr[..4].copy_from_slice(&iph[12..16]);
+                    key.dst_addr[..4].copy_from_slice(&iph[16..20]);
+                    l4 = ip + ((iph[0] & 0x0f) as u64) * 4;
                 } else {
-                    key.protocol = bpf_probe_read_kernel((ip + 6) as *const u8)?;
-                    key.src_addr = bpf_probe_read_kernel((ip + 8) as *const [u8; 16])?;
-                    key.dst_addr = bpf_probe_read_kernel((ip + 24) as *const [u8; 16])?;
+                    let iph: [u8; 40] = bpf_probe_read_kernel(ip as *const [u8; 40])?;
+                    key.protocol = iph[6];
+                    key.src_addr.copy_from_slice(&iph[8..24]);
+                    key.dst_addr.copy_from_slice(&iph[24..40]);
                     l4 = ip + 40;
                 }
                 if key.protocol == IPPROTO_TCP

@@ -243,12 +243,21 @@ fn ipv6_tcp_and_udp() {
         net.b, net.b6
     ));
     wait_tcp(&net.a, &net.b6, 8080);
+    // UDP to port 45001 of b is dropped by nftables there: an IPv6 kernel drop.
+    net.nft(&net.b, "table inet audtest6 {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    udp dport 45001 drop\n  }\n}\n");
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
     assert_eq!(
         py(&cg, &net.a, &tcp_connect_script(&net.b6, 8080, 5.0)).trim(),
         "established"
     );
-    py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.sendto(b'z', ('{}', 45000))\n", net.b6));
+    py(&cg, &net.a, &format!("import socket\ns=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.sendto(b'z', ('{}', 45000))\ns.sendto(b'y', ('{}', 45001))\n", net.b6, net.b6));
+    // An IPv6 accept: listener in a inside the audited cgroup, client in b outside it.
+    let _srv = spawn(&format!(
+        "{} python3 -c \"import socket;s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('{}',8443));s.listen();c,_=s.accept();c.recv(10);c.close()\"",
+        cg.exec_in(&net.a),
+        net.a6
+    ));
+    wait_tcp(&net.b, &net.a6, 8443);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (flows, _) = rec.stop();
     eprintln!("flows: {flows:#?}");
@@ -271,6 +280,25 @@ fn ipv6_tcp_and_udp() {
         ],
     );
     assert_eq!(sum(&u, "count"), 1, "{flows:?}");
+    let d = find(
+        &flows,
+        &[("dst_ip", json!(net.b6)), ("dst_port", json!(45001))],
+    );
+    assert!(
+        sum(&d, "drops") >= 1 && d.iter().any(|r| r["drop_reason"] == "NETFILTER_DROP"),
+        "IPv6 drop with its 5-tuple: {flows:?}"
+    );
+    let acc = find(
+        &flows,
+        &[
+            ("direction", json!("ingress")),
+            ("dst_ip", json!(net.a6)),
+            ("dst_port", json!(8443)),
+        ],
+    );
+    assert_eq!(sum(&acc, "count"), 1, "one IPv6 accept: {flows:?}");
+    assert_eq!(acc[0]["src_ip"], json!(net.b6));
+    assert_eq!(acc[0]["comm"], "python3", "the listener's process");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use auditor_ebpf as abi;
@@ -22,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::decode::{self, Event, Flow};
 use crate::dns;
-use crate::flowlog::{self, Direction, FlowRecord, FlowState, Protocol};
+use crate::flowlog::{Direction, FlowRecord, FlowState, Protocol};
 use crate::probe::{Probe, ProbeError, ProbeOptions};
 use crate::procfs::{self, CgroupResolver};
 
@@ -198,26 +199,158 @@ fn kind_name(k: u32) -> &'static str {
     }
 }
 
-/// What the recorder knows about a flow beyond the kernel's counters.
-#[derive(Debug, Clone, Default)]
-struct Meta {
+/// Who a flow belongs to: the same for every flow of a process in a cgroup, so it is
+/// interned (one allocation per process and thread name, shared by all their flows).
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+struct Ident {
     /// The owning process: the flow key's, or the receiving socket's owner found in /proc.
     pid: Option<u32>,
     comm: Option<String>,
     thread_comm: Option<String>,
     exe: Option<String>,
     cgroup: Option<String>,
-    src_port: Option<u16>,
-    keep: bool,
+}
+
+/// `Meta::flags`: the flow passes the filters.
+const KEEP: u8 = 1;
+/// `Meta::flags`: changed since the last record (counters or drops).
+const DIRTY: u8 = 2;
+/// `Meta::flags`: already counted in `auditor_flows_total`.
+const COUNTED: u8 = 4;
+/// `Meta::flags`: in the kernel map at this flush (cleared at the end of every flush).
+const PRESENT: u8 = 8;
+
+/// What the recorder keeps about a flow between flushes beyond the kernel's counters
+/// (about 80 bytes: this is per live flow).
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    ident: Arc<Ident>,
     /// Counters already written: count, established, refused, timed_out, errors, syn_retransmits.
     written: [u64; 6],
-    drops_pending: u64,
-    /// Initiator port of the latest connection, from the kernel's counters.
-    last_src_port: Option<u16>,
-    drop_reason: Option<String>,
     first_seen_ns: u64,
     last_seen_ns: u64,
-    dirty: bool,
+    /// Initiator port of the first connection; 0: not known.
+    src_port: u16,
+    /// Initiator port of the latest connection, from the kernel's counters; 0: not known.
+    last_src_port: u16,
+    /// The kernel's state code at the latest flush that found the flow in the map.
+    state: u8,
+    flags: u8,
+}
+
+impl Meta {
+    fn keep(&self) -> bool {
+        self.flags & KEEP != 0
+    }
+}
+
+struct Entry {
+    flow: Flow,
+    meta: Meta,
+}
+
+/// Every flow the recorder has seen, by index: entries in fixed-size chunks (growing
+/// never copies them or doubles their memory) and an index from a 32-bit hash of the
+/// flow to its entry, the rare flows whose hash is taken kept in an ordinary map.
+/// About 136 bytes per flow plus 9-18 bytes of index, against about 600 for a
+/// `HashMap<Flow, _>` of the same data at its growth steps.
+struct FlowTable {
+    chunks: Vec<Vec<Entry>>,
+    len: u32,
+    hasher: std::hash::RandomState,
+    index: HashMap<u32, u32, std::hash::BuildHasherDefault<Mix32>>,
+    collisions: HashMap<Flow, u32>,
+}
+
+const CHUNK: usize = 4096;
+
+/// Hasher for keys that are already hashes: spreads a u32 over 64 bits.
+#[derive(Default)]
+struct Mix32(u64);
+
+impl std::hash::Hasher for Mix32 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+impl Default for FlowTable {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+            hasher: std::hash::RandomState::new(),
+            index: HashMap::default(),
+            collisions: HashMap::new(),
+        }
+    }
+}
+
+impl FlowTable {
+    fn hash(&self, flow: &Flow) -> u32 {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(flow);
+        (h >> 32) as u32 ^ h as u32
+    }
+
+    fn get(&self, flow: &Flow) -> Option<u32> {
+        let i = *self.index.get(&self.hash(flow))?;
+        if self.entry(i).flow == *flow {
+            Some(i)
+        } else {
+            self.collisions.get(flow).copied()
+        }
+    }
+
+    /// Adds a flow that is not in the table yet.
+    fn insert(&mut self, flow: Flow, meta: Meta) -> u32 {
+        let i = self.len;
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks
+            .last_mut()
+            .expect("pushed above")
+            .push(Entry { flow, meta });
+        self.len += 1;
+        match self.index.entry(self.hash(&flow)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.insert(flow, i);
+            }
+        }
+        i
+    }
+
+    fn entry(&self, i: u32) -> &Entry {
+        &self.chunks[i as usize / CHUNK][i as usize % CHUNK]
+    }
+
+    fn meta_mut(&mut self, i: u32) -> &mut Meta {
+        &mut self.chunks[i as usize / CHUNK][i as usize % CHUNK].meta
+    }
+
+    fn meta_of(&self, flow: &Flow) -> Option<&Meta> {
+        self.get(flow).map(|i| &self.entry(i).meta)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.chunks.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.chunks.iter_mut().flatten()
+    }
 }
 
 /// Filters and enrichment; the pure part of the recorder.
@@ -225,7 +358,9 @@ struct State {
     comms: BTreeSet<String>,
     cgroup_prefix: Option<String>,
     resolver: Option<CgroupResolver>,
-    flows: HashMap<Flow, Meta>,
+    flows: FlowTable,
+    /// Interned identities (see `Ident`).
+    idents: std::collections::HashSet<Arc<Ident>>,
     /// (cgroup, address) -> DNS name asked for; (0, address) for any cgroup.
     dns: HashMap<(u64, IpAddr), String>,
     drop_written: HashMap<abi::DropKey, u64>,
@@ -239,8 +374,8 @@ struct State {
     shared: std::sync::Arc<crate::serve::Shared>,
     alertmanager: Option<crate::alertmanager::Target>,
     node_name: Option<String>,
-    /// Flows already counted in `auditor_flows_total`.
-    counted: std::collections::HashSet<Flow>,
+    /// Whether `/flows` is served (the recent records are kept only then).
+    serve_flows: bool,
     /// The live cluster view, and the generation the current `cluster` was built from.
     watch: Option<crate::kube::ClusterWatch>,
     watch_generation: u64,
@@ -263,58 +398,71 @@ impl State {
         Some(humantime::format_rfc3339_millis(t).to_string())
     }
 
-    fn meta_for(&mut self, flow: &Flow, thread_comm: Option<String>) -> &mut Meta {
-        if !self.flows.contains_key(flow) {
-            let cgroup = self.resolver.as_mut().and_then(|r| r.path(flow.cgroup_id));
-            // Inbound flows seen in softirq context carry no process when the listener
-            // started before the recorder: find the socket's owner in the cgroup.
-            let mut pid = (flow.tgid != 0).then_some(flow.tgid);
-            if pid.is_none() && flow.direction == Direction::Ingress {
-                if let (Some(root), Some(path)) = (
-                    self.resolver.as_ref().map(|r| r.root().to_owned()),
-                    cgroup.as_ref(),
-                ) {
-                    pid = procfs::receiver_in_cgroup(
-                        &root.join(path.trim_start_matches('/')),
-                        flow.dst_port,
-                        flow.protocol == Protocol::Tcp,
-                    );
-                }
-            }
-            let info = procfs::proc_info(pid.unwrap_or(0));
-            let thread_comm = thread_comm.filter(|t| !t.is_empty());
-            let comm = info.comm.clone().or_else(|| thread_comm.clone());
-            let mut keep = true;
-            if !self.comms.is_empty() {
-                keep = comm.as_ref().is_some_and(|c| self.comms.contains(c))
-                    || thread_comm.as_ref().is_some_and(|c| self.comms.contains(c));
-            }
-            if let Some(prefix) = &self.cgroup_prefix {
-                keep &= cgroup.as_ref().is_some_and(|c| {
-                    c == prefix
-                        || c.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
-                        || prefix == "/"
-                });
-            }
-            // The recorder's own connections (the Kubernetes API, Alertmanager) are not audited.
-            if flow.tgid == std::process::id() {
-                keep = false;
-            }
-            let thread_comm = thread_comm.filter(|t| Some(t) != comm.as_ref());
-            self.flows.insert(
-                *flow,
-                Meta {
-                    comm,
-                    thread_comm,
-                    exe: info.exe,
-                    cgroup,
-                    keep,
-                    pid,
-                    ..Default::default()
-                },
-            );
+    /// The flow's index in the table, adding it (named from /proc, filtered) when it is
+    /// new; `thread_comm` (the kernel's thread name) is only asked for then.
+    fn meta_for(&mut self, flow: &Flow, thread_comm: impl FnOnce() -> Option<String>) -> u32 {
+        if let Some(i) = self.flows.get(flow) {
+            return i;
         }
-        self.flows.get_mut(flow).expect("inserted above")
+        let cgroup = self.resolver.as_mut().and_then(|r| r.path(flow.cgroup_id));
+        // Inbound flows seen in softirq context carry no process when the listener
+        // started before the recorder: find the socket's owner in the cgroup.
+        let mut pid = (flow.tgid != 0).then_some(flow.tgid);
+        if pid.is_none() && flow.direction == Direction::Ingress {
+            if let (Some(root), Some(path)) = (
+                self.resolver.as_ref().map(|r| r.root().to_owned()),
+                cgroup.as_ref(),
+            ) {
+                pid = procfs::receiver_in_cgroup(
+                    &root.join(path.trim_start_matches('/')),
+                    flow.dst_port,
+                    flow.protocol == Protocol::Tcp,
+                );
+            }
+        }
+        let info = procfs::proc_info(pid.unwrap_or(0));
+        let thread_comm = thread_comm().filter(|t| !t.is_empty());
+        let comm = info.comm.clone().or_else(|| thread_comm.clone());
+        let mut keep = true;
+        if !self.comms.is_empty() {
+            keep = comm.as_ref().is_some_and(|c| self.comms.contains(c))
+                || thread_comm.as_ref().is_some_and(|c| self.comms.contains(c));
+        }
+        if let Some(prefix) = &self.cgroup_prefix {
+            keep &= cgroup.as_ref().is_some_and(|c| {
+                c == prefix
+                    || c.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
+                    || prefix == "/"
+            });
+        }
+        // The recorder's own connections (the Kubernetes API, Alertmanager) are not audited.
+        if flow.tgid == std::process::id() {
+            keep = false;
+        }
+        let thread_comm = thread_comm.filter(|t| Some(t) != comm.as_ref());
+        let ident = Ident {
+            pid,
+            comm,
+            thread_comm,
+            exe: info.exe,
+            cgroup,
+        };
+        let ident = match self.idents.get(&ident) {
+            Some(i) => i.clone(),
+            None => {
+                let i = Arc::new(ident);
+                self.idents.insert(i.clone());
+                i
+            }
+        };
+        self.flows.insert(
+            *flow,
+            Meta {
+                ident,
+                flags: if keep { KEEP } else { 0 },
+                ..Default::default()
+            },
+        )
     }
 
     /// Rebuilds the policy engine when the live cluster view changed; a snapshot the
@@ -347,7 +495,7 @@ impl State {
     /// The pod address of a flow's cgroup, when the cluster is known.
     fn pod_ip_of(&self, f: &Flow) -> Option<IpAddr> {
         let c = self.cluster.as_ref()?;
-        let path = self.flows.get(f)?.cgroup.as_ref()?;
+        let path = self.flows.meta_of(f)?.ident.cgroup.as_ref()?;
         let id = c.pod_of_cgroup(path)?;
         c.engine.pods()[id].ips.first().copied()
     }
@@ -390,15 +538,17 @@ impl State {
     }
 
     /// Prometheus counters for one record (labels bounded: namespace and workload only).
-    fn count_metrics(&mut self, flow: &Flow, r: &FlowRecord, verdict: Option<&str>) {
+    fn count_metrics(&mut self, i: u32, flow: &Flow, r: &FlowRecord, verdict: Option<&str>) {
         let me = match flow.direction {
             Direction::Egress => r.src.as_ref(),
             Direction::Ingress => r.dst.as_ref(),
         };
         let namespace = me.and_then(|e| e.namespace.clone()).unwrap_or_default();
         let workload = me.and_then(|e| e.workload.clone()).unwrap_or_default();
+        let first = self.flows.meta_mut(i).flags & COUNTED == 0;
+        self.flows.meta_mut(i).flags |= COUNTED;
         let m = &self.shared.metrics;
-        if self.counted.insert(*flow) {
+        if first {
             let verdict = match verdict {
                 None => "unknown",
                 Some(v) if v.starts_with("denied") => "deny",
@@ -442,11 +592,13 @@ impl State {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::NewFlow(fe) | Event::Outcome(fe) => {
-                let m = self.meta_for(&fe.flow, Some(fe.comm.clone()));
-                if m.src_port.is_none() && fe.src_port != 0 {
-                    m.src_port = Some(fe.src_port);
+                let i = self.meta_for(&fe.flow, || Some(fe.comm.clone()));
+                let m = self.flows.meta_mut(i);
+                if m.src_port == 0 && fe.src_port != 0 {
+                    m.src_port = fe.src_port;
                 }
-                if fe.kind == abi::EVENT_OUTCOME && m.keep {
+                let m = &self.flows.entry(i).meta;
+                if fe.kind == abi::EVENT_OUTCOME && m.keep() {
                     let what = match fe.state {
                         Some(FlowState::Refused) => "connection refused".to_string(),
                         Some(FlowState::TimedOut) => format!(
@@ -456,12 +608,12 @@ impl State {
                         _ => "connect failed".to_string(),
                     };
                     tracing::debug!(
-                        comm = m.comm.as_deref().unwrap_or(""),
+                        comm = m.ident.comm.as_deref().unwrap_or(""),
                         pid = fe.flow.tgid,
                         dst = %fe.flow.dst_ip,
                         dst_port = fe.flow.dst_port,
                         protocol = %fe.flow.protocol,
-                        cgroup = m.cgroup.as_deref().unwrap_or(""),
+                        cgroup = m.ident.cgroup.as_deref().unwrap_or(""),
                         "{what}"
                     );
                 }
@@ -491,7 +643,8 @@ impl State {
         let proto = d.protocol?;
         let unspecified = |ip: &IpAddr| ip.is_unspecified();
         let mut best: Option<(Flow, (bool, u64))> = None;
-        for f in self.flows.keys() {
+        for e in self.flows.iter() {
+            let f = &e.flow;
             if f.protocol != proto {
                 continue;
             }
@@ -518,11 +671,11 @@ impl State {
             if hit {
                 // Several processes may talk to the same peer: prefer the flow whose first or
                 // latest connection used the dropped packet's port, then the latest active.
-                let meta = &self.flows[f];
+                let meta = &e.meta;
                 let is_reply = f.direction == Direction::Egress
                     && (f.dst_ip == s || backends.contains(&(s, sp)));
                 let port = if is_reply { dp } else { sp };
-                let port_hit = meta.src_port == Some(port) || meta.last_src_port == Some(port);
+                let port_hit = port != 0 && (meta.src_port == port || meta.last_src_port == port);
                 let score = (port_hit, meta.last_seen_ns);
                 if best.is_none_or(|(b, bs)| score > bs || (score == bs && f < &b)) {
                     best = Some((*f, score));
@@ -743,7 +896,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         shared: shared.clone(),
         alertmanager,
         node_name: args.node_name.clone(),
-        counted: Default::default(),
+        serve_flows: args.listen.is_some(),
         watch,
         watch_generation: 0,
         cluster,
@@ -753,7 +906,8 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         comms: args.comms.iter().cloned().collect(),
         cgroup_prefix,
         resolver: root.clone().map(CgroupResolver::new),
-        flows: HashMap::new(),
+        flows: FlowTable::default(),
+        idents: Default::default(),
         dns: HashMap::new(),
         drop_written: HashMap::new(),
         drop_reasons: probe.drop_reasons.clone(),
@@ -839,7 +993,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     state.summary.duration_s = started.elapsed().as_secs_f64();
-    state.summary.flows = state.flows.values().filter(|m| m.keep).count();
+    state.summary.flows = state.flows.iter().filter(|e| e.meta.keep()).count();
     if let Some(p) = &args.summary {
         let text = serde_json::to_string_pretty(&state.summary).unwrap_or_default();
         std::fs::write(p, text + "\n").map_err(|source| RecordError::Io {
@@ -876,7 +1030,105 @@ fn drain(ring: &mut RingBuf<MapData>, state: &mut State) {
     }
 }
 
+/// A flow whose counters changed at this flush: what its record needs from the kernel's
+/// counters, which are read once and not kept (about 40 bytes per changed flow).
+struct Pending {
+    idx: u32,
+    /// Kernel state code (0 where the flow was not in the map).
+    state: u8,
+    count: u64,
+    /// established, refused, timed_out, errors, syn_retransmits in the interval.
+    rest: [u32; 5],
+}
+
+impl Pending {
+    fn delta(&self) -> [u64; 6] {
+        let r = self.rest.map(u64::from);
+        [self.count, r[0], r[1], r[2], r[3], r[4]]
+    }
+}
+
+/// What a record got from the cluster view (kept between building and writing it).
+struct Enriched {
+    src_ip: IpAddr,
+    src: Option<crate::flowlog::Endpoint>,
+    dst: Option<crate::flowlog::Endpoint>,
+}
+
+/// A record of this flush, in the order they are written.
+enum Item {
+    /// A kernel drop of no known flow, built whole.
+    Drop(u64, Box<FlowRecord>),
+    /// The flow record of `pending[pos]`, rebuilt when written.
+    Flow {
+        last_ns: u64,
+        pos: u32,
+        enriched: Option<Box<Enriched>>,
+    },
+}
+
+/// Records are written in chunks of whole lines of about this size: one `write` for
+/// any ordinary flush, without holding a second copy of a very large one.
+const WRITE_CHUNK: usize = 8 << 20;
+
+impl State {
+    /// The record of a changed flow (before `enrich`).
+    fn flow_record(&self, p: &Pending, drops: Option<(u64, u32)>) -> FlowRecord {
+        let Entry { flow, meta: m } = self.flows.entry(p.idx);
+        let delta = p.delta();
+        let drops_n = drops.map_or(0, |d| d.0);
+        let dns_name = if flow.direction == Direction::Egress {
+            self.dns
+                .get(&(flow.cgroup_id, flow.dst_ip))
+                .or_else(|| self.dns.get(&(0, flow.dst_ip)))
+                .cloned()
+        } else {
+            None
+        };
+        let state_v = decode::state(p.state).map(|st| {
+            if drops_n > 0 && st == FlowState::Connecting {
+                FlowState::Dropped
+            } else {
+                st
+            }
+        });
+        FlowRecord {
+            src_ip: flow.src_ip,
+            src_port: (m.src_port != 0).then_some(m.src_port),
+            dst_ip: flow.dst_ip,
+            dst_port: flow.dst_port,
+            protocol: flow.protocol,
+            direction: Some(flow.direction),
+            state: state_v,
+            drop_reason: drops
+                .filter(|d| d.0 > 0)
+                .map(|(_, reason)| self.reason_name(reason)),
+            syn_retransmits: delta[5],
+            pid: m.ident.pid,
+            comm: m.ident.comm.clone(),
+            thread_comm: m.ident.thread_comm.clone(),
+            exe: m.ident.exe.clone(),
+            cgroup_id: Some(flow.cgroup_id),
+            cgroup: m.ident.cgroup.clone(),
+            dns_name,
+            first_seen: self.time(m.first_seen_ns),
+            last_seen: self.time(m.last_seen_ns),
+            count: delta[0],
+            established: delta[1],
+            refused: delta[2],
+            timed_out: delta[3],
+            drops: drops_n,
+            src: None,
+            dst: None,
+        }
+    }
+}
+
 /// Drains events, reads the kernel's counters and appends the changed flows to the log.
+///
+/// Memory: the kernel's counters are streamed from the map (never collected); a changed
+/// flow costs a `Pending` until the end of the flush, and records are built and
+/// serialised one at a time, in chunks of `WRITE_CHUNK`.
 fn flush(
     probe: &mut Probe,
     ring: &mut RingBuf<MapData>,
@@ -885,16 +1137,18 @@ fn flush(
 ) -> Result<(), RecordError> {
     drain(ring, state);
     state.refresh_cluster();
-    // Flow counters, read from the kernel once per flush.
-    let mut counters: HashMap<Flow, abi::FlowStats> = HashMap::new();
+    // Flow counters, read from the kernel once per flush: what changed since the last
+    // record is kept as a `Pending`, and `written` moves on to the kernel's counters.
+    let mut pending: Vec<Pending> = Vec::new();
     if let Some(map) = probe.ebpf.map("FLOWS") {
         if let Ok(flows) = BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) {
             for entry in flows.iter() {
                 let Ok((k, s)) = entry else { continue };
                 let Ok(flow) = decode::flow(&k) else { continue };
-                counters.insert(flow, s);
-                let comm = procfs::comm_str(&s.comm);
-                let m = state.meta_for(&flow, Some(comm));
+                let idx = state.meta_for(&flow, || Some(procfs::comm_str(&s.comm)));
+                let m = state.flows.meta_mut(idx);
+                m.flags |= PRESENT;
+                m.state = s.state;
                 let now = [
                     s.count,
                     s.established,
@@ -903,18 +1157,49 @@ fn flush(
                     s.errors,
                     s.syn_retransmits,
                 ];
-                if now != m.written {
-                    m.dirty = true;
+                if now != m.written && m.flags & DIRTY == 0 {
+                    m.flags |= DIRTY;
+                    // A kernel counter below what was written: the LRU evicted the flow and
+                    // it came back; what it counted between the last flush and the eviction
+                    // is lost.
+                    if now.iter().zip(m.written.iter()).any(|(n, w)| n < w) {
+                        state.summary.flow_map_evictions += 1;
+                    }
+                    let mut delta = [0u64; 6];
+                    for i in 0..6 {
+                        delta[i] = if now[i] >= m.written[i] {
+                            now[i] - m.written[i]
+                        } else {
+                            now[i]
+                        };
+                    }
+                    if s.count != 0 || now.iter().any(|v| *v != 0) {
+                        m.written = now;
+                    }
+                    // Connection outcomes of one flow in one interval fit in 32 bits.
+                    let small = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+                    pending.push(Pending {
+                        idx,
+                        state: s.state,
+                        count: delta[0],
+                        rest: [
+                            small(delta[1]),
+                            small(delta[2]),
+                            small(delta[3]),
+                            small(delta[4]),
+                            small(delta[5]),
+                        ],
+                    });
                 }
                 if m.first_seen_ns == 0 {
                     m.first_seen_ns = s.first_seen_ns;
                 }
                 m.last_seen_ns = m.last_seen_ns.max(s.last_seen_ns);
-                if m.src_port.is_none() && s.src_port != 0 {
-                    m.src_port = Some(s.src_port);
+                if m.src_port == 0 && s.src_port != 0 {
+                    m.src_port = s.src_port;
                 }
                 if s.last_src_port != 0 {
-                    m.last_src_port = Some(s.last_src_port);
+                    m.last_src_port = s.last_src_port;
                 }
             }
         }
@@ -942,7 +1227,9 @@ fn flush(
             }
         }
     }
-    let mut records: Vec<(u64, FlowRecord)> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    // Drops attributed to flows at this flush: flow index -> (packets, last reason).
+    let mut flow_drops: HashMap<u32, (u64, u32)> = HashMap::new();
     for (d, delta, last) in new_drops {
         state.summary.drops += delta;
         let reason = state.reason_name(d.reason);
@@ -951,19 +1238,33 @@ fn flush(
             .drops_by_reason
             .entry(reason.clone())
             .or_default() += delta;
-        match state.attribute_drop(&d) {
-            Some(flow) => {
-                let m = state.flows.get_mut(&flow).expect("attributed flows exist");
-                m.drops_pending += delta;
-                m.drop_reason = Some(reason);
-                m.dirty = true;
+        match state.attribute_drop(&d).and_then(|f| state.flows.get(&f)) {
+            Some(idx) => {
+                let slot = flow_drops.entry(idx).or_default();
+                slot.0 += delta;
+                slot.1 = d.reason;
+                let m = state.flows.meta_mut(idx);
                 m.last_seen_ns = m.last_seen_ns.max(last);
+                if m.flags & DIRTY == 0 {
+                    m.flags |= DIRTY;
+                    // Counters unchanged since the last record, or gone from the map.
+                    let present = m.flags & PRESENT != 0;
+                    if !present && m.written.iter().any(|w| *w != 0) {
+                        state.summary.flow_map_evictions += 1;
+                    }
+                    pending.push(Pending {
+                        idx,
+                        state: if present { m.state } else { 0 },
+                        count: 0,
+                        rest: [0; 5],
+                    });
+                }
             }
             None if state.comms.is_empty() && state.cgroup_prefix.is_none() => {
                 if let (Some((s, sp, dst, dp)), Some(p)) = (d.tuple, d.protocol) {
-                    records.push((
+                    items.push(Item::Drop(
                         last,
-                        FlowRecord {
+                        Box::new(FlowRecord {
                             src_ip: s,
                             src_port: Some(sp),
                             dst_ip: dst,
@@ -976,7 +1277,7 @@ fn flush(
                             first_seen: state.time(last),
                             last_seen: state.time(last),
                             ..empty_record(s, dst, dp, p)
-                        },
+                        }),
                     ));
                 }
             }
@@ -985,105 +1286,47 @@ fn flush(
             }
         }
     }
-    // Changed flows -> records.
-    let mut flows: Vec<Flow> = state
-        .flows
-        .iter()
-        .filter(|(_, m)| m.dirty)
-        .map(|(f, _)| *f)
-        .collect();
-    flows.sort();
-    for flow in flows {
-        let s = counters.get(&flow).copied().unwrap_or_default();
-        let dns_name = state
-            .dns
-            .get(&(flow.cgroup_id, flow.dst_ip))
-            .or_else(|| state.dns.get(&(0, flow.dst_ip)))
-            .cloned();
-        let first = state.flows[&flow].first_seen_ns;
-        let last_ns = state.flows[&flow].last_seen_ns;
-        let (first_seen, last_seen) = (state.time(first), state.time(last_ns));
-        let m = state.flows.get_mut(&flow).expect("listed above");
-        m.dirty = false;
-        let now = [
-            s.count,
-            s.established,
-            s.refused,
-            s.timed_out,
-            s.errors,
-            s.syn_retransmits,
-        ];
-        let mut delta = [0u64; 6];
-        // A kernel counter below what was written: the LRU evicted the flow and it came
-        // back; what it counted between the last flush and the eviction is lost.
-        if now.iter().zip(m.written.iter()).any(|(n, w)| n < w) {
-            state.summary.flow_map_evictions += 1;
-        }
-        for i in 0..6 {
-            delta[i] = if now[i] >= m.written[i] {
-                now[i] - m.written[i]
-            } else {
-                now[i]
-            };
-        }
-        if s.count != 0 || now.iter().any(|v| *v != 0) {
-            m.written = now;
-        }
-        let drops = std::mem::take(&mut m.drops_pending);
-        if !m.keep || (delta.iter().all(|v| *v == 0) && drops == 0) {
+    for e in state.flows.iter_mut() {
+        e.meta.flags &= !PRESENT;
+    }
+    // Changed flows -> records, in flow order (metrics and alerts).
+    pending.sort_unstable_by(|a, b| {
+        state
+            .flows
+            .entry(a.idx)
+            .flow
+            .cmp(&state.flows.entry(b.idx).flow)
+    });
+    for (pos, p) in pending.iter().enumerate() {
+        let drops = flow_drops.get(&p.idx).copied();
+        let m = state.flows.meta_mut(p.idx);
+        m.flags &= !DIRTY;
+        if !m.keep() || (p.delta().iter().all(|v| *v == 0) && drops.is_none_or(|d| d.0 == 0)) {
             continue;
         }
-        let state_v = decode::state(s.state).map(|st| {
-            if drops > 0 && st == FlowState::Connecting {
-                FlowState::Dropped
-            } else {
-                st
-            }
-        });
-        let mut rec = FlowRecord {
-            src_ip: flow.src_ip,
-            src_port: m.src_port,
-            dst_ip: flow.dst_ip,
-            dst_port: flow.dst_port,
-            protocol: flow.protocol,
-            direction: Some(flow.direction),
-            state: state_v,
-            drop_reason: if drops > 0 {
-                m.drop_reason.clone()
-            } else {
-                None
-            },
-            syn_retransmits: delta[5],
-            pid: m.pid,
-            comm: m.comm.clone(),
-            thread_comm: m.thread_comm.clone(),
-            exe: m.exe.clone(),
-            cgroup_id: Some(flow.cgroup_id),
-            cgroup: m.cgroup.clone(),
-            dns_name: if flow.direction == Direction::Egress {
-                dns_name
-            } else {
-                None
-            },
-            first_seen,
-            last_seen,
-            count: delta[0],
-            established: delta[1],
-            refused: delta[2],
-            timed_out: delta[3],
-            drops,
-            src: None,
-            dst: None,
-        };
+        let last_ns = m.last_seen_ns;
+        let flow = state.flows.entry(p.idx).flow;
+        let mut rec = state.flow_record(p, drops);
         let verdict = state.enrich(&flow, &mut rec);
-        state.count_metrics(&flow, &rec, verdict.as_deref());
+        state.count_metrics(p.idx, &flow, &rec, verdict.as_deref());
+        let enriched = state.cluster.is_some().then(|| {
+            Box::new(Enriched {
+                src_ip: rec.src_ip,
+                src: rec.src.clone(),
+                dst: rec.dst.clone(),
+            })
+        });
         let alerts = crate::alerts::Alert::from_record(&rec, verdict);
         if !alerts.is_empty() {
             let now = state.started.elapsed();
             let send = state.dedup.push(now, alerts);
             state.send_alerts(send);
         }
-        records.push((last_ns, rec));
+        items.push(Item::Flow {
+            last_ns,
+            pos: pos as u32,
+            enriched,
+        });
     }
     let due = state.dedup.tick(state.started.elapsed());
     state.send_alerts(due);
@@ -1091,19 +1334,72 @@ fn flush(
         .shared
         .metrics
         .set_lost("decode", state.summary.decode_errors);
-    records.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| sort_key(&a.1).cmp(&sort_key(&b.1)))
-    });
-    let records: Vec<FlowRecord> = records.into_iter().map(|(_, r)| r).collect();
-    out.write(&records)?;
-    state.shared.keep_lines(records.iter().map(|r| {
-        (
-            r.last_seen.clone().unwrap_or_default(),
-            serde_json::to_string(r).unwrap_or_default(),
-        )
-    }));
-    state.summary.records_written += records.len() as u64;
+    // Written in time order, then by (source, destination, port, protocol, pid).
+    {
+        let key = |it: &Item| match it {
+            Item::Drop(last, r) => (*last, sort_key(r)),
+            Item::Flow {
+                last_ns,
+                pos,
+                enriched,
+            } => {
+                let e = state.flows.entry(pending[*pos as usize].idx);
+                let src = enriched.as_ref().map_or(e.flow.src_ip, |x| x.src_ip);
+                (
+                    *last_ns,
+                    (
+                        src,
+                        e.flow.dst_ip,
+                        e.flow.dst_port,
+                        e.flow.protocol,
+                        e.meta.ident.pid,
+                    ),
+                )
+            }
+        };
+        items.sort_by(|a, b| key(a).cmp(&key(b)));
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut written = 0u64;
+    for it in items {
+        let rec = match it {
+            Item::Drop(_, r) => *r,
+            Item::Flow { pos, enriched, .. } => {
+                let p = &pending[pos as usize];
+                let mut r = state.flow_record(p, flow_drops.get(&p.idx).copied());
+                if let Some(e) = enriched {
+                    r.src_ip = e.src_ip;
+                    r.src = e.src;
+                    r.dst = e.dst;
+                }
+                r
+            }
+        };
+        let start = buf.len();
+        serde_json::to_writer(&mut buf, &rec).map_err(|e| RecordError::Io {
+            op: "write flow log",
+            path: out.name(),
+            source: std::io::Error::other(e),
+        })?;
+        if state.serve_flows {
+            let json = String::from_utf8_lossy(&buf[start..]).into_owned();
+            state
+                .shared
+                .keep_lines([(rec.last_seen.unwrap_or_default(), json)]);
+        }
+        buf.push(b'\n');
+        written += 1;
+        if buf.len() >= WRITE_CHUNK {
+            out.write_bytes(&buf)?;
+            buf.clear();
+        }
+    }
+    out.write_bytes(&buf)?;
+    drop(buf);
+    if written > 0 {
+        out.end_flush()?;
+    }
+    state.summary.records_written += written;
     // Lost events.
     if let Some(map) = probe.ebpf.map("LOST") {
         if let Ok(lost) = Array::<_, u64>::try_from(map) {
@@ -1271,27 +1567,58 @@ impl Output {
         })
     }
 
+    /// Where the flow log goes, for error messages.
+    fn name(&self) -> PathBuf {
+        match self {
+            Output::Stdout => "-".into(),
+            Output::File { path, .. } => path.clone(),
+        }
+    }
+
+    /// Writes whole records (JSON lines, as `flowlog::write_records` does), then ends the flush.
+    #[cfg(test)]
     fn write(&mut self, records: &[FlowRecord]) -> Result<(), RecordError> {
         if records.is_empty() {
             return Ok(());
         }
+        let mut buf = Vec::new();
+        crate::flowlog::write_records(&mut buf, records).map_err(|source| RecordError::Io {
+            op: "write flow log",
+            path: self.name(),
+            source,
+        })?;
+        self.write_bytes(&buf)?;
+        self.end_flush()
+    }
+
+    /// Writes whole lines with one `write_all`.
+    fn write_bytes(&mut self, buf: &[u8]) -> Result<(), RecordError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let res = match self {
+            Output::Stdout => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(buf).and_then(|_| o.flush())
+            }
+            Output::File { file, .. } => file.write_all(buf).and_then(|_| file.flush()),
+        };
+        res.map_err(|source| RecordError::Io {
+            op: "write flow log",
+            path: self.name(),
+            source,
+        })
+    }
+
+    /// After a flush's records: a rolling log rotates here, so one flush stays in one file.
+    fn end_flush(&mut self) -> Result<(), RecordError> {
         match self {
-            Output::Stdout => flowlog::write_records(&mut std::io::stdout().lock(), records)
-                .map_err(|source| RecordError::Io {
-                    op: "write flow log",
-                    path: "-".into(),
-                    source,
-                }),
+            Output::Stdout => Ok(()),
             Output::File {
                 path,
                 file,
                 max_bytes,
             } => {
-                flowlog::write_records(file, records).map_err(|source| RecordError::Io {
-                    op: "write flow log",
-                    path: path.clone(),
-                    source,
-                })?;
                 // A rolling log: past the limit the file becomes `<path>.1` (replacing the
                 // previous one) and a new file starts; whole lines only, nothing cut.
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -1323,13 +1650,15 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flowlog;
 
     fn state() -> State {
         State {
             comms: BTreeSet::new(),
             cgroup_prefix: None,
             resolver: None,
-            flows: HashMap::new(),
+            flows: FlowTable::default(),
+            idents: Default::default(),
             dns: HashMap::new(),
             drop_written: HashMap::new(),
             drop_reasons: BTreeMap::new(),
@@ -1342,7 +1671,7 @@ mod tests {
             shared: crate::serve::Shared::new(10),
             alertmanager: None,
             node_name: None,
-            counted: Default::default(),
+            serve_flows: false,
             watch: None,
             watch_generation: 0,
         }
@@ -1367,6 +1696,8 @@ mod tests {
         let ing = flow(Direction::Ingress, "10.0.0.9", "10.0.0.1", 8080);
         s.flows.insert(eg, Meta::default());
         s.flows.insert(ing, Meta::default());
+        assert_eq!(s.flows.get(&eg), Some(0));
+        assert_eq!(s.flows.get(&ing), Some(1));
         let d = |a: &str, ap, b: &str, bp| decode::Drop {
             reason: 12,
             protocol: Some(Protocol::Tcp),
@@ -1388,6 +1719,31 @@ mod tests {
             s.attribute_drop(&d("10.0.0.9", 5000, "10.0.0.1", 9999)),
             None
         );
+    }
+
+    #[test]
+    fn flow_table_finds_every_flow_by_index() {
+        // 300,000 flows: a few share a 32-bit hash, so the collision path is taken too.
+        let mut t = FlowTable::default();
+        let f = |i: u32| Flow {
+            cgroup_id: u64::from(i % 7),
+            tgid: i / 65536,
+            protocol: Protocol::Udp,
+            direction: Direction::Egress,
+            src_ip: "10.0.0.1".parse().unwrap(),
+            dst_ip: IpAddr::from(i.to_be_bytes()),
+            dst_port: (i % 65536) as u16,
+        };
+        for i in 0..300_000 {
+            assert_eq!(t.insert(f(i), Meta::default()), i);
+        }
+        for i in (0..300_000).step_by(7) {
+            assert_eq!(t.get(&f(i)), Some(i));
+            assert_eq!(t.entry(i).flow, f(i));
+        }
+        assert_eq!(t.get(&f(300_001)), None);
+        assert_eq!(t.iter().count(), 300_000);
+        assert_eq!(t.index.len() + t.collisions.len(), 300_000);
     }
 
     #[test]

@@ -300,23 +300,9 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             if !current_in_scope() {
                 return Ok(());
             }
-            let pid_tgid = bpf_get_current_pid_tgid();
-            let mut key = FlowKey {
-                cgroup_id: bpf_get_current_cgroup_id(),
-                tgid: (pid_tgid >> 32) as u32,
-                family,
-                protocol: IPPROTO_TCP,
-                direction: DIR_EGRESS,
-                dst_port: dport,
-                ..Default::default()
-            };
-            read_addrs(ctx, &o, family, &mut key.src_addr, &mut key.dst_addr);
-            touch_flow(&key, sport, STATE_CONNECTING, pid_tgid as u32, comm);
-            let st = SockState {
-                key,
-                syn_retransmits: 0,
-                reset: 0,
-            };
+            let st = connect_started(family, sport, dport, |k| {
+                read_addrs(ctx, &o, family, &mut k.src_addr, &mut k.dst_addr)
+            });
             let _ = SOCKS.insert(&skaddr, &st, 0);
         } else if old == TCP_SYN_SENT {
             let Some(st) = SOCKS.get_ptr_mut(&skaddr) else {
@@ -343,6 +329,34 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// connect(2) in the caller's context: counts the attempt on its flow and returns what
+/// the end of the handshake needs (`addrs` fills the key's addresses).
+#[inline(always)]
+fn connect_started(
+    family: u16,
+    src_port: u16,
+    dst_port: u16,
+    addrs: impl FnOnce(&mut FlowKey),
+) -> SockState {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut key = FlowKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: (pid_tgid >> 32) as u32,
+        family,
+        protocol: IPPROTO_TCP,
+        direction: DIR_EGRESS,
+        dst_port,
+        ..Default::default()
+    };
+    addrs(&mut key);
+    touch_flow(&key, src_port, STATE_CONNECTING, pid_tgid as u32, comm);
+    SockState {
+        key,
+        syn_retransmits: 0,
+        reset: 0,
+    }
 }
 
 /// The end of a handshake this host started: counts the outcome on the flow; a failure
@@ -509,23 +523,9 @@ unsafe fn try_sockops(ctx: &SockOpsContext) {
         match op {
             BPF_SOCK_OPS_TCP_CONNECT_CB => {
                 let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-                let pid_tgid = bpf_get_current_pid_tgid();
-                let mut key = FlowKey {
-                    cgroup_id: bpf_get_current_cgroup_id(),
-                    tgid: (pid_tgid >> 32) as u32,
-                    family,
-                    protocol: IPPROTO_TCP,
-                    direction: DIR_EGRESS,
-                    dst_port: remote_port,
-                    ..Default::default()
-                };
-                ops_addrs(ctx, family, &mut key.src_addr, &mut key.dst_addr);
-                touch_flow(&key, local_port, STATE_CONNECTING, pid_tgid as u32, comm);
-                let st = SockState {
-                    key,
-                    syn_retransmits: 0,
-                    reset: 0,
-                };
+                let st = connect_started(family, local_port, remote_port, |k| {
+                    ops_addrs(ctx, family, &mut k.src_addr, &mut k.dst_addr)
+                });
                 let _ = CONNS.insert(&cookie, &st, 0);
                 let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
             }

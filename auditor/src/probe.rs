@@ -372,11 +372,7 @@ fn raise_memlock() {
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<(), String> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    let p: &mut TracePoint = program(ebpf, prog)?;
     p.load().map_err(|e| format!("load: {e}"))?;
     p.attach(cat, name)
         .map_err(|e| format!("attach: {}", chain(&e)))?;
@@ -387,11 +383,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Resu
 // multi-attach and refuses any attach flag: `Single` means "no flags" there, and
 // other programs on the same cgroup (a CNI's, a second auditor's) keep running.
 fn attach_sock_addr(ebpf: &mut Ebpf, prog: &str, cg: &std::fs::File) -> Result<(), String> {
-    let p: &mut CgroupSockAddr = ebpf
-        .program_mut(prog)
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    let p: &mut CgroupSockAddr = program(ebpf, prog)?;
     p.load().map_err(|e| format!("load: {e}"))?;
     p.attach(cg, CgroupAttachMode::Single)
         .map_err(|e| format!("attach: {}", chain(&e)))?;
@@ -399,11 +391,7 @@ fn attach_sock_addr(ebpf: &mut Ebpf, prog: &str, cg: &std::fs::File) -> Result<(
 }
 
 fn attach_sock_ops(ebpf: &mut Ebpf, cg: &std::fs::File) -> Result<(), String> {
-    let p: &mut SockOps = ebpf
-        .program_mut("tcp_sockops")
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    let p: &mut SockOps = program(ebpf, "tcp_sockops")?;
     p.load().map_err(|e| format!("load: {e}"))?;
     p.attach(cg, CgroupAttachMode::Single)
         .map_err(|e| format!("attach: {}", chain(&e)))?;
@@ -411,15 +399,22 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cg: &std::fs::File) -> Result<(), String> {
 }
 
 fn attach_ingress(ebpf: &mut Ebpf, cg: &std::fs::File) -> Result<(), String> {
-    let p: &mut CgroupSkb = ebpf
-        .program_mut("ingress")
-        .ok_or("program missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    let p: &mut CgroupSkb = program(ebpf, "ingress")?;
     p.load().map_err(|e| format!("load: {e}"))?;
     p.attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
         .map_err(|e| format!("attach: {}", chain(&e)))?;
     Ok(())
+}
+
+/// The program `name` of the object as its type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or("program missing from object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())
 }
 
 /// An error with its sources, "outer: inner: innermost".

@@ -2485,12 +2485,16 @@ fn sample_workload(
             }
         }
     }
-    if let Some(r) = (0..pods.len()).find(|&r| {
-        !pods[r].host_network
-            && !pods[r].ips.is_empty()
-            && ctx.group_of[r] != g
-            && !pod_peer_matches(Direction::Egress, r)
-    }) {
+    // A pod of another workload that no observed peer rule of `dir` covers.
+    let unobserved_pod = |dir: Direction| {
+        (0..pods.len()).find(|&r| {
+            !pods[r].host_network
+                && !pods[r].ips.is_empty()
+                && ctx.group_of[r] != g
+                && !pod_peer_matches(dir, r)
+        })
+    };
+    if let Some(r) = unobserved_pod(Direction::Egress) {
         for &(port, proto) in &e_ports {
             check(
                 pip,
@@ -2516,12 +2520,7 @@ fn sample_workload(
             );
         }
     }
-    if let Some(r) = (0..pods.len()).find(|&r| {
-        !pods[r].host_network
-            && !pods[r].ips.is_empty()
-            && ctx.group_of[r] != g
-            && !pod_peer_matches(Direction::Ingress, r)
-    }) {
+    if let Some(r) = unobserved_pod(Direction::Ingress) {
         for &(port, proto) in &i_ports {
             check(
                 pods[r].ips[0],

@@ -165,10 +165,13 @@ fn comm() -> [u8; 16] {
     bpf_get_current_comm().unwrap_or([0; 16])
 }
 
-/// Sends a flow event; a full ring buffer is counted, never silent.
+/// Sends a flow event; a full ring buffer is counted, never silent. A new flow's event
+/// carries the `first_seen_ns` of its map entry as `ts_ns`, so userspace can tell which
+/// incarnation of a flow (an LRU eviction and re-insert starts a new one) it has seen.
 #[inline(always)]
 fn emit_flow(
     kind: u32,
+    ts_ns: u64,
     key: &FlowKey,
     src_port: u16,
     state: u8,
@@ -183,7 +186,7 @@ fn emit_flow(
                 (*ev).header = EventHeader {
                     kind,
                     _pad: 0,
-                    ts_ns: now(),
+                    ts_ns,
                 };
                 (*ev).key = *key;
                 (*ev).src_port = src_port;
@@ -232,7 +235,7 @@ fn touch_flow(key: &FlowKey, src_port: u16, state: u8, tid: u32, comm: impl FnOn
         }
         return;
     }
-    emit_flow(EVENT_NEW_FLOW, key, src_port, state, 0, tid, &comm);
+    emit_flow(EVENT_NEW_FLOW, t, key, src_port, state, 0, tid, &comm);
 }
 
 // ---------------------------------------------------------------- TCP
@@ -388,7 +391,16 @@ unsafe fn connect_outcome(st: &SockState, new: u32, sport: u16) {
         }
     }
     if kind != 0 {
-        emit_flow(kind, &st.key, sport, state, st.syn_retransmits, 0, &c);
+        emit_flow(
+            kind,
+            now(),
+            &st.key,
+            sport,
+            state,
+            st.syn_retransmits,
+            0,
+            &c,
+        );
     }
 }
 

@@ -105,8 +105,8 @@ fn record(args: auditor::record::RecordArgs) -> anyhow::Result<u8> {
     let summary = rt.block_on(auditor::record::run(args))?;
     let lost: u64 = summary.lost_events.values().sum();
     eprintln!(
-        "auditor: recorded {} flows ({} records) in {:.1}s; {} kernel drops, {} DNS answers; events {:?}; lost events {} {:?}",
-        summary.flows, summary.records_written, summary.duration_s, summary.drops, summary.dns_answers, summary.events, lost, summary.lost_events
+        "auditor: recorded {} flows ({} records) in {:.1}s; {} kernel drops, {} DNS answers; events {:?}; lost events {} {:?}; losses {:?}",
+        summary.flows, summary.records_written, summary.duration_s, summary.drops, summary.dns_answers, summary.events, lost, summary.lost_events, summary.losses
     );
     for d in &summary.degraded {
         eprintln!("auditor: degraded: {d}");

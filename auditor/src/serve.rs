@@ -47,7 +47,7 @@ pub struct KindLabels {
 }
 
 /// Loss kinds, exposed at 0 from the start so that a loss is never silent.
-pub const LOSS_KINDS: &[&str] = &["ringbuf", "flow_map", "decode"];
+pub const LOSS_KINDS: &[&str] = &["ringbuf", "flow_unseen", "flow_map", "decode", "log_buffer"];
 
 /// The agent's metrics.
 pub struct Metrics {
@@ -143,6 +143,8 @@ pub struct Shared {
     pub cluster_ready: AtomicBool,
     flows: Mutex<VecDeque<Line>>,
     max_lines: usize,
+    /// Active faults by kind (e.g. `flow_log`), with the reason; `/healthz` is 503 while any is set.
+    faults: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl Shared {
@@ -153,7 +155,40 @@ impl Shared {
             cluster_ready: AtomicBool::new(true),
             flows: Mutex::new(VecDeque::new()),
             max_lines,
+            faults: Mutex::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    /// Sets (or with `None` clears) a fault; `auditor_up` follows.
+    pub fn set_fault(&self, kind: &'static str, reason: Option<String>) {
+        let mut f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(r) => {
+                f.insert(kind, r);
+            }
+            None => {
+                f.remove(kind);
+            }
+        }
+        drop(f);
+        self.update_up();
+    }
+
+    /// Active faults, one line each.
+    pub fn faults(&self) -> Vec<String> {
+        let f = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        f.iter().map(|(k, r)| format!("{k}: {r}")).collect()
+    }
+
+    pub fn set_recording(&self, on: bool) {
+        self.recording.store(on, Ordering::Relaxed);
+        self.update_up();
+    }
+
+    /// `auditor_up`: 1 while recording with no fault (the one place it is computed).
+    fn update_up(&self) {
+        let healthy = self.recording.load(Ordering::Relaxed) && self.faults().is_empty();
+        self.metrics.up.set(i64::from(healthy));
     }
 
     /// Keeps flow log lines for `/flows` (the oldest go first past `max_lines`).
@@ -199,6 +234,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let faults = s.faults();
+    if !faults.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            faults.iter().map(|f| format!("{f}\n")).collect::<String>(),
+        );
+    }
     if s.recording.load(Ordering::Relaxed) {
         let cluster = if s.cluster_ready.load(Ordering::Relaxed) {
             ""

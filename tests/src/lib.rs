@@ -240,13 +240,18 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_at(None, args)
+    }
+
+    /// Like `start`, with the flow log at `log` (default: in the recorder's temp dir).
+    pub fn start_at(log: Option<PathBuf>, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "auditor-it-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&dir).expect("tmp dir");
-        let log = dir.join("flows.jsonl");
+        let log = log.unwrap_or_else(|| dir.join("flows.jsonl"));
         let summary = dir.join("summary.json");
         let ready = dir.join("ready");
         let stderr = dir.join("stderr.log");
@@ -304,6 +309,13 @@ impl Recorder {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Whether the recorder process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Stops with SIGINT (a clean stop) and returns the flow log lines and the summary.
@@ -377,4 +389,32 @@ pub fn py(cg: &Cgroup, ns: &str, code: &str) -> String {
     let out = must(&format!("{} python3 {}", cg.exec_in(ns), file.display()));
     let _ = std::fs::remove_file(file);
     out
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body), or None when there is no
+/// answer within `timeout`.
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind loopback")
 }

@@ -47,9 +47,12 @@ enum Cmd {
         /// Interleaved repetitions of every figure (at least 5 for published figures).
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Only these figures, comma-separated (1-6, p = bpf stats); default all.
+        /// Only these figures, comma-separated (1-6, s = soak, p = bpf stats); default all.
         #[arg(long)]
         only: Option<String>,
+        /// Length of the soak figure (30,000 new flows/s with default settings).
+        #[arg(long, default_value_t = 600)]
+        soak_secs: u64,
         #[arg(long)]
         no_setup: bool,
     },
@@ -309,7 +312,7 @@ fn demo(output: &Path) -> Result<()> {
         .current_dir(root()))
 }
 
-fn bench(output: &Path, reps: usize, only: Option<&str>) -> Result<()> {
+fn bench(output: &Path, reps: usize, only: Option<&str>, soak_secs: u64) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load eBPF programs and make network namespaces: run as root (sudo -E cargo xtask bench)");
     }
@@ -354,6 +357,7 @@ fn bench(output: &Path, reps: usize, only: Option<&str>) -> Result<()> {
         .arg("--out")
         .arg(&output)
         .args(["--reps", &reps.to_string()])
+        .args(["--soak-secs", &soak_secs.to_string()])
         .args(["--command", "cargo xtask bench"])
         .current_dir(root());
     if let Some(p) = &policy_bench {
@@ -389,12 +393,13 @@ fn main() -> Result<()> {
             output,
             reps,
             only,
+            soak_secs,
             no_setup,
         } => {
             if !no_setup {
                 setup()?;
             }
-            bench(&output, reps, only.as_deref())
+            bench(&output, reps, only.as_deref(), soak_secs)
         }
     }
 }

@@ -14,6 +14,7 @@
 //! a figure fails; traffic only goes over loopback and the veth pair made here.
 
 mod gen;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -1499,7 +1500,11 @@ fn run(args: &[String]) -> Result<()> {
         .map(|x| x.parse())
         .transpose()?
         .unwrap_or(1.5);
-    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,p".into());
+    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,s,p".into());
+    let soak_secs: u64 = arg(args, "--soak-secs")
+        .map(|x| x.parse())
+        .transpose()?
+        .unwrap_or(600);
     let policy_bench = arg(args, "--policy-bench").map(PathBuf::from);
     let command = arg(args, "--command").unwrap_or_else(|| "cargo xtask bench".into());
     // SAFETY: geteuid has no preconditions.
@@ -1548,6 +1553,9 @@ fn run(args: &[String]) -> Result<()> {
             "figure 6",
             fig_offline(&env, reps, policy_bench.as_deref(), &mut rep),
         );
+    }
+    if want("s") {
+        attempt("figure S", soak::fig_soak(&env, soak_secs, &mut rep));
     }
     if want("p") {
         attempt("bpf stats", bpf_profile(&env, secs, &mut rep));

@@ -1,0 +1,680 @@
+//! The recorder's state between flushes: filters, the flow table, names (processes,
+//! cgroups, DNS), the cluster view, alerts. Everything here is bounded: flows leave the
+//! table (see `table`), the DNS cache holds at most `dns_capacity` names for their TTL,
+//! drop bookkeeping follows the kernel's `DROPS` map, and unused identities are freed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use auditor_ebpf as abi;
+
+use super::table::{FlowTable, Ident, Meta, COUNTED, FROM_MAP, KEEP, WRITTEN};
+use super::Summary;
+use crate::decode::{self, Event, Flow};
+use crate::dns;
+use crate::flowlog::{Direction, FlowRecord, FlowState, Protocol};
+use crate::procfs::{self, CgroupResolver};
+
+/// Where alerts go: standard error (the log stream) or a file of JSON lines.
+pub enum AlertSink {
+    Stderr,
+    File(PathBuf, File),
+}
+
+/// A DNS name learned from an answer, kept for its TTL (at least `DNS_MIN_KEEP`).
+struct DnsName {
+    name: Arc<str>,
+    expires: Instant,
+}
+
+/// Answers with a TTL of a few seconds are still used by the connection that follows.
+const DNS_MIN_KEEP: Duration = Duration::from_secs(60);
+
+/// Filters and enrichment; the pure part of the recorder.
+pub struct State {
+    pub comms: BTreeSet<String>,
+    pub cgroup_prefix: Option<String>,
+    pub resolver: Option<CgroupResolver>,
+    pub flows: FlowTable,
+    /// Interned identities (see `Ident`); unused ones are dropped at each flush.
+    pub idents: HashSet<Arc<Ident>>,
+    /// (cgroup, address) -> DNS name asked for; (0, address) for any cgroup.
+    dns: HashMap<(u64, IpAddr), DnsName>,
+    pub dns_capacity: usize,
+    /// Kernel drop counters already accounted, by key (entries follow the `DROPS` map).
+    pub drop_written: HashMap<abi::DropKey, u64>,
+    pub drop_reasons: BTreeMap<u32, String>,
+    pub boot_to_unix_ns: i128,
+    pub summary: Summary,
+    pub cluster: Option<crate::enrich::Cluster>,
+    pub dedup: crate::alerts::Deduper,
+    pub alerts_out: AlertSink,
+    pub started: Instant,
+    pub shared: Arc<crate::serve::Shared>,
+    pub alertmanager: Option<crate::alertmanager::Target>,
+    pub node_name: Option<String>,
+    /// Whether `/flows` is served (the recent records are kept only then).
+    pub serve_flows: bool,
+    /// The live cluster view, and the generation the current `cluster` was built from.
+    pub watch: Option<crate::kube::ClusterWatch>,
+    pub watch_generation: u64,
+    /// New-flow incarnations found in the kernel map without their event (the event
+    /// was lost, or is still in the ring buffer: then it is taken back when it comes).
+    pub recovered_from_map: u64,
+    /// Flows added to the table since the last flush (an early flush bounds them).
+    pub new_since_flush: usize,
+}
+
+impl State {
+    pub fn new(shared: Arc<crate::serve::Shared>, alert_window: Duration) -> Self {
+        State {
+            comms: BTreeSet::new(),
+            cgroup_prefix: None,
+            resolver: None,
+            flows: FlowTable::default(),
+            idents: HashSet::new(),
+            dns: HashMap::new(),
+            dns_capacity: 16384,
+            drop_written: HashMap::new(),
+            drop_reasons: BTreeMap::new(),
+            boot_to_unix_ns: 0,
+            summary: Summary::default(),
+            cluster: None,
+            dedup: crate::alerts::Deduper::new(alert_window),
+            alerts_out: AlertSink::Stderr,
+            started: Instant::now(),
+            shared,
+            alertmanager: None,
+            node_name: None,
+            serve_flows: false,
+            watch: None,
+            watch_generation: 0,
+            recovered_from_map: 0,
+            new_since_flush: 0,
+        }
+    }
+
+    pub fn reason_name(&self, r: u32) -> String {
+        self.drop_reasons
+            .get(&r)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{r}"))
+    }
+
+    pub fn time(&self, ns: u64) -> Option<String> {
+        if ns == 0 {
+            return None;
+        }
+        let unix = ns as i128 + self.boot_to_unix_ns;
+        let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(unix).ok()?);
+        Some(humantime::format_rfc3339_millis(t).to_string())
+    }
+
+    /// Whether a flow of this process and cgroup passes `--comm` and `--cgroup`.
+    fn passes_filters(
+        &self,
+        flow: &Flow,
+        comm: Option<&String>,
+        thread_comm: Option<&String>,
+        cgroup: Option<&String>,
+    ) -> bool {
+        let mut keep = true;
+        if !self.comms.is_empty() {
+            keep = comm.is_some_and(|c| self.comms.contains(c))
+                || thread_comm.is_some_and(|c| self.comms.contains(c));
+        }
+        if let Some(prefix) = &self.cgroup_prefix {
+            keep &= cgroup.is_some_and(|c| {
+                c == prefix
+                    || c.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
+                    || prefix == "/"
+            });
+        }
+        // The recorder's own connections (the Kubernetes API, Alertmanager) are not audited.
+        keep && flow.tgid != std::process::id()
+    }
+
+    /// The shared identity equal to `ident`.
+    fn intern(&mut self, ident: Ident) -> Arc<Ident> {
+        match self.idents.get(&ident) {
+            Some(i) => i.clone(),
+            None => {
+                let i = Arc::new(ident);
+                self.idents.insert(i.clone());
+                i
+            }
+        }
+    }
+
+    /// The flow's index in the table, adding it (named from /proc, filtered) when it is
+    /// new; `thread_comm` (the kernel's thread name) is only asked for then.
+    pub fn meta_for(&mut self, flow: &Flow, thread_comm: impl FnOnce() -> Option<String>) -> u32 {
+        if let Some(i) = self.flows.get(flow) {
+            return i;
+        }
+        let cgroup = self.resolver.as_mut().and_then(|r| r.path(flow.cgroup_id));
+        // Inbound flows seen in softirq context carry no process when the listener
+        // started before the recorder: find the socket's owner in the cgroup.
+        let mut pid = (flow.tgid != 0).then_some(flow.tgid);
+        if pid.is_none() && flow.direction == Direction::Ingress {
+            if let (Some(root), Some(path)) = (
+                self.resolver.as_ref().map(|r| r.root().to_owned()),
+                cgroup.as_ref(),
+            ) {
+                pid = procfs::receiver_in_cgroup(
+                    &root.join(path.trim_start_matches('/')),
+                    flow.dst_port,
+                    flow.protocol == Protocol::Tcp,
+                );
+            }
+        }
+        let info = procfs::proc_info(pid.unwrap_or(0));
+        let thread_comm = thread_comm().filter(|t| !t.is_empty());
+        let comm = info.comm.clone().or_else(|| thread_comm.clone());
+        let keep = self.passes_filters(flow, comm.as_ref(), thread_comm.as_ref(), cgroup.as_ref());
+        let thread_comm = thread_comm.filter(|t| Some(t) != comm.as_ref());
+        let ident = self.intern(Ident {
+            pid,
+            comm,
+            thread_comm,
+            exe: info.exe,
+            cgroup,
+        });
+        if keep {
+            self.summary.flows += 1;
+        }
+        self.new_since_flush += 1;
+        self.flows.insert(
+            *flow,
+            Meta {
+                ident,
+                flags: if keep { KEEP } else { 0 },
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A new incarnation of flow `i` (its kernel entry started at `first_seen_ns`):
+    /// counters start from zero, and it is written even if the map evicts it again.
+    pub fn new_incarnation(&mut self, i: u32, first_seen_ns: u64) {
+        let m = self.flows.meta_mut(i);
+        if m.incarnation_ns != 0 && m.flags & WRITTEN != 0 {
+            // The previous entry was evicted by the kernel's LRU: what it counted since
+            // the last flush is lost.
+            self.summary.flow_map_evictions += 1;
+        }
+        m.incarnation_ns = first_seen_ns;
+        m.written = Default::default();
+        m.flags &= !WRITTEN;
+        if m.first_seen_ns == 0 {
+            m.first_seen_ns = first_seen_ns;
+        }
+        m.last_seen_ns = m.last_seen_ns.max(first_seen_ns);
+    }
+
+    /// Rebuilds the policy engine when the live cluster view changed; a snapshot the
+    /// engine rejects keeps the previous view (and says why).
+    pub fn refresh_cluster(&mut self) {
+        let Some(w) = &self.watch else { return };
+        self.shared
+            .cluster_ready
+            .store(w.healthy(), std::sync::atomic::Ordering::Relaxed);
+        let generation = w.generation();
+        if generation == self.watch_generation {
+            return;
+        }
+        let Some(snap) = w.snapshot() else { return };
+        match crate::enrich::Cluster::new(&snap) {
+            Ok(c) => {
+                if self.cluster.is_none() {
+                    tracing::info!(pods = snap.pods.len(), policies = snap.network_policies.len(), "cluster view synced: flows are attributed to pods and evaluated against the policies");
+                }
+                self.cluster = Some(c);
+                self.watch_generation = generation;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster's objects could not be indexed; keeping the previous view");
+                self.watch_generation = generation;
+            }
+        }
+    }
+
+    /// The pod address of a flow's cgroup, when the cluster is known.
+    pub fn pod_ip_of(&self, f: &Flow) -> Option<IpAddr> {
+        let c = self.cluster.as_ref()?;
+        let path = self.flows.meta_of(f)?.ident.cgroup.as_ref()?;
+        let id = c.pod_of_cgroup(path)?;
+        c.engine.pods()[id].ips.first().copied()
+    }
+
+    /// Pod identities and the live verdict of a record; fills an unbound source address
+    /// with the pod's.
+    pub fn enrich(&self, flow: &Flow, r: &mut FlowRecord) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let local = r.cgroup.as_deref().and_then(|p| c.pod_of_cgroup(p));
+        match flow.direction {
+            Direction::Egress => {
+                r.src = local
+                    .map(|i| c.endpoint_of_pod(i))
+                    .or_else(|| c.endpoint_of_ip(r.src_ip));
+                if r.src_ip.is_unspecified() {
+                    if let Some(ip) = local.and_then(|i| {
+                        c.engine.pods()[i]
+                            .ips
+                            .iter()
+                            .find(|ip| ip.is_ipv4() == r.dst_ip.is_ipv4())
+                            .copied()
+                    }) {
+                        r.src_ip = ip;
+                    }
+                }
+                r.dst = c.endpoint_of_ip(r.dst_ip).or_else(|| {
+                    // A Service ClusterIP: name the Service's first backend pod.
+                    let (ip, _) = *c.backends(r.dst_ip, r.dst_port, r.protocol).first()?;
+                    c.endpoint_of_ip(ip)
+                });
+            }
+            Direction::Ingress => {
+                r.dst = local
+                    .map(|i| c.endpoint_of_pod(i))
+                    .or_else(|| c.endpoint_of_ip(r.dst_ip));
+                r.src = c.endpoint_of_ip(r.src_ip);
+            }
+        }
+        Some(c.verdict(r.src_ip, r.dst_ip, r.dst_port, r.protocol).1)
+    }
+
+    /// Prometheus counters for one record (labels bounded: namespace and workload only).
+    pub fn count_metrics(&mut self, i: u32, flow: &Flow, r: &FlowRecord, verdict: Option<&str>) {
+        let me = match flow.direction {
+            Direction::Egress => r.src.as_ref(),
+            Direction::Ingress => r.dst.as_ref(),
+        };
+        let namespace = me.and_then(|e| e.namespace.clone()).unwrap_or_default();
+        let workload = me.and_then(|e| e.workload.clone()).unwrap_or_default();
+        let first = self.flows.meta_mut(i).flags & COUNTED == 0;
+        self.flows.meta_mut(i).flags |= COUNTED;
+        let m = &self.shared.metrics;
+        if first {
+            let verdict = match verdict {
+                None => "unknown",
+                Some(v) if v.starts_with("denied") => "deny",
+                Some(_) => "allow",
+            };
+            m.flows
+                .get_or_create(&crate::serve::FlowLabels {
+                    namespace: namespace.clone(),
+                    workload: workload.clone(),
+                    direction: if flow.direction == Direction::Egress {
+                        "egress"
+                    } else {
+                        "ingress"
+                    }
+                    .into(),
+                    protocol: flow.protocol.to_string(),
+                    verdict: verdict.into(),
+                })
+                .inc();
+        }
+        if r.drops > 0 {
+            let reason = r.drop_reason.clone().unwrap_or_else(|| "unknown".into());
+            m.drops
+                .get_or_create(&crate::serve::DropLabels {
+                    namespace: namespace.clone(),
+                    workload: workload.clone(),
+                    reason,
+                })
+                .inc_by(r.drops);
+        }
+        if r.timed_out > 0 {
+            m.connect_timeouts
+                .get_or_create(&crate::serve::WorkloadLabels {
+                    namespace,
+                    workload,
+                })
+                .inc_by(r.timed_out);
+        }
+    }
+
+    /// The DNS name a flow's destination was asked by, pinned on the flow when found.
+    pub fn dns_name_of(&mut self, i: u32) -> Option<Arc<str>> {
+        let e = self.flows.entry(i);
+        if e.flow.direction != Direction::Egress {
+            return None;
+        }
+        if let Some(n) = &e.meta.dns_name {
+            return Some(n.clone());
+        }
+        let f = e.flow;
+        let name = self
+            .dns
+            .get(&(f.cgroup_id, f.dst_ip))
+            .or_else(|| self.dns.get(&(0, f.dst_ip)))
+            .map(|d| d.name.clone())?;
+        self.flows.meta_mut(i).dns_name = Some(name.clone());
+        Some(name)
+    }
+
+    fn learn_dns(&mut self, cgroup_id: u64, answer: &dns::DnsAnswer) {
+        let now = Instant::now();
+        let name: Arc<str> = Arc::from(answer.query.as_str());
+        for (addr, ttl) in &answer.addrs {
+            let expires = now + Duration::from_secs(u64::from(*ttl)).max(DNS_MIN_KEEP);
+            for key in [(cgroup_id, *addr), (0, *addr)] {
+                self.dns.insert(
+                    key,
+                    DnsName {
+                        name: name.clone(),
+                        expires,
+                    },
+                );
+            }
+        }
+        if self.dns.len() > self.dns_capacity {
+            self.expire_dns(now);
+        }
+    }
+
+    /// Drops expired names; past the capacity, the names closest to expiry go first.
+    pub fn expire_dns(&mut self, now: Instant) {
+        self.dns.retain(|_, d| d.expires > now);
+        if self.dns.len() > self.dns_capacity {
+            let mut by_expiry: Vec<Instant> = self.dns.values().map(|d| d.expires).collect();
+            by_expiry.sort_unstable();
+            let cut = by_expiry[self.dns.len() - self.dns_capacity];
+            self.dns.retain(|_, d| d.expires > cut);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn dns_len(&self) -> usize {
+        self.dns.len()
+    }
+
+    pub fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::NewFlow(fe) | Event::Outcome(fe) => {
+                let i = self.meta_for(&fe.flow, || Some(fe.comm.clone()));
+                if fe.kind == abi::EVENT_NEW_FLOW {
+                    let m = self.flows.meta_mut(i);
+                    if m.incarnation_ns == fe.ts_ns && m.flags & FROM_MAP != 0 {
+                        // The map scan counted this incarnation as recovered; its event
+                        // was only late, not lost.
+                        m.flags &= !FROM_MAP;
+                        self.recovered_from_map = self.recovered_from_map.saturating_sub(1);
+                    } else if m.incarnation_ns != fe.ts_ns {
+                        self.new_incarnation(i, fe.ts_ns);
+                        let m = self.flows.meta_mut(i);
+                        m.flags &= !FROM_MAP;
+                        if let Some(st) = fe.state {
+                            m.state = state_code(st);
+                        }
+                    }
+                }
+                let m = self.flows.meta_mut(i);
+                if m.src_port == 0 && fe.src_port != 0 {
+                    m.src_port = fe.src_port;
+                }
+                let m = &self.flows.entry(i).meta;
+                if fe.kind == abi::EVENT_OUTCOME && m.keep() {
+                    let what = match fe.state {
+                        Some(FlowState::Refused) => "connection refused".to_string(),
+                        Some(FlowState::TimedOut) => format!(
+                            "connect timed out after {} SYN retransmits",
+                            fe.syn_retransmits
+                        ),
+                        _ => "connect failed".to_string(),
+                    };
+                    tracing::debug!(
+                        comm = m.ident.comm.as_deref().unwrap_or(""),
+                        pid = fe.flow.tgid,
+                        dst = %fe.flow.dst_ip,
+                        dst_port = fe.flow.dst_port,
+                        protocol = %fe.flow.protocol,
+                        cgroup = m.ident.cgroup.as_deref().unwrap_or(""),
+                        "{what}"
+                    );
+                }
+            }
+            Event::Drop { drop, .. } => {
+                let reason = self.reason_name(drop.reason);
+                tracing::debug!(reason, tuple = ?drop.tuple, "kernel drop");
+            }
+            Event::Dns(d) => match dns::parse_response(&d.payload) {
+                Ok(a) => {
+                    self.summary.dns_answers += 1;
+                    self.learn_dns(d.cgroup_id, &a);
+                    tracing::debug!(query = a.query, answers = a.addrs.len(), cnames = ?a.cnames, "DNS answer");
+                }
+                Err(e) => tracing::debug!(error = %e, server = %d.server, "unparsable DNS answer"),
+            },
+        }
+    }
+
+    /// Frees identities no flow uses any more.
+    pub fn free_idents(&mut self) {
+        self.idents.retain(|i| Arc::strong_count(i) > 1);
+    }
+}
+
+/// The kernel's code for a decoded state (for flows written from their event).
+fn state_code(s: FlowState) -> u8 {
+    match s {
+        FlowState::Connecting | FlowState::Dropped => abi::STATE_CONNECTING,
+        FlowState::Established => abi::STATE_ESTABLISHED,
+        FlowState::Refused => abi::STATE_REFUSED,
+        FlowState::TimedOut => abi::STATE_TIMED_OUT,
+        FlowState::Accepted => abi::STATE_ACCEPTED,
+        FlowState::Error => abi::STATE_ERROR,
+        FlowState::Sent => abi::STATE_SENT,
+    }
+}
+
+/// Drop attribution through an index of the flows by (protocol, address, port) they
+/// talk to (and the backends of a Service address), built once per flush that has new
+/// drops: O(flows + drops) instead of O(flows x drops).
+pub struct DropIndex {
+    by_peer: HashMap<(Protocol, IpAddr, u16), Vec<u32>>,
+}
+
+impl DropIndex {
+    pub fn build(state: &State) -> Self {
+        let mut by_peer: HashMap<(Protocol, IpAddr, u16), Vec<u32>> = HashMap::new();
+        for (i, e) in state.flows.iter() {
+            let f = &e.flow;
+            by_peer
+                .entry((f.protocol, f.dst_ip, f.dst_port))
+                .or_default()
+                .push(i);
+            if f.direction == Direction::Egress {
+                if let Some(c) = &state.cluster {
+                    for (ip, port) in c.backends(f.dst_ip, f.dst_port, f.protocol) {
+                        by_peer.entry((f.protocol, ip, port)).or_default().push(i);
+                    }
+                }
+            }
+        }
+        Self { by_peer }
+    }
+
+    /// Finds the flow a dropped packet belongs to: an outgoing packet of an egress
+    /// flow, an incoming request of an ingress flow, or a reply to an egress flow.
+    pub fn attribute(&self, state: &State, d: &decode::Drop) -> Option<u32> {
+        let (s, sp, dst, dp) = d.tuple?;
+        let proto = d.protocol?;
+        let mut best: Option<(u32, (bool, u64))> = None;
+        let candidates = self
+            .by_peer
+            .get(&(proto, dst, dp))
+            .into_iter()
+            .chain(self.by_peer.get(&(proto, s, sp)))
+            .flatten();
+        for &i in candidates {
+            let e = state.flows.entry(i);
+            let f = &e.flow;
+            let backends = state
+                .cluster
+                .as_ref()
+                .map(|c| c.backends(f.dst_ip, f.dst_port, f.protocol))
+                .unwrap_or_default();
+            let src_ok = |ip: &IpAddr| {
+                f.src_ip == *ip
+                    || f.src_ip.is_unspecified()
+                    || state.pod_ip_of(f).is_some_and(|p| p == *ip)
+            };
+            let hit = match f.direction {
+                Direction::Egress => {
+                    (f.dst_ip == dst && f.dst_port == dp && src_ok(&s))
+                        || (f.dst_ip == s && f.dst_port == sp && src_ok(&dst))
+                        || (backends.contains(&(dst, dp)) && src_ok(&s))
+                        || (backends.contains(&(s, sp)) && src_ok(&dst))
+                }
+                Direction::Ingress => f.src_ip == s && f.dst_ip == dst && f.dst_port == dp,
+            };
+            if hit {
+                // Several processes may talk to the same peer: prefer the flow whose first or
+                // latest connection used the dropped packet's port, then the latest active.
+                let meta = &e.meta;
+                let is_reply = f.direction == Direction::Egress
+                    && (f.dst_ip == s || backends.contains(&(s, sp)));
+                let port = if is_reply { dp } else { sp };
+                let port_hit = port != 0 && (meta.src_port == port || meta.last_src_port == port);
+                let score = (port_hit, meta.last_seen_ns);
+                if best.is_none_or(|(b, bs)| {
+                    score > bs || (score == bs && *f < state.flows.entry(b).flow)
+                }) {
+                    best = Some((i, score));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}
+
+impl State {
+    pub fn send_alerts(&mut self, alerts: Vec<crate::alerts::Alert>) {
+        if let (Some(t), false) = (&self.alertmanager, alerts.is_empty()) {
+            let now = SystemTime::now();
+            let body: Vec<serde_json::Value> = alerts
+                .iter()
+                .map(|a| {
+                    crate::alertmanager::postable(
+                        a,
+                        self.node_name.as_deref(),
+                        now,
+                        Duration::from_secs(300),
+                    )
+                })
+                .collect();
+            let t = t.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::alertmanager::send(&t, &body, Duration::from_secs(5)).await {
+                    tracing::warn!(error = %e, "alert not delivered to Alertmanager");
+                }
+            });
+        }
+        for a in alerts {
+            self.summary.alerts += 1;
+            match &mut self.alerts_out {
+                AlertSink::Stderr => {
+                    tracing::warn!(
+                        alert = a.kind,
+                        namespace = a.namespace.as_deref().unwrap_or(""),
+                        workload = a.workload.as_deref().unwrap_or(""),
+                        process = a.process.as_deref().unwrap_or(""),
+                        peer = %a.peer,
+                        peer_name = a.peer_name.as_deref().unwrap_or(""),
+                        port = a.port,
+                        protocol = %a.protocol,
+                        reason = %a.reason,
+                        count = a.count,
+                        verdict = a.verdict.as_deref().unwrap_or(""),
+                        "{}",
+                        a.sentence()
+                    );
+                }
+                AlertSink::File(path, f) => {
+                    let line = serde_json::to_string(&a).unwrap_or_default();
+                    if let Err(e) = writeln!(f, "{line}") {
+                        tracing::error!(path = %path.display(), error = %e, "cannot write alert");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(dir: Direction, src: &str, dst: &str, port: u16) -> Flow {
+        Flow {
+            cgroup_id: 1,
+            tgid: 0,
+            protocol: Protocol::Tcp,
+            direction: dir,
+            src_ip: src.parse().unwrap(),
+            dst_ip: dst.parse().unwrap(),
+            dst_port: port,
+        }
+    }
+
+    #[test]
+    fn drops_attribute_to_request_and_reply_directions() {
+        let mut s = State::new(crate::serve::Shared::new(10), Duration::from_secs(60));
+        let eg = flow(Direction::Egress, "10.0.0.1", "10.0.0.2", 80);
+        let ing = flow(Direction::Ingress, "10.0.0.9", "10.0.0.1", 8080);
+        let eg_i = s.flows.insert(eg, Meta::default());
+        let ing_i = s.flows.insert(ing, Meta::default());
+        let d = |a: &str, ap, b: &str, bp| decode::Drop {
+            reason: 12,
+            protocol: Some(Protocol::Tcp),
+            tuple: Some((a.parse().unwrap(), ap, b.parse().unwrap(), bp)),
+        };
+        let idx = DropIndex::build(&s);
+        assert_eq!(
+            idx.attribute(&s, &d("10.0.0.1", 40000, "10.0.0.2", 80)),
+            Some(eg_i)
+        );
+        assert_eq!(
+            idx.attribute(&s, &d("10.0.0.2", 80, "10.0.0.1", 40000)),
+            Some(eg_i)
+        );
+        assert_eq!(
+            idx.attribute(&s, &d("10.0.0.9", 5000, "10.0.0.1", 8080)),
+            Some(ing_i)
+        );
+        assert_eq!(
+            idx.attribute(&s, &d("10.0.0.9", 5000, "10.0.0.1", 9999)),
+            None
+        );
+    }
+
+    #[test]
+    fn dns_cache_is_bounded_and_expires() {
+        let mut s = State::new(crate::serve::Shared::new(10), Duration::from_secs(60));
+        s.dns_capacity = 100;
+        for i in 0..1000u32 {
+            let a = dns::DnsAnswer {
+                query: format!("host{i}.example"),
+                cnames: vec![],
+                addrs: vec![(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), 30)],
+            };
+            s.learn_dns(7, &a);
+            assert!(s.dns_len() <= 100, "{}", s.dns_len());
+        }
+        // The newest name is still known.
+        assert!(s
+            .dns
+            .get(&(7, IpAddr::from((0x0a00_0000u32 + 999).to_be_bytes())))
+            .is_some());
+        s.expire_dns(Instant::now() + Duration::from_secs(61));
+        assert_eq!(s.dns_len(), 0, "expired after max(TTL, 60 s)");
+    }
+}

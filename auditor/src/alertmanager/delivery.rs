@@ -176,6 +176,8 @@ impl Delivery {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1);
         let task = if target.https {
+            // The TLS connector hands https:// URIs to the TCP connector.
+            http.enforce_http(false);
             let https = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_native_roots()
                 .map_err(|source| AlertmanagerError::Tls {
@@ -411,6 +413,8 @@ pub async fn send(
     http.set_connect_timeout(Some(timeout));
     let builder = Client::builder(TokioExecutor::new());
     let r = if target.https {
+        // The TLS connector hands https:// URIs to the TCP connector.
+        http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|source| AlertmanagerError::Tls {
@@ -926,9 +930,16 @@ mod tests {
     async fn https_target_speaks_tls() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        // Answers plain HTTP at once: the TLS handshake fails, which shows TLS is spoken.
+        // Answers plain HTTP at once: the TLS handshake fails. It keeps the first byte it
+        // got: 0x16 is a TLS handshake record (the ClientHello).
+        let first = Arc::new(Mutex::new(Vec::new()));
+        let firsts = first.clone();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() {
+                    firsts.lock().unwrap().push(b[0]);
+                }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
                     .await;
@@ -952,6 +963,11 @@ mod tests {
         wait_for("2 failed handshakes", || failures(&m, "connect") >= 2).await;
         assert_eq!(m.alerts_sent.get(), 0);
         assert_eq!(failures(&m, "timeout"), 0);
+        let first = first.lock().unwrap().clone();
+        assert!(
+            !first.is_empty() && first.iter().all(|b| *b == 0x16),
+            "TLS ClientHello expected, got first bytes {first:?}"
+        );
         let r = d.shutdown(Duration::from_millis(50)).await;
         assert_eq!(r.given_up, 1);
     }

@@ -52,8 +52,12 @@ fn bad(url: &str, problem: impl Into<String>) -> AlertmanagerError {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub url: String,
+    // The parsed parts, checked by the tests; requests use `uri`.
+    #[cfg_attr(not(test), allow(dead_code))]
     host: String,
+    #[cfg_attr(not(test), allow(dead_code))]
     port: u16,
+    #[cfg_attr(not(test), allow(dead_code))]
     path: String,
     https: bool,
     uri: http::Uri,

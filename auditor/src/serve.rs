@@ -49,6 +49,18 @@ pub struct KindLabels {
 /// Loss kinds, exposed at 0 from the start so that a loss is never silent.
 pub const LOSS_KINDS: &[&str] = &["ringbuf", "flow_unseen", "flow_map", "decode", "log_buffer"];
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Why a POST to Alertmanager failed (`auditor_alert_delivery_failures_total`), exposed at 0.
+pub const ALERT_FAILURE_REASONS: &[&str] =
+    &["connect", "timeout", "status_5xx", "status_4xx", "other"];
+/// Why alerts were given up (`auditor_alerts_dropped_total`), exposed at 0.
+pub const ALERT_DROP_REASONS: &[&str] =
+    &["queue_full", "retries_exhausted", "rejected", "shutdown"];
+
 /// The agent's metrics.
 pub struct Metrics {
     pub registry: Registry,
@@ -57,6 +69,10 @@ pub struct Metrics {
     pub connect_timeouts: Family<WorkloadLabels, Counter>,
     pub lost: Family<KindLabels, Counter>,
     pub up: Gauge<i64, AtomicI64>,
+    pub alerts_sent: Counter,
+    pub alert_delivery_failures: Family<ReasonLabels, Counter>,
+    pub alerts_dropped: Family<ReasonLabels, Counter>,
+    pub alert_queue: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -67,6 +83,10 @@ impl Default for Metrics {
         let connect_timeouts = Family::<WorkloadLabels, Counter>::default();
         let lost = Family::<KindLabels, Counter>::default();
         let up = Gauge::<i64, AtomicI64>::default();
+        let alerts_sent = Counter::default();
+        let alert_delivery_failures = Family::<ReasonLabels, Counter>::default();
+        let alerts_dropped = Family::<ReasonLabels, Counter>::default();
+        let alert_queue = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "flows",
             "New flows recorded for an audited workload",
@@ -92,10 +112,40 @@ impl Default for Metrics {
             "1 while the eBPF programs are attached and the flow log is writable",
             up.clone(),
         );
+        registry.register(
+            "alerts_sent",
+            "Alerts delivered to Alertmanager (2xx)",
+            alerts_sent.clone(),
+        );
+        registry.register(
+            "alert_delivery_failures",
+            "Failed POST attempts to Alertmanager, by reason",
+            alert_delivery_failures.clone(),
+        );
+        registry.register(
+            "alerts_dropped",
+            "Alerts given up without delivery to Alertmanager, by reason",
+            alerts_dropped.clone(),
+        );
+        registry.register(
+            "alert_queue_alerts",
+            "Alerts queued or in flight for Alertmanager",
+            alert_queue.clone(),
+        );
         for k in LOSS_KINDS {
             let _ = lost.get_or_create(&KindLabels {
                 kind: (*k).to_string(),
             });
+        }
+        for (family, reasons) in [
+            (&alert_delivery_failures, ALERT_FAILURE_REASONS),
+            (&alerts_dropped, ALERT_DROP_REASONS),
+        ] {
+            for r in reasons {
+                let _ = family.get_or_create(&ReasonLabels {
+                    reason: (*r).to_string(),
+                });
+            }
         }
         Self {
             registry,
@@ -104,6 +154,10 @@ impl Default for Metrics {
             connect_timeouts,
             lost,
             up,
+            alerts_sent,
+            alert_delivery_failures,
+            alerts_dropped,
+            alert_queue,
         }
     }
 }

@@ -265,7 +265,11 @@ impl Recorder {
             .arg(&ready)
             .arg("--lock-file")
             .arg(dir.join("lock"))
-            .args(["--flush-interval", "200ms"])
+            .args(if args.contains(&"--flush-interval") {
+                &[][..]
+            } else {
+                &["--flush-interval", "200ms"][..]
+            })
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))

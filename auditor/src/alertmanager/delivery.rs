@@ -401,39 +401,6 @@ where
         .unwrap_or(Err(Failure::Timeout))
 }
 
-/// One POST, no queue, no retry, nothing counted: what record.rs calls until it uses
-/// [`Delivery`] (then this goes).
-pub async fn send(
-    target: &Target,
-    alerts: &[serde_json::Value],
-    timeout: Duration,
-) -> Result<(), AlertmanagerError> {
-    let body = Bytes::from(serde_json::to_vec(alerts).unwrap_or_default());
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(timeout));
-    let builder = Client::builder(TokioExecutor::new());
-    let r = if target.https {
-        // The TLS connector hands https:// URIs to the TCP connector.
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|source| AlertmanagerError::Tls {
-                url: target.url.clone(),
-                source,
-            })?
-            .https_only()
-            .enable_http1()
-            .wrap_connector(http);
-        post_once(&builder.build(https), target, body, timeout).await
-    } else {
-        post_once(&builder.build(http), target, body, timeout).await
-    };
-    r.map_err(|f| AlertmanagerError::Post {
-        url: target.url.clone(),
-        problem: f.to_string(),
-    })
-}
-
 /// The wait after `failures` consecutive failures: `backoff_min * 2^(failures-1)` capped at
 /// `backoff_max`, drawn between half and all of it.
 fn backoff(cfg: &DeliveryConfig, failures: u32) -> Duration {

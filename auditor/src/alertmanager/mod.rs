@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::alerts::Alert;
 
-pub use delivery::{send, Delivery, DeliveryConfig, ShutdownReport};
+pub use delivery::{Delivery, DeliveryConfig, ShutdownReport};
 
 const EXPECTED: &str = "expected http://host[:port][/path] or https://host[:port][/path], e.g. http://alertmanager.monitoring:9093";
 

@@ -108,7 +108,9 @@ pub struct RecordArgs {
     /// Flow log records kept in memory for `/flows`.
     #[arg(long, default_value_t = 200_000, env = "AUDITOR_FLOWS_BUFFER")]
     pub flows_buffer: usize,
-    /// Also send drop alerts to this Alertmanager (API v2), e.g. `http://alertmanager.monitoring:9093`.
+    /// Also send drop alerts to this Alertmanager (API v2), e.g. `http://alertmanager.monitoring:9093`
+    /// (https too). Deliveries are queued (10,000 alerts), retried with backoff, and
+    /// counted in `auditor_alerts_sent_total` / `auditor_alerts_dropped_total`.
     #[arg(long, env = "AUDITOR_ALERTMANAGER_URL")]
     pub alertmanager_url: Option<String>,
     /// Node name for alert labels (the DaemonSet sets it from spec.nodeName).
@@ -413,7 +415,10 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         tracing::info!(%bound, "serving /metrics, /healthz, /flows");
     }
     let mut state = State::new(shared.clone(), args.alert_window);
-    state.alertmanager = alertmanager;
+    state.alertmanager = match alertmanager {
+        Some(t) => Some(crate::alertmanager::Delivery::start(t, &shared.metrics)?),
+        None => None,
+    };
     state.node_name = args.node_name.clone();
     state.serve_flows = args.listen.is_some();
     state.watch = watch;
@@ -508,9 +513,10 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     let owed = state.dedup.flush();
     state.send_alerts(owed);
     shared.set_recording(false);
-    // Let alert deliveries in flight finish (bounded by their own timeout).
-    if state.alertmanager.is_some() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Deliver what is queued for Alertmanager, within a bound; what is given up is
+    // logged and counted (auditor_alerts_dropped_total{reason="shutdown"}).
+    if let Some(d) = state.alertmanager.take() {
+        d.shutdown(Duration::from_secs(5)).await;
     }
     if let Some(f) = &out.fault {
         tracing::error!(

@@ -117,17 +117,45 @@ impl Output {
         if !bytes.is_empty() {
             self.pending_bytes += bytes.len();
             self.pending.push_back(Chunk { bytes, records });
-            while self.pending_bytes > self.max_pending && self.pending.len() > 1 {
-                let c = self.pending.pop_front().expect("len > 1");
-                self.pending_bytes -= c.bytes.len();
-                self.overflowed_records += c.records;
-                tracing::warn!(
-                    records = c.records,
-                    "flow log buffer full while the log cannot be written: oldest records dropped (counted as lost, kind log_buffer)"
-                );
-            }
         }
         self.retry();
+        self.trim_to_budget();
+    }
+
+    /// Past `max_pending`, drops whole lines from the front of the oldest chunks (only
+    /// while they cannot be written: a healthy log empties the buffer at every push).
+    fn trim_to_budget(&mut self) {
+        let mut dropped = 0u64;
+        while self.pending_bytes > self.max_pending {
+            let Some(c) = self.pending.front_mut() else { break };
+            let excess = self.pending_bytes - self.max_pending;
+            if excess >= c.bytes.len() {
+                self.pending_bytes -= c.bytes.len();
+                dropped += c.records;
+                self.pending.pop_front();
+                continue;
+            }
+            // Cut at the end of the line that covers the excess.
+            let cut = c.bytes[excess - 1..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(c.bytes.len(), |i| excess + i);
+            let lines = c.bytes[..cut].iter().filter(|b| **b == b'\n').count() as u64;
+            c.bytes.drain(..cut);
+            c.records -= lines.min(c.records);
+            self.pending_bytes -= cut;
+            dropped += lines;
+            if c.bytes.is_empty() {
+                self.pending.pop_front();
+            }
+        }
+        if dropped > 0 {
+            self.overflowed_records += dropped;
+            tracing::warn!(
+                records = dropped,
+                "flow log buffer full while the log cannot be written: oldest records dropped (counted as lost, kind log_buffer)"
+            );
+        }
     }
 
     /// Writes the buffered lines, oldest first, until one write fails.
@@ -275,9 +303,20 @@ mod tests {
         for _ in 0..30 {
             out.push(lines(10, "b"), 10);
         }
-        // 1000 bytes hold 12 chunks of 80 bytes: the rest was dropped oldest first.
+        // 1000 bytes hold about 120 lines: the rest was dropped oldest first, whole lines.
         assert_eq!(out.pending_records() + out.overflowed_records, 310);
         assert!(out.pending_bytes <= 1000);
         assert_eq!(out.written_records, 0);
+        // One chunk larger than the whole buffer is cut to whole lines too.
+        out.push(lines(500, "c"), 500);
+        assert_eq!(out.pending_records() + out.overflowed_records, 810);
+        assert!(out.pending_bytes <= 1000);
+        let kept: Vec<u8> = out.pending.iter().flat_map(|c| c.bytes.clone()).collect();
+        assert!(kept.ends_with(b"{\"c\":499}\n"), "the newest lines are kept");
+        assert_eq!(
+            kept.iter().filter(|b| **b == b'\n').count() as u64,
+            out.pending_records()
+        );
+        assert!(kept.starts_with(b"{\"c\":"), "whole lines");
     }
 }

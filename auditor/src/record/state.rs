@@ -56,7 +56,7 @@ pub struct State {
     pub alerts_out: AlertSink,
     pub started: Instant,
     pub shared: Arc<crate::serve::Shared>,
-    pub alertmanager: Option<crate::alertmanager::Target>,
+    pub alertmanager: Option<crate::alertmanager::Delivery>,
     pub node_name: Option<String>,
     /// Whether `/flows` is served (the recent records are kept only then).
     pub serve_flows: bool,
@@ -558,7 +558,7 @@ impl DropIndex {
 
 impl State {
     pub fn send_alerts(&mut self, alerts: Vec<crate::alerts::Alert>) {
-        if let (Some(t), false) = (&self.alertmanager, alerts.is_empty()) {
+        if let (Some(d), false) = (&self.alertmanager, alerts.is_empty()) {
             let now = SystemTime::now();
             let body: Vec<serde_json::Value> = alerts
                 .iter()
@@ -571,12 +571,7 @@ impl State {
                     )
                 })
                 .collect();
-            let t = t.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::alertmanager::send(&t, &body, Duration::from_secs(5)).await {
-                    tracing::warn!(error = %e, "alert not delivered to Alertmanager");
-                }
-            });
+            d.enqueue(body);
         }
         for a in alerts {
             self.summary.alerts += 1;

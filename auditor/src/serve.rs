@@ -184,7 +184,8 @@ pub struct ServeConfig {
     pub header_read_timeout: Duration,
     /// A connection on which nothing is read or written for this long is dropped.
     pub idle_timeout: Duration,
-    /// A `/flows` answer still streaming after this long is aborted.
+    /// A `/flows` answer still streaming after this long is aborted (checked before each
+    /// chunk; a client that reads nothing at all is dropped by `idle_timeout` instead).
     pub flows_deadline: Duration,
 }
 

@@ -500,6 +500,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
                 }
             }
         }
+        shared.heartbeat();
         // Let the runtime's other tasks (alert deliveries, the cluster watch) run.
         tokio::task::yield_now().await;
     }

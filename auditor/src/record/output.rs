@@ -127,7 +127,9 @@ impl Output {
     fn trim_to_budget(&mut self) {
         let mut dropped = 0u64;
         while self.pending_bytes > self.max_pending {
-            let Some(c) = self.pending.front_mut() else { break };
+            let Some(c) = self.pending.front_mut() else {
+                break;
+            };
             let excess = self.pending_bytes - self.max_pending;
             if excess >= c.bytes.len() {
                 self.pending_bytes -= c.bytes.len();
@@ -312,7 +314,10 @@ mod tests {
         assert_eq!(out.pending_records() + out.overflowed_records, 810);
         assert!(out.pending_bytes <= 1000);
         let kept: Vec<u8> = out.pending.iter().flat_map(|c| c.bytes.clone()).collect();
-        assert!(kept.ends_with(b"{\"c\":499}\n"), "the newest lines are kept");
+        assert!(
+            kept.ends_with(b"{\"c\":499}\n"),
+            "the newest lines are kept"
+        );
         assert_eq!(
             kept.iter().filter(|b| **b == b'\n').count() as u64,
             out.pending_records()

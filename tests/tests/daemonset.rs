@@ -284,6 +284,7 @@ fn healthz_answers_under_flow_churn() {
         })
         .collect();
     let mut latencies = Vec::new();
+    let flushes0 = metric(&addr, "auditor_flushes_total").unwrap_or(0.0);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(7) {
         let t = Instant::now();
@@ -297,13 +298,20 @@ fn healthz_answers_under_flow_churn() {
         latencies.push(ms);
         std::thread::sleep(Duration::from_millis(100));
     }
+    let flushes = metric(&addr, "auditor_flushes_total").unwrap_or(0.0) - flushes0;
+    let elapsed = start.elapsed().as_secs_f64();
     drop(senders);
     let _ = std::fs::remove_file(&file);
+    // --flush-interval 1s: flushes never later than twice the interval.
+    assert!(
+        flushes >= (elapsed / 2.0).floor(),
+        "{flushes} flushes in {elapsed:.1} s of churn with --flush-interval 1s"
+    );
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
     let (_, summary) = rec.stop();
     eprintln!(
-        "/healthz under churn: {} probes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} flows recorded, losses {}",
+        "/healthz under churn: {} probes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {flushes} flushes in {elapsed:.1} s; {} flows recorded, losses {}",
         latencies.len(),
         latencies[latencies.len() / 2],
         p99,

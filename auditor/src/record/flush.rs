@@ -77,6 +77,7 @@ const WRITE_CHUNK: usize = 8 << 20;
 /// Drains events, reads the kernel's counters, writes the changed flows, lets go of
 /// the flows that are done and updates the loss counters.
 pub fn flush(k: &mut dyn KernelSource, state: &mut State, out: &mut Output, limits: &Limits) {
+    let started = std::time::Instant::now();
     drain(k, state, limits.flush_drain_max);
     state.refresh_cluster();
     let now_ns = k.now_ns();
@@ -93,6 +94,10 @@ pub fn flush(k: &mut dyn KernelSource, state: &mut State, out: &mut Output, limi
     }
     let_go(k, state, &idle);
     account_losses(k, state, out);
+    let m = &state.shared.metrics;
+    m.flushes.inc();
+    m.flush_seconds.set(started.elapsed().as_secs_f64());
+    m.flows_in_memory.set(state.flows.len() as i64);
     tracing::debug!(
         flows_in_memory = state.flows.len(),
         new_flows = state.new_since_flush,

@@ -24,16 +24,25 @@ pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Resolves cgroup ids to paths relative to the cgroup v2 root ("/kubepods.slice/...").
+///
+/// Bounded: a rescan rebuilds the map from the cgroups that exist (deleted pods' cgroups
+/// go), and an id a rescan did not find is remembered (up to `MISSING_MAX`), so flows of a
+/// cgroup that is already gone do not walk the tree once each.
 pub struct CgroupResolver {
     root: PathBuf,
     cache: HashMap<u64, String>,
+    missing: std::collections::HashSet<u64>,
 }
+
+/// Ids remembered as not found; past it the set starts over.
+const MISSING_MAX: usize = 4096;
 
 impl CgroupResolver {
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,
             cache: HashMap::new(),
+            missing: std::collections::HashSet::new(),
         }
     }
 
@@ -46,11 +55,22 @@ impl CgroupResolver {
         if let Some(p) = self.cache.get(&id) {
             return Some(p.clone());
         }
+        if self.missing.contains(&id) {
+            return None;
+        }
         self.rescan();
-        self.cache.get(&id).cloned()
+        let found = self.cache.get(&id).cloned();
+        if found.is_none() {
+            if self.missing.len() >= MISSING_MAX {
+                self.missing.clear();
+            }
+            self.missing.insert(id);
+        }
+        found
     }
 
     fn rescan(&mut self) {
+        self.cache.clear();
         let mut stack = vec![self.root.clone()];
         let mut seen = 0usize;
         while let Some(dir) = stack.pop() {
@@ -177,6 +197,27 @@ pub fn comm_str(c: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolver_forgets_deleted_cgroups_and_does_not_rescan_for_missing_ids() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("aud-cgres-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("kubepods/pod-a")).unwrap();
+        let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        let a = ino("kubepods/pod-a");
+        let mut r = CgroupResolver::new(root.clone());
+        assert_eq!(r.path(a).as_deref(), Some("/kubepods/pod-a"));
+        assert_eq!(r.path(u64::MAX), None);
+        assert!(r.missing.contains(&u64::MAX), "remembered as missing");
+        // A new cgroup is found; the deleted one leaves the map at that rescan.
+        std::fs::create_dir_all(root.join("kubepods/pod-b")).unwrap();
+        let b = ino("kubepods/pod-b");
+        std::fs::remove_dir(root.join("kubepods/pod-a")).unwrap();
+        assert_eq!(r.path(b).as_deref(), Some("/kubepods/pod-b"));
+        assert!(!r.cache.contains_key(&a), "a deleted cgroup is forgotten");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn finds_unified_and_hybrid() {

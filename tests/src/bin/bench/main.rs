@@ -13,6 +13,7 @@
 //! namespaces, processes, temp files) is owned by a guard and removed on drop, also when
 //! a figure fails; traffic only goes over loopback and the veth pair made here.
 
+mod cluster_view;
 mod gen;
 
 use std::collections::BTreeMap;
@@ -31,7 +32,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("gen") => gen::main(&args[1..]),
         Some("run") => run(&args[1..]),
-        _ => bail!("usage: bench run --auditor PATH --out FILE [--reps N] [--policy-bench PATH] [--only FIGS] | bench gen KIND ..."),
+        Some("cluster-view") => cluster_view::main(&args[1..]),
+        _ => bail!("usage: bench run --auditor PATH --out FILE [--reps N] [--policy-bench PATH] [--only FIGS] | bench cluster-view [--reps N] | bench gen KIND ..."),
     }
 }
 
@@ -1499,7 +1501,7 @@ fn run(args: &[String]) -> Result<()> {
         .map(|x| x.parse())
         .transpose()?
         .unwrap_or(1.5);
-    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,p".into());
+    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,v,p".into());
     let policy_bench = arg(args, "--policy-bench").map(PathBuf::from);
     let command = arg(args, "--command").unwrap_or_else(|| "cargo xtask bench".into());
     // SAFETY: geteuid has no preconditions.
@@ -1548,6 +1550,9 @@ fn run(args: &[String]) -> Result<()> {
             "figure 6",
             fig_offline(&env, reps, policy_bench.as_deref(), &mut rep),
         );
+    }
+    if want("v") {
+        attempt("figure v", cluster_view::figure(reps, &mut rep));
     }
     if want("p") {
         attempt("bpf stats", bpf_profile(&env, secs, &mut rep));

@@ -314,8 +314,11 @@ proptest! {
             }
             let rebuilt = Cluster::new(&snapshot(&model))
                 .map_err(|e| TestCaseError::fail(format!("rebuild of accepted objects failed: {e}")))?;
-            prop_assert_eq!(answers(&view, &model), answers(&rebuilt, &model),
-                "after {:?} {:?}/{} ({})", kind, ns, name, if ok { "applied" } else { "rejected" });
+            let (got, want) = (answers(&view, &model), answers(&rebuilt, &model));
+            let differ: Vec<_> = got.iter().zip(&want).filter(|(g, w)| g != w).take(3).collect();
+            prop_assert!(differ.is_empty() && got.len() == want.len(),
+                "after {:?} {:?}/{} ({}): incremental vs rebuild: {:#?}",
+                kind, ns, name, if ok { "applied" } else { "rejected" }, differ);
             prop_assert_eq!(view.engine.pods().len(), rebuilt.engine.pods().len());
             prop_assert_eq!(view.engine.services().len(), rebuilt.engine.services().len());
         }

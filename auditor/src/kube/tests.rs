@@ -677,6 +677,34 @@ async fn view_follows_pod_slice_and_policy_changes_without_a_rebuild() {
     })
     .await;
 
+    // A policy the engine rejects: logged, and the view keeps the version before it.
+    let g = w.generation();
+    fake.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny", "namespace": "media"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                 "egress": [{"to": [{"ipBlock": {"cidr": "bogus"}}]}]}}),
+    );
+    eventually(&w, "bad policy cached", |w| {
+        w.generation() > g
+            && w.snapshot().is_some_and(|s| {
+                s.network_policies[0]
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .egress
+                    .as_ref()
+                    .unwrap()[0]
+                    .to
+                    .is_some()
+            })
+    })
+    .await;
+    let c = w.cluster().unwrap();
+    let tcp = crate::flowlog::Protocol::Tcp;
+    assert!(c.verdict(ip("10.0.2.9"), ip("203.0.113.9"), 80, tcp).0);
+    assert!(!c.verdict(ip("10.0.2.9"), ip("203.0.113.9"), 443, tcp).0);
+
     // The pod deleted: gone from both indexes.
     fake.delete("Pod", "media", "uploader");
     eventually(&w, "uploader gone from the view", |w| {

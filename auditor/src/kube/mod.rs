@@ -414,9 +414,10 @@ impl ClusterWatch {
     /// The cluster view, current as of this call; `None` until every watcher has had its
     /// first full list (or while the first snapshot is one the engine rejects). Cheap when
     /// nothing changed (an `Arc` clone); otherwise it first applies the objects changed
-    /// since the last call (or rebuilds after a re-list). An update while the caller
-    /// still holds the previous view copies the engine first (shallowly: pods and
-    /// policies are shared).
+    /// since the last call (or rebuilds after a re-list), in place when no one else
+    /// holds the view: drop the previous `Arc` before calling again. When it is still
+    /// held, the engine is copied first (shallowly: pods and policies are shared, the
+    /// indexes are copied; about 10 ms at 10k pods, BENCHMARKS.md figure v).
     pub fn cluster(&self) -> Option<Arc<Cluster>> {
         if !self.shared.all_synced() {
             return None;

@@ -1,7 +1,10 @@
 //! Attribution of recorded flows to the cluster (pure): cgroup -> pod by UID, IP ->
 //! pod / node / external, and the live verdict of a flow in words.
+//!
+//! Cgroup -> pod goes through the engine's uid index, built once with the engine and
+//! kept by its incremental updates (no per-pod search).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::attribute::parse_cgroup_path;
@@ -10,37 +13,27 @@ use crate::flowlog::{Endpoint, Protocol};
 use crate::policy::{Engine, FlowResult, Party, PolicyError};
 
 /// The cluster the recorder evaluates flows against.
+///
+/// Built once from a snapshot ([`Cluster::new`]); the live view then keeps it current
+/// object by object through the engine's updates (`engine.apply_pod`, ...; see
+/// `policy/update.rs`), which answer as a rebuild on the new snapshot would. Cloning is
+/// shallow for pods and policies (copy-on-write behind an `Arc`).
+#[derive(Clone)]
 pub struct Cluster {
     pub engine: Engine,
-    /// Pod UID -> index into `engine.pods()`.
-    by_uid: HashMap<String, usize>,
 }
 
 impl Cluster {
     pub fn new(snap: &Snapshot) -> Result<Self, PolicyError> {
-        let engine = Engine::build(snap)?;
-        let mut by_uid = HashMap::new();
-        for p in &snap.pods {
-            let (Some(uid), Some(ns), Some(name)) =
-                (&p.metadata.uid, &p.metadata.namespace, &p.metadata.name)
-            else {
-                continue;
-            };
-            if let Some(i) = engine
-                .pods()
-                .iter()
-                .position(|q| &q.namespace == ns && &q.name == name)
-            {
-                by_uid.insert(uid.clone(), i);
-            }
-        }
-        Ok(Self { engine, by_uid })
+        Ok(Self {
+            engine: Engine::build(snap)?,
+        })
     }
 
     /// The pod whose cgroup this is (kubelet + runtime layouts), if the snapshot has it.
     pub fn pod_of_cgroup(&self, cgroup_path: &str) -> Option<usize> {
         let owner = parse_cgroup_path(cgroup_path).ok()??;
-        self.by_uid.get(&owner.pod()?.uid).copied()
+        self.engine.pod_by_uid(&owner.pod()?.uid)
     }
 
     pub fn endpoint_of_pod(&self, id: usize) -> Endpoint {

@@ -1,6 +1,17 @@
 //! The cluster view of the DaemonSet agent: kube-rs reflectors on the objects the policy
 //! engine and the attribution need, trimmed before they are cached, turned into a
-//! [`Snapshot`] on demand.
+//! [`Snapshot`] on demand, and the [`Cluster`] the recorder evaluates flows against,
+//! kept current object by object.
+//!
+//! The view ([`ClusterWatch::cluster`]) is built once from a snapshot when every watcher
+//! has had its first full list, and again after a re-list (410 Gone: the set of objects
+//! is replaced, so objects absent from it must go). Between re-lists each watch event
+//! (`Apply`/`Delete`) only marks its object as changed; the next `cluster()` call reads
+//! the marked objects from the caches and applies them to the engine one by one
+//! (`Engine::apply_pod`, ...), in time proportional to what changed, not to the cluster.
+//! The view is shared as an `Arc` and copied on write: an update while the caller still
+//! holds the previous view copies the engine shallowly (pods and policies are shared).
+//! An object the engine rejects is logged and left as it was in the view.
 //!
 //! Watched: this node's Pods (field selector `spec.nodeName=<node>`, kept with their
 //! container statuses), all Pods (peer IPs, labels and owners only), Namespaces, Services,
@@ -37,6 +48,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::cluster::Snapshot;
+use crate::enrich::Cluster;
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -147,8 +159,47 @@ struct WatchState {
     connected: AtomicBool,
 }
 
+/// Which kind of object a watch event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Pod,
+    Namespace,
+    Service,
+    EndpointSlice,
+    NetworkPolicy,
+    Node,
+}
+
+/// Objects changed since the view was last brought up to date.
+#[derive(Default)]
+struct Pending {
+    /// (kind, namespace or "", name).
+    objects: std::collections::HashSet<(Kind, String, String)>,
+    /// A watcher (re-)listed: build the view from a snapshot.
+    rebuild: bool,
+}
+
+#[derive(Default)]
+struct View {
+    current: Option<Arc<Cluster>>,
+    /// The generation whose snapshot the engine rejected (no retry until it moves).
+    failed_generation: Option<u64>,
+    stats: ViewStats,
+}
+
+/// How the view has been kept current, for tests and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewStats {
+    /// Full builds from a snapshot.
+    pub builds: u64,
+    /// Objects applied to the view one by one.
+    pub updates: u64,
+}
+
 struct Shared {
     generation: AtomicU64,
+    pending: Mutex<Pending>,
+    view: Mutex<View>,
     watches: Vec<WatchState>,
     /// Start of the outage being reported, if any.
     outage: Mutex<Option<Instant>>,
@@ -178,7 +229,7 @@ impl Shared {
         }
     }
 
-    fn on_event<K>(&self, i: usize, event: &watcher::Event<K>) {
+    fn on_event<K: Resource>(&self, i: usize, kind: Kind, event: &watcher::Event<K>) {
         let w = &self.watches[i];
         match event {
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
@@ -186,9 +237,14 @@ impl Shared {
                 if !w.synced.swap(true, Ordering::AcqRel) {
                     tracing::debug!(watch = w.what, "first full list");
                 }
+                lock(&self.pending).rebuild = true;
                 self.bump();
             }
-            watcher::Event::Apply(_) | watcher::Event::Delete(_) => self.bump(),
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                let (ns, name) = key(o.meta());
+                lock(&self.pending).objects.insert((kind, ns, name));
+                self.bump();
+            }
         }
         self.check_recovered();
     }
@@ -197,7 +253,7 @@ impl Shared {
         let w = &self.watches[i];
         w.connected.store(false, Ordering::Release);
         tracing::debug!(watch = w.what, error = %error, "Kubernetes watch error; retrying with backoff");
-        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outage = lock(&self.outage);
         if outage.is_none() {
             *outage = Some(Instant::now());
             if self.all_synced() {
@@ -213,7 +269,7 @@ impl Shared {
     }
 
     fn check_recovered(&self) {
-        let mut outage = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outage = lock(&self.outage);
         if let Some(since) = *outage {
             if self.healthy() {
                 *outage = None;
@@ -229,6 +285,11 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
     }
+}
+
+/// A poisoned lock still holds consistent data here (every update is whole or not at all).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClusterWatch {
@@ -258,6 +319,8 @@ impl ClusterWatch {
         ]);
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
+            pending: Mutex::new(Pending::default()),
+            view: Mutex::new(View::default()),
             watches: names
                 .iter()
                 .map(|&what| WatchState {
@@ -290,6 +353,7 @@ impl ClusterWatch {
                 tracing::info!(node = %node, "watching this node's pods");
                 Some(sp.watch(
                     cfg().fields(&format!("spec.nodeName={node}")),
+                    Kind::Pod,
                     trim_local_pod,
                 ))
             }
@@ -298,12 +362,12 @@ impl ClusterWatch {
                 None
             }
         };
-        let pods = sp.watch(cfg(), trim_peer_pod);
-        let namespaces = sp.watch(cfg(), trim_namespace);
-        let services = sp.watch(cfg(), trim_service);
-        let endpoint_slices = sp.watch(cfg(), trim_endpoint_slice);
-        let network_policies = sp.watch(cfg(), trim_network_policy);
-        let nodes = sp.watch(cfg(), trim_node);
+        let pods = sp.watch(cfg(), Kind::Pod, trim_peer_pod);
+        let namespaces = sp.watch(cfg(), Kind::Namespace, trim_namespace);
+        let services = sp.watch(cfg(), Kind::Service, trim_service);
+        let endpoint_slices = sp.watch(cfg(), Kind::EndpointSlice, trim_endpoint_slice);
+        let network_policies = sp.watch(cfg(), Kind::NetworkPolicy, trim_network_policy);
+        let nodes = sp.watch(cfg(), Kind::Node, trim_node);
         debug_assert_eq!(sp.next, shared.watches.len());
         let tasks = sp.tasks;
         ClusterWatch {
@@ -347,8 +411,137 @@ impl ClusterWatch {
         })
     }
 
-    /// Increments whenever any cache changed; the recorder rebuilds its policy engine
-    /// when it moves.
+    /// The cluster view, current as of this call; `None` until every watcher has had its
+    /// first full list (or while the first snapshot is one the engine rejects). Cheap when
+    /// nothing changed (an `Arc` clone); otherwise it first applies the objects changed
+    /// since the last call (or rebuilds after a re-list), in place when no one else
+    /// holds the view: drop the previous `Arc` before calling again. When it is still
+    /// held, the engine is copied first (shallowly: pods and policies are shared, the
+    /// indexes are copied; about 10 ms at 10k pods, BENCHMARKS.md figure v).
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        if !self.shared.all_synced() {
+            return None;
+        }
+        let mut view = lock(&self.shared.view);
+        let generation = self.generation();
+        let (objects, rebuild) = {
+            let mut p = lock(&self.shared.pending);
+            (
+                std::mem::take(&mut p.objects),
+                std::mem::take(&mut p.rebuild),
+            )
+        };
+        if rebuild || view.current.is_none() {
+            if view.failed_generation == Some(generation) {
+                lock(&self.shared.pending).rebuild = true;
+                return view.current.clone();
+            }
+            // The caches already hold every change marked so far (a reflector writes its
+            // store before it passes the event on), so the snapshot covers `objects`.
+            let snap = self.snapshot()?;
+            match Cluster::new(&snap) {
+                Ok(c) => {
+                    view.current = Some(Arc::new(c));
+                    view.failed_generation = None;
+                    view.stats.builds += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the cluster's objects could not be indexed; keeping the previous view");
+                    view.failed_generation = Some(generation);
+                    lock(&self.shared.pending).rebuild = true;
+                }
+            }
+        } else if !objects.is_empty() {
+            let View { current, stats, .. } = &mut *view;
+            if let Some(cur) = current.as_mut() {
+                let c = Arc::make_mut(cur);
+                for (kind, ns, name) in objects {
+                    match self.apply_object(c, kind, &ns, &name) {
+                        Ok(()) => stats.updates += 1,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a changed object could not be indexed; the view keeps its previous version")
+                        }
+                    }
+                }
+            }
+        }
+        view.current.clone()
+    }
+
+    /// How the view has been kept current so far.
+    pub fn view_stats(&self) -> ViewStats {
+        lock(&self.shared.view).stats
+    }
+
+    /// Brings one object of the view to what the caches hold (absent: removed).
+    fn apply_object(
+        &self,
+        c: &mut Cluster,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), crate::policy::PolicyError> {
+        let s = &self.stores;
+        fn at<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> reflector::ObjectRef<K> {
+            reflector::ObjectRef::new(name).within(ns)
+        }
+        let engine = &mut c.engine;
+        let engine_ns = if ns.is_empty() { "default" } else { ns };
+        match kind {
+            Kind::Pod => {
+                // As in `snapshot`: this node's cache first (it may be ahead of the other).
+                let pod = s
+                    .node_pods
+                    .as_ref()
+                    .and_then(|st| st.get(&at(ns, name)))
+                    .or_else(|| s.pods.get(&at(ns, name)));
+                match pod {
+                    Some(p) => engine.apply_pod(&p).map(|_| ()),
+                    None => {
+                        engine.remove_pod(engine_ns, name);
+                        Ok(())
+                    }
+                }
+            }
+            Kind::Namespace => {
+                match s.namespaces.get(&reflector::ObjectRef::new(name)) {
+                    Some(n) => engine.apply_namespace(&n),
+                    None => engine.remove_namespace(name),
+                }
+                Ok(())
+            }
+            Kind::Service => match s.services.get(&at(ns, name)) {
+                Some(svc) => engine.apply_service(svc),
+                None => {
+                    engine.remove_service(engine_ns, name);
+                    Ok(())
+                }
+            },
+            Kind::EndpointSlice => match s.endpoint_slices.get(&at(ns, name)) {
+                Some(sl) => engine.apply_endpoint_slice(sl),
+                None => {
+                    engine.remove_endpoint_slice(engine_ns, name);
+                    Ok(())
+                }
+            },
+            Kind::NetworkPolicy => match s.network_policies.get(&at(ns, name)) {
+                Some(np) => engine.apply_policy(&np),
+                None => {
+                    engine.remove_policy(engine_ns, name);
+                    Ok(())
+                }
+            },
+            Kind::Node => match s.nodes.get(&reflector::ObjectRef::new(name)) {
+                Some(n) => engine.apply_node(&n),
+                None => {
+                    engine.remove_node(name);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Increments whenever any cache changed.
     pub fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::Acquire)
     }
@@ -405,7 +598,7 @@ struct Spawner {
 }
 
 impl Spawner {
-    fn watch<K>(&mut self, config: watcher::Config, trim: fn(&mut K)) -> Store<K>
+    fn watch<K>(&mut self, config: watcher::Config, kind: Kind, trim: fn(&mut K)) -> Store<K>
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
@@ -417,6 +610,7 @@ impl Spawner {
             trim,
             self.shared.clone(),
             self.next,
+            kind,
         );
         self.next += 1;
         self.tasks.push(task);
@@ -448,6 +642,7 @@ fn spawn_watch<K>(
     trim: fn(&mut K),
     shared: Arc<Shared>,
     index: usize,
+    kind: Kind,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -462,7 +657,7 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
-                Ok(event) => shared.on_event(index, &event),
+                Ok(event) => shared.on_event(index, kind, &event),
                 Err(error) => shared.on_error(index, &error),
             }
         }

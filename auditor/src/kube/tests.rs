@@ -362,6 +362,8 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
         .await
         .expect("synced");
     eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
+    let before = w.cluster().expect("view once synced");
+    assert!(before.engine.pod_id("media", "packager").is_some());
     let lists_before = fake
         .requests()
         .iter()
@@ -393,6 +395,25 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
         .filter(|r| !r.contains("watch=true"))
         .count();
     assert!(lists_after > lists_before, "a relist after 410");
+    // The view is rebuilt from the relisted caches: what was deleted meanwhile is gone.
+    eventually(&w, "view relisted", |w| {
+        w.cluster().is_some_and(|c| {
+            c.engine.pod_id("media", "packager").is_none()
+                && c.engine.pod_id("media", "uploader").is_some()
+                && c.engine.policies().is_empty()
+        })
+    })
+    .await;
+    let c = w.cluster().unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(c.endpoint_of_ip(ip("10.0.2.7")), None, "packager's IP");
+    assert_eq!(
+        c.endpoint_of_ip(ip("10.0.2.9"))
+            .and_then(|e| e.pod)
+            .as_deref(),
+        Some("uploader")
+    );
+    assert!(w.view_stats().builds >= 2, "{:?}", w.view_stats());
     eventually(&w, "healthy again", ClusterWatch::healthy).await;
 
     // 410 on an open watch: relist, cache kept meanwhile, catches up.
@@ -578,4 +599,124 @@ async fn one_warning_per_outage_and_one_line_when_it_is_over() {
     fake.set_down(false);
     eventually(&w, "healthy", ClusterWatch::healthy).await;
     assert_eq!(count("Kubernetes API reachable again"), 2, "{}", text());
+}
+
+const UPLOADER_UID: &str = "0b5e1f52-7d3c-4a8e-9f21-3c4d5e6f7a8b";
+
+#[tokio::test]
+async fn view_follows_pod_slice_and_policy_changes_without_a_rebuild() {
+    let (fake, client) = FakeApi::start();
+    seed(&fake);
+    let w = ClusterWatch::start_with_client(client, Some("node-a".into()));
+    tokio::time::timeout(WAIT, w.wait_until_ready())
+        .await
+        .expect("synced");
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let first = w.cluster().expect("view once synced");
+    assert_eq!(w.view_stats().builds, 1);
+    assert_eq!(first.endpoint_of_ip(ip("10.0.2.9")), None);
+    let cgroup = format!("/kubepods/besteffort/pod{UPLOADER_UID}/{}", "ab".repeat(32));
+    assert_eq!(first.pod_of_cgroup(&cgroup), None);
+
+    // A pod created through the API server: attributed by IP and by cgroup (uid).
+    let mut p = pod("media", "uploader", "node-b", "10.0.2.9");
+    p["metadata"]["uid"] = json!(UPLOADER_UID);
+    fake.apply(p);
+    eventually(&w, "uploader in the view", |w| {
+        w.cluster()
+            .is_some_and(|c| c.endpoint_of_ip(ip("10.0.2.9")).is_some())
+    })
+    .await;
+    let c = w.cluster().unwrap();
+    let e = c.endpoint_of_ip(ip("10.0.2.9")).unwrap();
+    assert_eq!(
+        (
+            e.namespace.as_deref(),
+            e.pod.as_deref(),
+            e.workload.as_deref()
+        ),
+        (Some("media"), Some("uploader"), Some("Deployment/uploader"))
+    );
+    let id = c.pod_of_cgroup(&cgroup).expect("cgroup -> uploader");
+    assert_eq!(c.engine.pod_name(id), "media/uploader");
+    // default-deny (Egress, port 53 only) selects the new pod too.
+    assert_eq!(
+        c.verdict(
+            ip("10.0.2.9"),
+            ip("203.0.113.9"),
+            53,
+            crate::flowlog::Protocol::Tcp
+        ),
+        (true, "allowed".into())
+    );
+    assert_eq!(
+        c.verdict(ip("10.0.2.9"), ip("203.0.113.9"), 80, crate::flowlog::Protocol::Tcp),
+        (
+            false,
+            "denied: media/uploader isolated for egress by media/default-deny, no rule allows 80/TCP".into()
+        )
+    );
+    // The view held before is a snapshot of its own (copy on write).
+    assert_eq!(first.endpoint_of_ip(ip("10.0.2.9")), None);
+
+    // An EndpointSlice and a policy changed.
+    fake.apply(slice("media", "origin", "10.0.1.5"));
+    fake.apply(policy("media", "default-deny", 80));
+    eventually(&w, "slice and policy in the view", |w| {
+        w.cluster().is_some_and(|c| {
+            c.backends(ip("10.96.0.20"), 1935, crate::flowlog::Protocol::Tcp)
+                == [(ip("10.0.1.5"), 1935)]
+                && c.verdict(
+                    ip("10.0.2.9"),
+                    ip("203.0.113.9"),
+                    80,
+                    crate::flowlog::Protocol::Tcp,
+                )
+                .0
+        })
+    })
+    .await;
+
+    // A policy the engine rejects: logged, and the view keeps the version before it.
+    let g = w.generation();
+    fake.apply(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny", "namespace": "media"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                 "egress": [{"to": [{"ipBlock": {"cidr": "bogus"}}]}]}}),
+    );
+    eventually(&w, "bad policy cached", |w| {
+        w.generation() > g
+            && w.snapshot().is_some_and(|s| {
+                s.network_policies[0]
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .egress
+                    .as_ref()
+                    .unwrap()[0]
+                    .to
+                    .is_some()
+            })
+    })
+    .await;
+    let c = w.cluster().unwrap();
+    let tcp = crate::flowlog::Protocol::Tcp;
+    assert!(c.verdict(ip("10.0.2.9"), ip("203.0.113.9"), 80, tcp).0);
+    assert!(!c.verdict(ip("10.0.2.9"), ip("203.0.113.9"), 443, tcp).0);
+
+    // The pod deleted: gone from both indexes.
+    fake.delete("Pod", "media", "uploader");
+    eventually(&w, "uploader gone from the view", |w| {
+        w.cluster()
+            .is_some_and(|c| c.endpoint_of_ip(ip("10.0.2.9")).is_none())
+    })
+    .await;
+    let c = w.cluster().unwrap();
+    assert_eq!(c.pod_of_cgroup(&cgroup), None);
+    assert_eq!(c.engine.pods().len(), 2);
+    // Every change was applied in place: one build, at the first sync.
+    let stats = w.view_stats();
+    assert_eq!(stats.builds, 1, "{stats:?}");
+    assert!(stats.updates >= 4, "{stats:?}");
 }

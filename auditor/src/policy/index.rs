@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -13,8 +14,8 @@ use super::selector::Selector;
 use super::*;
 use crate::cluster::Snapshot;
 
-const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 fn object_name(meta: &ObjectMeta) -> String {
     let name = meta.name.as_deref().unwrap_or("<no name>");
@@ -24,7 +25,7 @@ fn object_name(meta: &ObjectMeta) -> String {
     }
 }
 
-fn invalid(
+pub(super) fn invalid(
     kind: &'static str,
     meta: &ObjectMeta,
     field: impl Into<String>,
@@ -56,14 +57,14 @@ fn port_u16(n: i32) -> Result<u16, String> {
         .ok_or_else(|| format!("{n} is not a port (1-65535)"))
 }
 
-fn parse_ip(s: &str) -> Result<IpAddr, String> {
+pub(super) fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.trim()
         .parse::<IpAddr>()
         .map(|ip| ip.to_canonical())
         .map_err(|_| format!("{s:?} is not an IP address"))
 }
 
-fn namespace_of(meta: &ObjectMeta) -> String {
+pub(super) fn namespace_of(meta: &ObjectMeta) -> String {
     meta.namespace
         .clone()
         .unwrap_or_else(|| "default".to_owned())
@@ -96,19 +97,25 @@ fn workload_of(pod: &Pod, namespace: &str, name: &str) -> String {
 
 struct Builder {
     engine: Engine,
-    ns_index: HashMap<String, usize>,
 }
 
 impl Builder {
     fn namespace(&mut self, name: &str) -> usize {
-        if let Some(&i) = self.ns_index.get(name) {
+        self.engine.namespace_id(name)
+    }
+}
+
+impl Engine {
+    /// The index of namespace `name`, added (with only its name label) when new.
+    pub(super) fn namespace_id(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.track.ns_index.get(name) {
             return i;
         }
         let mut labels = BTreeMap::new();
         labels.insert(NS_NAME_LABEL.to_owned(), name.to_owned());
-        self.engine.namespaces.push(NamespaceInfo { labels });
-        let i = self.engine.namespaces.len() - 1;
-        self.ns_index.insert(name.to_owned(), i);
+        self.namespaces.push(NamespaceInfo { labels });
+        let i = self.namespaces.len() - 1;
+        self.track.ns_index.insert(name.to_owned(), i);
         i
     }
 }
@@ -266,7 +273,7 @@ fn compile_rules<'a>(
     Ok(out)
 }
 
-fn compile_policy(np: &NetworkPolicy, ns: usize) -> Result<PolicyInfo, PolicyError> {
+pub(super) fn compile_policy(np: &NetworkPolicy, ns: usize) -> Result<PolicyInfo, PolicyError> {
     let meta = &np.metadata;
     let spec = np.spec.clone().unwrap_or_default();
     let selector = match &spec.pod_selector {
@@ -363,13 +370,67 @@ fn pod_ports(pod: &Pod) -> Result<Vec<ContainerPort>, PolicyError> {
     Ok(out)
 }
 
+/// A pod as the engine sees it, before its namespace index and policies are known.
+pub(super) fn parse_pod(pod: &Pod) -> Result<PodInfo, PolicyError> {
+    let namespace = namespace_of(&pod.metadata);
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let mut ips = Vec::new();
+    for (i, p) in status.pod_ips.iter().flatten().enumerate() {
+        ips.push(
+            parse_ip(&p.ip)
+                .map_err(|m| invalid("Pod", &pod.metadata, format!("status.podIPs[{i}].ip"), m))?,
+        );
+    }
+    if let (true, Some(ip)) = (ips.is_empty(), &status.pod_ip) {
+        ips.push(parse_ip(ip).map_err(|m| invalid("Pod", &pod.metadata, "status.podIP", m))?);
+    }
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let mut host_ips = Vec::new();
+    for (i, h) in status.host_ips.iter().flatten().enumerate() {
+        host_ips
+            .push(parse_ip(&h.ip).map_err(|m| {
+                invalid("Pod", &pod.metadata, format!("status.hostIPs[{i}].ip"), m)
+            })?);
+    }
+    if let (true, Some(ip)) = (host_ips.is_empty(), &status.host_ip) {
+        host_ips.push(parse_ip(ip).map_err(|m| invalid("Pod", &pod.metadata, "status.hostIP", m))?);
+    }
+    if host_network {
+        host_ips.extend(ips.iter().copied());
+    }
+    let mut seen = std::collections::HashSet::new();
+    host_ips.retain(|ip| seen.insert(*ip));
+    let live = !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    Ok(PodInfo {
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        workload: workload_of(pod, &namespace, &name),
+        namespace,
+        name,
+        ips,
+        host_network,
+        node,
+        ports: pod_ports(pod)?,
+        ingress_policies: Vec::new(),
+        egress_policies: Vec::new(),
+        ns: 0,
+        uid: pod.metadata.uid.as_deref().map(Arc::from),
+        live,
+        host_ips,
+    })
+}
+
 impl Engine {
     /// Indexes a snapshot. Fails on objects the API server would reject where the
     /// engine depends on them (bad CIDRs, selectors, ports, IPs), naming object and field.
     pub fn build(snap: &Snapshot) -> Result<Engine, PolicyError> {
         let mut b = Builder {
             engine: Engine::default(),
-            ns_index: HashMap::new(),
         };
 
         // Namespaces, sorted by name.
@@ -415,55 +476,23 @@ impl Engine {
         });
         let mut pod_by_ip: HashMap<IpAddr, (PodId, bool)> = HashMap::new();
         for pod in pods {
-            let namespace = namespace_of(&pod.metadata);
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            let ns = b.namespace(&namespace);
-            let status = pod.status.clone().unwrap_or_default();
-            let mut ips = Vec::new();
-            for (i, p) in status.pod_ips.iter().flatten().enumerate() {
-                ips.push(parse_ip(&p.ip).map_err(|m| {
-                    invalid("Pod", &pod.metadata, format!("status.podIPs[{i}].ip"), m)
-                })?);
-            }
-            if let (true, Some(ip)) = (ips.is_empty(), &status.pod_ip) {
-                ips.push(
-                    parse_ip(ip).map_err(|m| invalid("Pod", &pod.metadata, "status.podIP", m))?,
-                );
-            }
-            let host_network = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false);
-            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-            let mut host_ips = Vec::new();
-            for (i, h) in status.host_ips.iter().flatten().enumerate() {
-                host_ips.push(parse_ip(&h.ip).map_err(|m| {
-                    invalid("Pod", &pod.metadata, format!("status.hostIPs[{i}].ip"), m)
-                })?);
-            }
-            if let (true, Some(ip)) = (host_ips.is_empty(), &status.host_ip) {
-                host_ips.push(
-                    parse_ip(ip).map_err(|m| invalid("Pod", &pod.metadata, "status.hostIP", m))?,
-                );
-            }
-            if host_network {
-                host_ips.extend(ips.iter().copied());
-            }
-            if let Some(n) = &node {
+            let mut info = parse_pod(pod)?;
+            info.ns = b.namespace(&info.namespace);
+            let (namespace, name) = (&info.namespace, &info.name);
+            if let Some(n) = &info.node {
                 node_ips
                     .entry(n.clone())
                     .or_default()
-                    .extend(host_ips.iter().copied());
+                    .extend(info.host_ips.iter().copied());
             } else {
-                for ip in &host_ips {
+                for ip in &info.host_ips {
                     b.engine.node_by_ip.entry(*ip).or_insert(None);
                 }
             }
             let id = b.engine.pods.len();
-            let live = !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
-            if !host_network {
-                for ip in &ips {
+            let live = info.live;
+            if !info.host_network {
+                for ip in &info.ips {
                     match pod_by_ip.get(ip) {
                         Some(&(other, other_live)) if other_live || !live => {
                             if live {
@@ -479,19 +508,7 @@ impl Engine {
                     }
                 }
             }
-            b.engine.pods.push(PodInfo {
-                labels: pod.metadata.labels.clone().unwrap_or_default(),
-                workload: workload_of(pod, &namespace, &name),
-                namespace,
-                name,
-                ips,
-                host_network,
-                node,
-                ports: pod_ports(pod)?,
-                ingress_policies: Vec::new(),
-                egress_policies: Vec::new(),
-                ns,
-            });
+            b.engine.pods.push(Arc::new(info));
         }
         b.engine.pod_by_ip = pod_by_ip
             .into_iter()
@@ -514,12 +531,14 @@ impl Engine {
         for np in nps {
             let ns = b.namespace(&namespace_of(&np.metadata));
             let p = compile_policy(np, ns)?;
-            by_ns.entry(ns).or_default().push(b.engine.policies.len());
-            b.engine.policies.push(p);
+            let policies = Arc::make_mut(&mut b.engine.policies);
+            by_ns.entry(ns).or_default().push(policies.len());
+            policies.push(p);
         }
         // Which policies select which pod: once, per namespace.
         let engine = &mut b.engine;
         for pod in engine.pods.iter_mut().filter(|p| !p.host_network) {
+            let pod = Arc::make_mut(pod);
             for &pid in by_ns.get(&pod.ns).map(Vec::as_slice).unwrap_or_default() {
                 let pol = &engine.policies[pid];
                 if pol.selector.matches(&pod.labels) {
@@ -534,22 +553,17 @@ impl Engine {
         }
 
         index_services(&mut b, snap)?;
+        b.engine.track_snapshot(snap);
         Ok(b.engine)
     }
 }
 
 fn index_services(b: &mut Builder, snap: &Snapshot) -> Result<(), PolicyError> {
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
     let mut slices: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for s in &snap.endpoint_slices {
-        let svc = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL));
-        if let Some(svc) = svc {
+        if let Some(svc) = slice_service(s) {
             slices
-                .entry((namespace_of(&s.metadata), svc.clone()))
+                .entry((namespace_of(&s.metadata), svc.to_owned()))
                 .or_default()
                 .push(s);
         }
@@ -559,99 +573,137 @@ fn index_services(b: &mut Builder, snap: &Snapshot) -> Result<(), PolicyError> {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&c.metadata.namespace, &c.metadata.name))
     });
     for svc in services {
-        let meta = &svc.metadata;
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let mut vips = Vec::new();
-        let cluster_ips: Vec<(String, &String)> = match &spec.cluster_ips {
-            Some(v) if !v.is_empty() => v
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("spec.clusterIPs[{i}]"), s))
-                .collect(),
-            _ => spec
-                .cluster_ip
-                .iter()
-                .map(|s| ("spec.clusterIP".to_owned(), s))
-                .collect(),
-        };
-        for (field, s) in cluster_ips {
-            if s.is_empty() || s == "None" {
-                continue;
-            }
-            vips.push(parse_ip(s).map_err(|m| invalid("Service", meta, field, m))?);
-        }
-        if vips.is_empty() {
-            continue;
-        }
-        let namespace = namespace_of(meta);
-        let name = meta.name.clone().unwrap_or_default();
-        let svc_slices = slices.get(&(namespace.clone(), name.clone()));
-        for (i, sp) in spec.ports.iter().flatten().enumerate() {
-            let field = format!("spec.ports[{i}]");
-            let port = port_u16(sp.port)
-                .map_err(|m| invalid("Service", meta, format!("{field}.port"), m))?;
-            let protocol = parse_protocol(sp.protocol.as_deref())
-                .map_err(|m| invalid("Service", meta, format!("{field}.protocol"), m))?;
-            let port_name = sp.name.clone().filter(|n| !n.is_empty());
-            let mut backends = Vec::new();
-            if let Some(list) = svc_slices {
-                backends = slice_backends(list, port_name.as_deref(), protocol)?;
-            } else if let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
-                // No EndpointSlices in the snapshot: what the endpoint controller would compute.
-                let target = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
-                for pod in b
-                    .engine
-                    .pods
-                    .iter()
-                    .filter(|p| p.namespace == namespace && !p.host_network)
-                {
-                    if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
-                        continue;
-                    }
-                    let tp = match &target {
-                        IntOrString::Int(n) => port_u16(*n).ok(),
-                        IntOrString::String(s) => pod
-                            .ports
-                            .iter()
-                            .find(|c| {
-                                c.name.as_deref() == Some(s.as_str()) && c.protocol == protocol
-                            })
-                            .map(|c| c.port),
-                    };
-                    if let Some(tp) = tp {
-                        backends.extend(pod.ips.iter().map(|&ip| Backend { ip, port: tp }));
-                    }
-                }
-            }
-            backends.sort();
-            backends.dedup();
-            if backends.is_empty() {
-                b.engine.notes.push(format!(
-                    "Service {namespace}/{name} port {port}/{protocol} has no ready endpoints in the snapshot"
-                ));
-            }
+        let key = (
+            namespace_of(&svc.metadata),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
+        let ports = service_ports(
+            svc,
+            slices.get(&key).map(Vec::as_slice),
+            &b.engine.pods,
+            &mut b.engine.notes,
+        )?;
+        for sp in ports {
             let id = b.engine.services.len();
-            b.engine.services.push(ServicePort {
-                namespace: namespace.clone(),
-                service: name.clone(),
-                port_name,
-                port,
-                protocol,
-                backends,
-            });
-            for vip in &vips {
-                b.engine.service_by_addr.insert((*vip, port, protocol), id);
+            for vip in &sp.vips {
+                b.engine
+                    .service_by_addr
+                    .insert((*vip, sp.port, sp.protocol), id);
             }
+            b.engine.services.push(sp);
         }
     }
     Ok(())
 }
 
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+pub(super) fn slice_service(s: &EndpointSlice) -> Option<&str> {
+    s.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+/// The ports of one Service with their backends: from its EndpointSlices (`slices`), or,
+/// without any, from its selector over `pods`. Empty for ExternalName and headless ones.
+pub(super) fn service_ports(
+    svc: &Service,
+    slices: Option<&[&EndpointSlice]>,
+    pods: &[Arc<PodInfo>],
+    notes: &mut Vec<String>,
+) -> Result<Vec<ServicePort>, PolicyError> {
+    let mut out = Vec::new();
+    let meta = &svc.metadata;
+    let Some(spec) = &svc.spec else {
+        return Ok(out);
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Ok(out);
+    }
+    let mut vips = Vec::new();
+    let cluster_ips: Vec<(String, &String)> = match &spec.cluster_ips {
+        Some(v) if !v.is_empty() => v
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("spec.clusterIPs[{i}]"), s))
+            .collect(),
+        _ => spec
+            .cluster_ip
+            .iter()
+            .map(|s| ("spec.clusterIP".to_owned(), s))
+            .collect(),
+    };
+    for (field, s) in cluster_ips {
+        if s.is_empty() || s == "None" {
+            continue;
+        }
+        let ip = parse_ip(s).map_err(|m| invalid("Service", meta, field, m))?;
+        if !vips.contains(&ip) {
+            vips.push(ip);
+        }
+    }
+    if vips.is_empty() {
+        return Ok(out);
+    }
+    let namespace = namespace_of(meta);
+    let name = meta.name.clone().unwrap_or_default();
+    for (i, sp) in spec.ports.iter().flatten().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let port =
+            port_u16(sp.port).map_err(|m| invalid("Service", meta, format!("{field}.port"), m))?;
+        let protocol = parse_protocol(sp.protocol.as_deref())
+            .map_err(|m| invalid("Service", meta, format!("{field}.protocol"), m))?;
+        let port_name = sp.name.clone().filter(|n| !n.is_empty());
+        let mut backends = Vec::new();
+        if let Some(list) = slices {
+            backends = slice_backends(list, port_name.as_deref(), protocol)?;
+        } else if let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
+            // No EndpointSlices in the snapshot: what the endpoint controller would compute.
+            let target = sp.target_port.clone().unwrap_or(IntOrString::Int(sp.port));
+            for pod in pods
+                .iter()
+                .filter(|p| p.namespace == namespace && !p.host_network)
+            {
+                if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
+                    continue;
+                }
+                let tp = match &target {
+                    IntOrString::Int(n) => port_u16(*n).ok(),
+                    IntOrString::String(s) => pod
+                        .ports
+                        .iter()
+                        .find(|c| c.name.as_deref() == Some(s.as_str()) && c.protocol == protocol)
+                        .map(|c| c.port),
+                };
+                if let Some(tp) = tp {
+                    backends.extend(pod.ips.iter().map(|&ip| Backend { ip, port: tp }));
+                }
+            }
+        }
+        backends.sort();
+        backends.dedup();
+        if backends.is_empty() {
+            notes.push(format!(
+                "Service {namespace}/{name} port {port}/{protocol} has no ready endpoints in the snapshot"
+            ));
+        }
+        out.push(ServicePort {
+            namespace: namespace.clone(),
+            service: name.clone(),
+            port_name,
+            port,
+            protocol,
+            backends,
+            vips: vips.clone(),
+            order: i,
+        });
+    }
+    Ok(out)
+}
+
 fn slice_backends(
-    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    slices: &[&EndpointSlice],
     port_name: Option<&str>,
     protocol: Protocol,
 ) -> Result<Vec<Backend>, PolicyError> {

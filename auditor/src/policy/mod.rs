@@ -3,6 +3,9 @@
 //! Pure: [`Engine::build`] indexes a [`Snapshot`](crate::cluster::Snapshot) once (labels,
 //! selectors, CIDRs, which policies select which pod, Service ports and their backends),
 //! then [`Engine::evaluate`] answers for one flow `(src_ip, dst_ip, dst_port, protocol)`.
+//! The live view keeps a built engine current one object at a time
+//! ([`Engine::apply_pod`], [`Engine::remove_pod`], ... in `update.rs`), with the same
+//! answers as a rebuild.
 //!
 //! Semantics are those of `networking.k8s.io/v1` NetworkPolicy:
 //! - A pod is isolated for ingress (egress) when a policy of its own namespace selects it
@@ -37,10 +40,12 @@ mod eval;
 mod index;
 pub mod ipblock;
 pub mod selector;
+mod update;
 pub mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::flowlog::{Direction, Protocol};
 pub use eval::{Exception, FlowResult, RuleRef, Side, Target};
@@ -94,6 +99,12 @@ pub struct PodInfo {
     pub ingress_policies: Vec<PolicyId>,
     pub egress_policies: Vec<PolicyId>,
     ns: usize,
+    /// metadata.uid, for cgroup -> pod.
+    uid: Option<Arc<str>>,
+    /// Not Succeeded/Failed: a live pod wins an address over a finished one.
+    live: bool,
+    /// The node addresses this pod tells of (hostIPs, and its own IPs when hostNetwork), deduplicated.
+    host_ips: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +191,10 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Resolved backends, sorted and deduplicated.
     pub backends: Vec<Backend>,
+    /// The Service's ClusterIPs (deduplicated) and this port's position in `spec.ports`:
+    /// of two Service ports on one address, the later (namespace, name, position) wins.
+    vips: Vec<IpAddr>,
+    order: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -194,22 +209,31 @@ struct NamespaceInfo {
 }
 
 /// The indexed cluster.
+///
+/// Cloning is shallow where it matters (pods and policies are shared behind `Arc`s), so a
+/// copy-on-write view that is then updated with [`Engine::apply_pod`] and friends costs
+/// little more than the change itself.
 #[derive(Debug, Clone, Default)]
 pub struct Engine {
-    pods: Vec<PodInfo>,
-    policies: Vec<PolicyInfo>,
+    pods: Vec<Arc<PodInfo>>,
+    policies: Arc<Vec<PolicyInfo>>,
     namespaces: Vec<NamespaceInfo>,
     pod_by_ip: HashMap<IpAddr, PodId>,
     node_by_ip: HashMap<IpAddr, Option<String>>,
     node_ips: HashMap<String, Vec<IpAddr>>,
     services: Vec<ServicePort>,
     service_by_addr: HashMap<(IpAddr, u16, Protocol), usize>,
-    /// Notes about the snapshot worth telling the user (ambiguous IPs, services without endpoints).
+    /// Notes about the snapshot worth telling the user (ambiguous IPs, services without
+    /// endpoints), as of [`Engine::build`]: incremental updates do not revise them.
     pub notes: Vec<String>,
+    /// What incremental updates need to stay exact (see `update.rs`).
+    track: update::Tracking,
 }
 
 impl Engine {
-    pub fn pods(&self) -> &[PodInfo] {
+    /// The pods. Ids are in (namespace, name) order after [`Engine::build`]; incremental
+    /// updates append new pods and move the last pod into a removed pod's place.
+    pub fn pods(&self) -> &[Arc<PodInfo>] {
         &self.pods
     }
 

@@ -367,12 +367,12 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     let cluster = match &args.cluster {
         Some(path) => {
             let snap = crate::cluster::read_snapshot(path)?;
-            Some(
+            Some(std::sync::Arc::new(
                 crate::enrich::Cluster::new(&snap).map_err(|source| RecordError::Policy {
                     path: path.clone(),
                     source,
                 })?,
-            )
+            ))
         }
         None => None,
     };

@@ -51,7 +51,7 @@ pub struct State {
     pub drop_reasons: BTreeMap<u32, String>,
     pub boot_to_unix_ns: i128,
     pub summary: Summary,
-    pub cluster: Option<crate::enrich::Cluster>,
+    pub cluster: Option<Arc<crate::enrich::Cluster>>,
     pub dedup: crate::alerts::Deduper,
     pub alerts_out: AlertSink,
     pub started: Instant,
@@ -60,9 +60,8 @@ pub struct State {
     pub node_name: Option<String>,
     /// Whether `/flows` is served (the recent records are kept only then).
     pub serve_flows: bool,
-    /// The live cluster view, and the generation the current `cluster` was built from.
+    /// The live cluster view (kept current object by object by the watch).
     pub watch: Option<crate::kube::ClusterWatch>,
-    pub watch_generation: u64,
     /// New-flow incarnations found in the kernel map without their event (the event
     /// was lost, or is still in the ring buffer: then it is taken back when it comes).
     pub recovered_from_map: u64,
@@ -93,7 +92,6 @@ impl State {
             node_name: None,
             serve_flows: false,
             watch: None,
-            watch_generation: 0,
             recovered_from_map: 0,
             new_since_flush: 0,
         }
@@ -217,30 +215,19 @@ impl State {
         m.last_seen_ns = m.last_seen_ns.max(first_seen_ns);
     }
 
-    /// Rebuilds the policy engine when the live cluster view changed; a snapshot the
-    /// engine rejects keeps the previous view (and says why).
+    /// Takes the live cluster view: the watch keeps it current object by object (a
+    /// rejected object keeps its previous version). Our reference is dropped first, so
+    /// pending changes are applied in place instead of copying the engine.
     pub fn refresh_cluster(&mut self) {
         let Some(w) = &self.watch else { return };
         self.shared
             .cluster_ready
             .store(w.healthy(), std::sync::atomic::Ordering::Relaxed);
-        let generation = w.generation();
-        if generation == self.watch_generation {
-            return;
-        }
-        let Some(snap) = w.snapshot() else { return };
-        match crate::enrich::Cluster::new(&snap) {
-            Ok(c) => {
-                if self.cluster.is_none() {
-                    tracing::info!(pods = snap.pods.len(), policies = snap.network_policies.len(), "cluster view synced: flows are attributed to pods and evaluated against the policies");
-                }
-                self.cluster = Some(c);
-                self.watch_generation = generation;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the cluster's objects could not be indexed; keeping the previous view");
-                self.watch_generation = generation;
-            }
+        let was_synced = self.cluster.is_some();
+        self.cluster = None;
+        self.cluster = w.cluster();
+        if let (false, Some(c)) = (was_synced, &self.cluster) {
+            tracing::info!(pods = c.engine.pods().len(), policies = c.engine.policies().len(), "cluster view synced: flows are attributed to pods and evaluated against the policies");
         }
     }
 

@@ -13,6 +13,7 @@
 //! namespaces, processes, temp files) is owned by a guard and removed on drop, also when
 //! a figure fails; traffic only goes over loopback and the veth pair made here.
 
+mod cluster_view;
 mod gen;
 mod soak;
 
@@ -32,7 +33,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("gen") => gen::main(&args[1..]),
         Some("run") => run(&args[1..]),
-        _ => bail!("usage: bench run --auditor PATH --out FILE [--reps N] [--policy-bench PATH] [--only FIGS] | bench gen KIND ..."),
+        Some("cluster-view") => cluster_view::main(&args[1..]),
+        _ => bail!("usage: bench run --auditor PATH --out FILE [--reps N] [--policy-bench PATH] [--only FIGS] | bench cluster-view [--reps N] | bench gen KIND ..."),
     }
 }
 
@@ -1500,7 +1502,7 @@ fn run(args: &[String]) -> Result<()> {
         .map(|x| x.parse())
         .transpose()?
         .unwrap_or(1.5);
-    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,s,p".into());
+    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,v,s,p".into());
     let soak_secs: u64 = arg(args, "--soak-secs")
         .map(|x| x.parse())
         .transpose()?
@@ -1553,6 +1555,9 @@ fn run(args: &[String]) -> Result<()> {
             "figure 6",
             fig_offline(&env, reps, policy_bench.as_deref(), &mut rep),
         );
+    }
+    if want("v") {
+        attempt("figure v", cluster_view::figure(reps, &mut rep));
     }
     if want("s") {
         attempt("figure S", soak::fig_soak(&env, soak_secs, &mut rep));

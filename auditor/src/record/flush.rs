@@ -94,6 +94,7 @@ pub fn flush(k: &mut dyn KernelSource, state: &mut State, out: &mut Output, limi
     }
     let_go(k, state, &idle);
     account_losses(k, state, out);
+    release_freed_memory(state.new_since_flush);
     let m = &state.shared.metrics;
     m.flushes.inc();
     m.flush_seconds.set(started.elapsed().as_secs_f64());
@@ -104,6 +105,18 @@ pub fn flush(k: &mut dyn KernelSource, state: &mut State, out: &mut Output, limi
         "flushed"
     );
     state.new_since_flush = 0;
+}
+
+/// Hands the memory a big flush freed back to the kernel (glibc keeps freed heap memory
+/// otherwise, and the agent's RSS would creep up to its busiest flush under churn).
+fn release_freed_memory(new_flows: usize) {
+    #[cfg(target_env = "gnu")]
+    if new_flows > 4096 {
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = new_flows;
 }
 
 /// Streams the kernel's `FLOWS` map: what changed since the last record becomes a

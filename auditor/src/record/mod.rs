@@ -272,6 +272,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         return Err(RecordError::RingSize(args.ring_buffer_bytes));
     }
     let _lock = take_lock(&args.lock_file)?;
+    limit_heap_growth();
     let root = procfs::cgroup2_mount();
     let (attach_cgroup, cgroup_prefix) = match (&root, &args.cgroup) {
         (Some(root), Some(cg)) => {
@@ -552,6 +553,17 @@ fn boot_to_unix_ns() -> i128 {
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
     };
     read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC)
+}
+
+/// glibc: big buffers (a flush's records) are mapped and unmapped instead of growing
+/// the heap, and two arenas instead of one per thread, so RSS follows what is live.
+fn limit_heap_growth() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// A held `flock` on the lock file, released when dropped (or when the process dies).

@@ -134,8 +134,8 @@ impl KernelSource for FakeKernel {
         !self.ring.is_empty()
     }
 
-    fn for_each_flow(&mut self, f: &mut dyn FnMut(&abi::FlowKey, &abi::FlowStats)) {
-        for (k, (s, _)) in &self.flows {
+    fn for_each_flow(&mut self, max: usize, f: &mut dyn FnMut(&abi::FlowKey, &abi::FlowStats)) {
+        for (k, (s, _)) in self.flows.iter().take(max) {
             f(k, s);
         }
     }
@@ -184,6 +184,7 @@ impl Rig {
                 flush_drain_max: ring_events * 2,
                 idle_ns: 0,
                 early_flush_after: usize::MAX,
+                scan_max: max_flows * 2,
             },
             path,
         }

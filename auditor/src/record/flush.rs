@@ -130,7 +130,7 @@ fn scan_flows(
 ) -> (Vec<Pending>, Vec<(u32, abi::FlowKey)>) {
     let mut pending = Vec::new();
     let mut idle = Vec::new();
-    k.for_each_flow(&mut |key, s| {
+    k.for_each_flow(limits.scan_max, &mut |key, s| {
         let Ok(flow) = decode::flow(key) else { return };
         let idx = state.meta_for(&flow, || Some(procfs::comm_str(&s.comm)));
         if state.flows.entry(idx).meta.incarnation_ns != s.first_seen_ns {

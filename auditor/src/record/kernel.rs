@@ -12,8 +12,10 @@ pub trait KernelSource {
     /// Hands up to `max` ring-buffer records to `f`, oldest first. Returns true when it
     /// stopped because of `max` (more may be waiting).
     fn read_events(&mut self, max: usize, f: &mut dyn FnMut(&[u8])) -> bool;
-    /// Every entry of the `FLOWS` map.
-    fn for_each_flow(&mut self, f: &mut dyn FnMut(&abi::FlowKey, &abi::FlowStats));
+    /// The entries of the `FLOWS` map, at most `max` of them. Under churn the kernel's
+    /// key walk restarts from the first key whenever the key it stood on was evicted, so
+    /// an unbounded walk may never end; an entry may be handed over more than once.
+    fn for_each_flow(&mut self, max: usize, f: &mut dyn FnMut(&abi::FlowKey, &abi::FlowStats));
     /// Every entry of the `DROPS` map.
     fn for_each_drop(&mut self, f: &mut dyn FnMut(&abi::DropKey, &abi::DropStats));
     /// Ring-buffer records the kernel could not reserve, by event kind (totals).
@@ -41,14 +43,14 @@ impl KernelSource for AyaKernel<'_> {
         true
     }
 
-    fn for_each_flow(&mut self, f: &mut dyn FnMut(&abi::FlowKey, &abi::FlowStats)) {
+    fn for_each_flow(&mut self, max: usize, f: &mut dyn FnMut(&abi::FlowKey, &abi::FlowStats)) {
         let Some(map) = self.probe.ebpf.map("FLOWS") else {
             return;
         };
         let Ok(flows) = BpfHashMap::<_, abi::FlowKey, abi::FlowStats>::try_from(map) else {
             return;
         };
-        for (k, s) in flows.iter().flatten() {
+        for (k, s) in flows.iter().flatten().take(max) {
             f(&k, &s);
         }
     }
@@ -60,7 +62,8 @@ impl KernelSource for AyaKernel<'_> {
         let Ok(drops) = BpfHashMap::<_, abi::DropKey, abi::DropStats>::try_from(map) else {
             return;
         };
-        for (k, s) in drops.iter().flatten() {
+        // Bounded like the flow walk (see `for_each_flow`).
+        for (k, s) in drops.iter().flatten().take(1 << 20) {
             f(&k, &s);
         }
     }

@@ -251,6 +251,9 @@ pub struct Limits {
     pub idle_ns: u64,
     /// New flows since the last flush that bring the next flush forward.
     pub early_flush_after: usize,
+    /// Entries of the kernel's flow map read at one flush (twice the map: the kernel's
+    /// walk restarts when churn evicts the key it stood on).
+    pub scan_max: usize,
 }
 
 impl Limits {
@@ -262,6 +265,7 @@ impl Limits {
             flush_drain_max: ring_events * 2,
             idle_ns: u64::try_from(args.flow_idle_timeout.as_nanos()).unwrap_or(u64::MAX),
             early_flush_after: (args.max_flows as usize).max(1024),
+            scan_max: (args.max_flows as usize).saturating_mul(2).max(1024),
         }
     }
 }

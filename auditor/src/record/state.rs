@@ -32,6 +32,10 @@ struct DnsName {
     expires: Instant,
 }
 
+/// How long a process's /proc name is reused, and how many processes are remembered.
+const PROC_TTL: Duration = Duration::from_secs(10);
+const PROCS_MAX: usize = 4096;
+
 /// Answers with a TTL of a few seconds are still used by the connection that follows.
 const DNS_MIN_KEEP: Duration = Duration::from_secs(60);
 
@@ -43,6 +47,8 @@ pub struct State {
     pub flows: FlowTable,
     /// Interned identities (see `Ident`); unused ones are dropped at each flush.
     pub idents: HashSet<Arc<Ident>>,
+    /// Recently read /proc names by pid (bounded, see `proc_info`).
+    procs: HashMap<u32, (procfs::ProcInfo, Instant)>,
     /// (cgroup, address) -> DNS name asked for; (0, address) for any cgroup.
     dns: HashMap<(u64, IpAddr), DnsName>,
     pub dns_capacity: usize,
@@ -77,6 +83,7 @@ impl State {
             resolver: None,
             flows: FlowTable::default(),
             idents: HashSet::new(),
+            procs: HashMap::new(),
             dns: HashMap::new(),
             dns_capacity: 16384,
             drop_written: HashMap::new(),
@@ -137,6 +144,27 @@ impl State {
         keep && flow.tgid != std::process::id()
     }
 
+    /// A process's name and executable, read from /proc once per `PROC_TTL` (a process
+    /// making thousands of new flows a second is read once, not once per flow).
+    fn proc_info(&mut self, pid: u32) -> procfs::ProcInfo {
+        let now = Instant::now();
+        if let Some((info, at)) = self.procs.get(&pid) {
+            if now.duration_since(*at) < PROC_TTL {
+                return info.clone();
+            }
+        }
+        let info = procfs::proc_info(pid);
+        if self.procs.len() >= PROCS_MAX {
+            self.procs
+                .retain(|_, (_, at)| now.duration_since(*at) < PROC_TTL);
+            if self.procs.len() >= PROCS_MAX {
+                self.procs.clear();
+            }
+        }
+        self.procs.insert(pid, (info.clone(), now));
+        info
+    }
+
     /// The shared identity equal to `ident`.
     fn intern(&mut self, ident: Ident) -> Arc<Ident> {
         match self.idents.get(&ident) {
@@ -171,7 +199,7 @@ impl State {
                 );
             }
         }
-        let info = procfs::proc_info(pid.unwrap_or(0));
+        let info = self.proc_info(pid.unwrap_or(0));
         let thread_comm = thread_comm().filter(|t| !t.is_empty());
         let comm = info.comm.clone().or_else(|| thread_comm.clone());
         let keep = self.passes_filters(flow, comm.as_ref(), thread_comm.as_ref(), cgroup.as_ref());

@@ -156,10 +156,10 @@ fn seccomp_mode() -> String {
                 .map(|v| v.trim().to_owned())
         });
     match mode.as_deref() {
-        Some("2") => "the container's seccomp profile blocks bpf (a seccomp filter is active: Seccomp 2 in /proc/self/status)".into(),
-        Some("1") => "seccomp strict mode blocks bpf (Seccomp 1 in /proc/self/status)".into(),
+        Some("2") => "the container's seccomp profile blocks it (a seccomp filter is active: Seccomp 2 in /proc/self/status)".into(),
+        Some("1") => "seccomp strict mode blocks it (Seccomp 1 in /proc/self/status)".into(),
         Some("0") => "no seccomp filter is active (Seccomp 0 in /proc/self/status), so an LSM (SELinux, AppArmor, lockdown) refused it, not the seccomp profile".into(),
-        _ => "most likely the container's seccomp profile blocks bpf (no Seccomp line in /proc/self/status to confirm it)".into(),
+        _ => "most likely the container's seccomp profile blocks it (no Seccomp line in /proc/self/status to confirm it)".into(),
     }
 }
 
@@ -427,8 +427,15 @@ fn raise_memlock() {
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<(), String> {
     let p: &mut TracePoint = program(ebpf, prog)?;
     p.load().map_err(|e| format!("load: {e}"))?;
-    p.attach(cat, name)
-        .map_err(|e| format!("attach: {}", chain(&e)))?;
+    p.attach(cat, name).map_err(|e| {
+        let has_perfmon = effective_caps().is_some_and(|c| c & (1 << CAP_PERFMON) != 0);
+        if has_perfmon && is_eperm(&e) {
+            // CRI-O's profile allowed perf_event_open only with CAP_SYS_ADMIN until late 2025.
+            format!("attach: {}: perf_event_open(2) was refused with EPERM although CAP_PERFMON is in the effective set: {}; use a RuntimeDefault profile that allows perf_event_open with CAP_PERFMON (containerd >= 1.6.9, Docker >= 23; see deploy/SECURITY.md, \"seccomp\")", chain(&e), seccomp_mode())
+        } else {
+            format!("attach: {}", chain(&e))
+        }
+    })?;
     Ok(())
 }
 

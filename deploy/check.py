@@ -8,7 +8,14 @@ the first class of failure.
   validate RENDERED VERSION...            kubernetes-validate --strict per version;
                                           CRD kinds checked against EXPECTED_CRDS
   extract-rules RENDERED OUT              the PrometheusRule's spec as a promtool rules file
+  image-args DEPLOY_DIR AUDITOR_BIN       the image's ENTRYPOINT/CMD (deploy/Dockerfile, and
+                                          the image `cargo xtask image` built if podman has
+                                          it) agree with the DaemonSet's command/args and
+                                          with `auditor record --help`
 """
+import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,19 +54,177 @@ def ident(doc):
 def render(directory, out):
     directory = Path(directory)
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unsupported = sorted(set(kustomization) - {"apiVersion", "kind", "resources"})
+    unsupported = sorted(set(kustomization) - {"apiVersion", "kind", "resources", "images"})
     if unsupported:
         raise CheckError(f"kustomization.yaml uses {unsupported}; the python render only "
-                         "concatenates `resources` (keep it so, or install kubectl)")
+                         "concatenates `resources` and applies `images` (keep it so, or install kubectl)")
     docs = []
     for resource in kustomization.get("resources") or []:
         path = directory / resource
         if not path.is_file():
             raise CheckError(f"kustomization.yaml lists {resource}, which is not a file here")
         docs.extend(load_all(path))
+    for doc in docs:
+        apply_images(doc, kustomization.get("images") or [])
     with open(out, "w") as f:
         yaml.safe_dump_all(docs, f, sort_keys=False)
     print(f"rendered {len(docs)} objects from {len(kustomization['resources'])} files to {out}")
+
+
+def image_name(ref):
+    """The repository part of an image reference (no tag, no digest)."""
+    ref = ref.split("@", 1)[0]
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    return ref[:colon] if colon > slash else ref
+
+
+def apply_images(doc, images):
+    """kustomize's `images` transformer, for the fields it supports here (name, newName,
+    newTag, digest) on pod templates' containers and initContainers."""
+    for entry in images:
+        expect_keys("kustomization.yaml images[]", entry, {"name", "newName", "newTag", "digest"})
+        if "name" not in entry:
+            raise CheckError("kustomization.yaml images[]: every entry needs `name`")
+    pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+        ref = c.get("image", "")
+        for entry in images:
+            if image_name(ref) != entry["name"]:
+                continue
+            name = entry.get("newName", entry["name"])
+            if "digest" in entry:
+                c["image"] = f"{name}@{entry['digest']}"
+            elif "newTag" in entry:
+                c["image"] = f"{name}:{entry['newTag']}"
+            else:
+                rest = ref[len(image_name(ref)):]
+                c["image"] = name + rest
+            break
+
+
+def dockerfile_runtime(path):
+    """ENTRYPOINT, CMD and the COPY destination of /out/auditor in the runtime stage."""
+    lines = Path(path).read_text().splitlines()
+    try:
+        start = next(i for i, l in enumerate(lines) if l.strip() == "FROM scratch AS runtime")
+    except StopIteration:
+        raise CheckError(f"{path}: no `FROM scratch AS runtime` stage (cargo xtask image builds that stage)")
+    found = {}
+    for i, line in enumerate(lines[start + 1:], start + 2):
+        t = line.strip()
+        for key in ("ENTRYPOINT", "CMD"):
+            if t.startswith(key + " "):
+                try:
+                    value = json.loads(t[len(key) + 1:])
+                except json.JSONDecodeError as e:
+                    raise CheckError(f"{path}:{i}: {key} must be a JSON array (exec form): {e}")
+                if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise CheckError(f"{path}:{i}: {key} must be a JSON array of strings")
+                found[key] = value
+        if t.startswith("COPY --from=builder /out/auditor "):
+            found["binary"] = t.split()[-1]
+    for key in ("ENTRYPOINT", "CMD", "binary"):
+        if key not in found:
+            what = "COPY --from=builder /out/auditor <path>" if key == "binary" else key
+            raise CheckError(f"{path}: the runtime stage has no {what}")
+    return found
+
+
+def record_flags(auditor_bin):
+    try:
+        out = subprocess.run([auditor_bin, "record", "--help"], capture_output=True, text=True, timeout=30)
+    except OSError as e:
+        raise CheckError(f"run `{auditor_bin} record --help`: {e} (build it: cargo build -p auditor, or set AUDITOR_BIN)")
+    if out.returncode != 0:
+        raise CheckError(f"`{auditor_bin} record --help` exited {out.returncode}: {out.stderr}")
+    return set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9][a-z0-9-]*)", out.stdout, re.M))
+
+
+def flag_values(args, where, flags):
+    """--flag value pairs (and bare --flags) of `args` after the subcommand; unknown flags fail."""
+    values = {}
+    i = 1
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise CheckError(f"{where}: `{a}` is not a flag (positional arguments after `record`?)")
+        name, eq, value = a.partition("=")
+        if name not in flags:
+            raise CheckError(f"{where}: {name} is not a flag of `auditor record` (see auditor record --help)")
+        if eq:
+            values[name] = value
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            values[name] = args[i + 1]
+            i += 1
+        else:
+            values[name] = None
+        i += 1
+    return values
+
+
+def image_args(deploy, auditor_bin):
+    deploy = Path(deploy)
+    runtime = dockerfile_runtime(deploy / "Dockerfile")
+    flags = record_flags(auditor_bin)
+    if len(flags) < 10:
+        raise CheckError(f"`{auditor_bin} record --help` lists only {sorted(flags)}: not the record help?")
+    entry, cmd = runtime["ENTRYPOINT"], runtime["CMD"]
+    if entry != [runtime["binary"]]:
+        raise CheckError(f"deploy/Dockerfile: ENTRYPOINT {entry} is not [\"{runtime['binary']}\"], where the binary is copied")
+    if not cmd or cmd[0] != "record":
+        raise CheckError(f"deploy/Dockerfile: CMD {cmd} must start with `record`")
+    cmd_values = flag_values(cmd, "deploy/Dockerfile CMD", flags)
+
+    ds = next((d for d in load_all(deploy / "daemonset.yaml") if d.get("kind") == "DaemonSet"), None)
+    if ds is None:
+        raise CheckError("deploy/daemonset.yaml: no DaemonSet")
+    containers = ds["spec"]["template"]["spec"]["containers"]
+    c = next((c for c in containers if c.get("name") == "auditor"), None)
+    if c is None:
+        raise CheckError("deploy/daemonset.yaml: no container named auditor")
+    if "command" in c and c["command"] != entry:
+        raise CheckError(f"deploy/daemonset.yaml: command {c['command']} overrides the image's ENTRYPOINT {entry} with something else")
+    args = [str(a) for a in c.get("args") or []]
+    if not args or args[0] != "record":
+        raise CheckError(f"deploy/daemonset.yaml: args {args} must start with `record`")
+    ds_values = flag_values(args, "deploy/daemonset.yaml args", flags)
+    for name, value in cmd_values.items():
+        if ds_values.get(name, "<absent>") != value:
+            raise CheckError(f"deploy/daemonset.yaml args: {name} is {ds_values.get(name, '<absent>')!r}, "
+                             f"the image's CMD has {value!r}: the args replace CMD, keep its settings")
+    ports = {p.get("containerPort") for p in c.get("ports") or []}
+    listen = ds_values.get("--listen") or ""
+    if not listen.rsplit(":", 1)[-1].isdigit() or int(listen.rsplit(":", 1)[-1]) not in ports:
+        raise CheckError(f"deploy/daemonset.yaml: --listen {listen!r} is on none of the container ports {sorted(ports)}")
+    print(f"Dockerfile: ENTRYPOINT {entry} (the copied binary), CMD {cmd}")
+    print(f"DaemonSet: no command override, args {args}: every flag is in `auditor record --help`, CMD's settings kept")
+
+    kustomization = yaml.safe_load((deploy / "kustomization.yaml").read_text())
+    names = [e.get("name") for e in kustomization.get("images") or []]
+    if image_name(c["image"]) not in names:
+        raise CheckError(f"kustomization.yaml images: no entry for {image_name(c['image'])} (the DaemonSet's image), "
+                         "so users cannot set their registry there")
+
+    tag = c["image"]
+    try:
+        out = subprocess.run(["podman", "image", "inspect", "--format", "{{json .Config}}", tag],
+                             capture_output=True, text=True, timeout=60)
+    except OSError:
+        print(f"podman not installed: the built image {tag} is not checked")
+        return
+    if out.returncode != 0:
+        print(f"podman has no image {tag} (cargo xtask image builds it): not checked")
+        return
+    config = json.loads(out.stdout)
+    for key, want in (("Entrypoint", entry), ("Cmd", cmd)):
+        if config.get(key) != want:
+            raise CheckError(f"image {tag}: {key} is {config.get(key)}, deploy/Dockerfile has {want}")
+    if "/var/lib/auditor" not in (config.get("Volumes") or {}):
+        raise CheckError(f"image {tag}: no VOLUME /var/lib/auditor (Volumes: {config.get('Volumes')})")
+    if "9090/tcp" not in (config.get("ExposedPorts") or {}):
+        raise CheckError(f"image {tag}: 9090/tcp is not exposed (ExposedPorts: {config.get('ExposedPorts')})")
+    print(f"image {tag}: Entrypoint, Cmd, Volumes and ExposedPorts match deploy/Dockerfile")
 
 
 def same(a, b):
@@ -191,6 +356,7 @@ def main(argv):
         "render": (render, 2),
         "same": (same, 2),
         "extract-rules": (extract_rules, 2),
+        "image-args": (image_args, 2),
     }
     try:
         if len(argv) >= 3 and argv[0] == "validate":

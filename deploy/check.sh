@@ -8,8 +8,10 @@
 #   4. promtool test rules deploy/tests/alerts-test.yaml
 #   5. checkov on deploy/ (kubernetes, dockerfile); skips are in the manifests and the
 #      Dockerfile, justified in SECURITY.md
+#   6. the image's ENTRYPOINT/CMD (deploy/Dockerfile, and the image `cargo xtask image`
+#      built when podman has it) agree with the DaemonSet's args and `auditor record --help`
 # Usage: deploy/check.sh            (from anywhere)
-# Env:   AUDITOR_VENV (default /opt/auditor-venv), K8S_VERSIONS (default "1.29 1.31 1.33 1.35"),
+# Env:   AUDITOR_BIN (default: $CARGO_TARGET_DIR or target/, debug/auditor), AUDITOR_VENV (default /opt/auditor-venv), K8S_VERSIONS (default "1.29 1.31 1.33 1.35"),
 #        AUDITOR_NO_KUBECTL=1 to use the python render even where kubectl exists
 set -euo pipefail
 
@@ -67,5 +69,11 @@ export CKV_SKIP_PACKAGE_UPDATE_CHECK=true BC_SKIP_MAPPING=TRUE
 grep -E '^(kubernetes|dockerfile) scan results:' -A 2 "$WORK/checkov.txt" | grep -v '^--$' | sed '/^$/d'
 echo "skipped (each justified in deploy/SECURITY.md):"
 grep -B1 'SKIPPED for resource' "$WORK/checkov.txt" | sed -n 's/^Check: \([A-Z0-9_]*\).*/  \1/p' | sort -u
+
+step "image entrypoint/CMD vs DaemonSet args (auditor record --help)"
+REPO="$(dirname "$DEPLOY")"
+AUDITOR="${AUDITOR_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/debug/auditor}"
+[ -x "$AUDITOR" ] || fail "no auditor binary at $AUDITOR: build it (cargo build -p auditor) or set AUDITOR_BIN"
+"$PY" "$DEPLOY/check.py" image-args "$DEPLOY" "$AUDITOR"
 
 step "all deploy checks passed"

@@ -29,6 +29,15 @@ pub enum ProbeError {
         #[source]
         source: Box<aya::EbpfError>,
     },
+    /// bpf(2) refused with EPERM while CAP_BPF is effective: not a missing capability
+    /// but a seccomp filter (an older runtime's RuntimeDefault) or an LSM.
+    #[error("load the eBPF programs: bpf(2) was refused with EPERM although CAP_BPF is in the effective set: {seccomp}. Use a RuntimeDefault profile from containerd >= 1.6.9 or Docker >= 23 (they allow bpf with CAP_BPF and perf_event_open with CAP_PERFMON), or a profile that does (deploy/SECURITY.md, \"seccomp\"); Debian's podman profile /usr/share/containers/seccomp.json allows bpf only with CAP_SYS_ADMIN")]
+    Seccomp {
+        /// The `Seccomp:` line of /proc/self/status, described.
+        seccomp: String,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
     #[error("open cgroup {path}")]
     Cgroup {
         path: PathBuf,
@@ -120,6 +129,53 @@ pub fn missing_capabilities() -> Vec<&'static str> {
         missing.push("CAP_NET_ADMIN");
     }
     missing
+}
+
+/// Whether an `io::Error` with EPERM is anywhere in `e`'s source chain.
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The seccomp mode of this process, from the `Seccomp:` line of /proc/self/status.
+fn seccomp_mode() -> String {
+    let mode = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .map(|v| v.trim().to_owned())
+        });
+    match mode.as_deref() {
+        Some("2") => "the container's seccomp profile blocks it (a seccomp filter is active: Seccomp 2 in /proc/self/status)".into(),
+        Some("1") => "seccomp strict mode blocks it (Seccomp 1 in /proc/self/status)".into(),
+        Some("0") => "no seccomp filter is active (Seccomp 0 in /proc/self/status), so an LSM (SELinux, AppArmor, lockdown) refused it, not the seccomp profile".into(),
+        _ => "most likely the container's seccomp profile blocks it (no Seccomp line in /proc/self/status to confirm it)".into(),
+    }
+}
+
+/// Classifies a failed load: EPERM with CAP_BPF held names seccomp (see `ProbeError::Seccomp`).
+fn load_error(source: aya::EbpfError) -> ProbeError {
+    let has_bpf = effective_caps().is_some_and(|c| c & (1 << CAP_BPF) != 0);
+    if has_bpf && is_eperm(&source) {
+        return ProbeError::Seccomp {
+            seccomp: seccomp_mode(),
+            source: Box::new(source),
+        };
+    }
+    ProbeError::Load {
+        kernel: kernel_release(),
+        source: Box::new(source),
+    }
 }
 
 fn kernel_release() -> String {
@@ -256,10 +312,7 @@ impl Probe {
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .map_max_entries("FLOWS", opts.max_flows)
             .load(OBJECT)
-            .map_err(|source| ProbeError::Load {
-                kernel: kernel_release(),
-                source: Box::new(source),
-            })?;
+            .map_err(load_error)?;
 
         let mut attached = Vec::new();
         let cgroup_dir = match &opts.cgroup {
@@ -374,8 +427,15 @@ fn raise_memlock() {
 fn attach_tracepoint(ebpf: &mut Ebpf, prog: &str, cat: &str, name: &str) -> Result<(), String> {
     let p: &mut TracePoint = program(ebpf, prog)?;
     p.load().map_err(|e| format!("load: {e}"))?;
-    p.attach(cat, name)
-        .map_err(|e| format!("attach: {}", chain(&e)))?;
+    p.attach(cat, name).map_err(|e| {
+        let has_perfmon = effective_caps().is_some_and(|c| c & (1 << CAP_PERFMON) != 0);
+        if has_perfmon && is_eperm(&e) {
+            // CRI-O's profile allowed perf_event_open only with CAP_SYS_ADMIN until late 2025.
+            format!("attach: {}: perf_event_open(2) was refused with EPERM although CAP_PERFMON is in the effective set: {}; use a RuntimeDefault profile that allows perf_event_open with CAP_PERFMON (containerd >= 1.6.9, Docker >= 23; see deploy/SECURITY.md, \"seccomp\")", chain(&e), seccomp_mode())
+        } else {
+            format!("attach: {}", chain(&e))
+        }
+    })?;
     Ok(())
 }
 
@@ -427,4 +487,42 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod seccomp_tests {
+    use super::*;
+
+    #[test]
+    fn eperm_from_map_creation_is_found_in_the_source_chain() {
+        let e = aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "FLOWS".into(),
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+        assert!(is_eperm(&e));
+        let e = aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name: "FLOWS".into(),
+            io_error: std::io::Error::from_raw_os_error(libc::EINVAL),
+        });
+        assert!(!is_eperm(&e));
+    }
+
+    #[test]
+    fn the_seccomp_error_says_what_to_do() {
+        let e = ProbeError::Seccomp {
+            seccomp: seccomp_mode(),
+            source: Box::new(aya::EbpfError::NoBTF),
+        };
+        let msg = e.to_string();
+        for want in [
+            "EPERM",
+            "CAP_BPF",
+            "seccomp",
+            "containerd >= 1.6.9",
+            "Docker >= 23",
+            "CAP_PERFMON",
+        ] {
+            assert!(msg.contains(want), "{want} in {msg}");
+        }
+    }
 }

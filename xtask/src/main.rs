@@ -4,11 +4,14 @@
 //! `cargo xtask test`   setup + every test: unit, privileged integration, deploy checks.
 //! `cargo xtask demo`   setup + the main job on a simulated node.
 //! `cargo xtask bench`  release build + every benchmark of issue 7; writes BENCHMARKS.md.
+//! `cargo xtask image`  the agent image (static musl binary, FROM scratch) built with podman.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod image;
 
 #[derive(Debug, Parser)]
 #[command(name = "xtask", about = "auditor project tasks (run as root)")]
@@ -34,6 +37,21 @@ enum Cmd {
         /// Where the flow log and report go.
         #[arg(long, default_value = "out/demo")]
         output: PathBuf,
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Build the agent image with podman (no registry, no Docker engine): a static musl
+    /// `auditor` in deploy/Dockerfile's FROM scratch runtime stage, tagged
+    /// ghcr.io/auditor-dev/auditor:<version>.
+    ///
+    /// Example: sudo -E cargo xtask image --tag registry.example/auditor:0.1.0 --output auditor.oci.tar
+    Image {
+        /// Further tags, besides ghcr.io/auditor-dev/auditor:<version> (repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Also write the image to this file as an oci-archive (`podman save`), to push from elsewhere.
+        #[arg(long)]
+        output: Option<PathBuf>,
         #[arg(long)]
         no_setup: bool,
     },
@@ -80,6 +98,14 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     // report test: the HTML report opened headless
     "chromium",
+    // cargo xtask image and the container test: podman with runc (crun refuses hybrid
+    // cgroups), musl-gcc for ring's C code in the static build, the CA bundle the image carries,
+    // strip for the image's binary
+    "podman",
+    "runc",
+    "musl-tools",
+    "ca-certificates",
+    "binutils",
 ];
 
 fn root() -> PathBuf {
@@ -195,6 +221,25 @@ fn setup() -> Result<()> {
             bail!("installed rustc-web; build the eBPF crate with it by hand as described in ARCHITECTURE.md (\"Toolchain fallback\"): this path is not automated");
         }
     }
+    // 2b. the musl target for the static binary of the agent image
+    let has_musl = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == image::MUSL_TARGET)
+        });
+    if has_musl {
+        step(&format!("rust target {}: present", image::MUSL_TARGET));
+    } else {
+        step(&format!(
+            "rust target {}: rustup target add {}",
+            image::MUSL_TARGET,
+            image::MUSL_TARGET
+        ));
+        run(Command::new("rustup").args(["target", "add", image::MUSL_TARGET]))?;
+    }
     // 3. bpf-linker
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
@@ -275,16 +320,31 @@ fn test(filter: Option<String>) -> Result<()> {
     run(cargo()
         .args(["test", "-p", "auditor", "-p", "xtask", "--"])
         .args(&filter_args))?;
+    // The container test (tests/tests/container.rs) runs this image; built once here.
+    let image = if is_root() && ok(Command::new("podman").arg("--version")) {
+        step("container image for tests/tests/container.rs: cargo xtask image");
+        Some(image::build(&[], None)?)
+    } else {
+        step("container image: skipped (needs root and podman); the container test skips too");
+        None
+    };
     step("privileged integration tests (root, one thread, each in its own network namespaces)");
     let bin = root().join("target/debug/auditor");
-    run(cargo()
-        .args(["test", "-p", "integration-tests", "--", "--test-threads=1"])
+    let mut it = cargo();
+    it.args(["test", "-p", "integration-tests", "--", "--test-threads=1"])
         .args(&filter_args)
-        .env("AUDITOR_BIN", &bin))?;
+        .env("AUDITOR_BIN", &bin);
+    if let Some(image) = &image {
+        it.env("AUDITOR_IMAGE", image);
+    }
+    run(&mut it)?;
     let check = root().join("deploy/check.sh");
     if check.is_file() {
-        step("deploy checks: deploy/check.sh (kubernetes-validate, promtool, checkov)");
-        run(Command::new("bash").arg(&check).current_dir(root()))?;
+        step("deploy checks: deploy/check.sh (kubernetes-validate, promtool, checkov, image args)");
+        run(Command::new("bash")
+            .arg(&check)
+            .current_dir(root())
+            .env("AUDITOR_BIN", &bin))?;
     }
     eprintln!("==> all tests passed");
     Ok(())
@@ -388,6 +448,16 @@ fn main() -> Result<()> {
                 setup()?;
             }
             demo(&output)
+        }
+        Cmd::Image {
+            tag,
+            output,
+            no_setup,
+        } => {
+            if !no_setup {
+                setup()?;
+            }
+            image::build(&tag, output.as_deref()).map(|_| ())
         }
         Cmd::Bench {
             output,

@@ -422,3 +422,31 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("bind loopback")
 }
+
+/// A Python script: asks `dns` for origin.media.test (A), connects to the answer on
+/// `port` with an HTTP/1.0 GET, and prints the address.
+pub fn dns_then_connect(dns: &str, port: u16) -> String {
+    format!(
+        r#"import socket, struct, time
+q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+for l in 'origin.media.test'.split('.'):
+    q += bytes([len(l)]) + l.encode()
+q += b'\0' + struct.pack('>HH', 1, 1)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(2)
+for attempt in range(20):
+    try:
+        u.sendto(q, ('{dns}', 53))
+        a, _ = u.recvfrom(512)
+        break
+    except socket.timeout:
+        time.sleep(0.2)
+ip = socket.inet_ntoa(a[-4:])
+t = socket.create_connection((ip, {port}), timeout=5)
+t.sendall(b'GET / HTTP/1.0\r\n\r\n')
+t.recv(100)
+t.close()
+print(ip)
+"#
+    )
+}

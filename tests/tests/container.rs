@@ -385,32 +385,6 @@ fn tmp_dir(tag: &str) -> PathBuf {
     d
 }
 
-fn dns_then_connect(dns: &str, port: u16) -> String {
-    format!(
-        r#"import socket, struct, time
-q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
-for l in 'origin.media.test'.split('.'):
-    q += bytes([len(l)]) + l.encode()
-q += b'\0' + struct.pack('>HH', 1, 1)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(2)
-for attempt in range(20):
-    try:
-        u.sendto(q, ('{dns}', 53))
-        a, _ = u.recvfrom(512)
-        break
-    except socket.timeout:
-        time.sleep(0.2)
-ip = socket.inet_ntoa(a[-4:])
-t = socket.create_connection((ip, {port}), timeout=5)
-t.sendall(b'GET / HTTP/1.0\r\n\r\n')
-t.recv(100)
-t.close()
-print(ip)
-"#
-    )
-}
-
 fn udp_send(dst: &str, port: u16, n: usize) -> String {
     format!(
         "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range({n}):\n    s.sendto(b'x' * 1000, ('{dst}', {port}))\n"

@@ -312,28 +312,7 @@ fn dns_answer_names_the_connection_that_followed() {
     ));
     let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8080, "/tmp");
     let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
-    let script = format!(
-        r#"import socket, struct, time
-q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
-for l in 'origin.media.test'.split('.'):
-    q += bytes([len(l)]) + l.encode()
-q += b'\0' + struct.pack('>HH', 1, 1)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(2)
-for attempt in range(20):
-    try:
-        u.sendto(q, ('{dns}', 53))
-        a, _ = u.recvfrom(512)
-        break
-    except socket.timeout:
-        time.sleep(0.2)
-ip = socket.inet_ntoa(a[-4:])
-t = socket.create_connection((ip, 8080), timeout=5)
-t.close()
-print(ip)
-"#,
-        dns = net.b4
-    );
+    let script = dns_then_connect(&net.b4, 8080);
     assert_eq!(py(&cg, &net.a, &script).trim(), net.b4);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (flows, summary) = rec.stop();

@@ -42,7 +42,17 @@ pub struct Alert {
     /// The policy verdict, when the recorder knows the cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// Set on an overflow alert (`peer` `*`, `port` 0): this many alerts of streams past
+    /// the deduplicator's limit ([`MAX_OPEN_STREAMS`] open at once) were added up here,
+    /// per workload, process and reason, instead of one alert per peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded: Option<u64>,
 }
+
+/// Streams the deduplicator tracks at once; alerts of further streams within the window
+/// are added up into one overflow alert per (kind, workload, process, protocol, reason).
+/// Bounds the recorder's memory under an alert storm (a scan, a flood of new peers).
+pub const MAX_OPEN_STREAMS: usize = 4096;
 
 impl Alert {
     /// The alerts a flow record calls for (drops and connect timeouts), without dedup.
@@ -83,6 +93,7 @@ impl Alert {
             first_seen: r.first_seen.clone(),
             last_seen: r.last_seen.clone(),
             verdict: verdict.clone(),
+            folded: None,
         };
         let mut out = Vec::new();
         // A TCP SYN to a port nobody listens on is freed as NO_SOCKET and answered with a
@@ -119,9 +130,12 @@ impl Alert {
             .as_deref()
             .map(|p| format!(" ({p})"))
             .unwrap_or_default();
-        let peer = match (&self.peer_name, &self.peer_workload) {
-            (Some(n), _) => format!("{n} [{}]", self.peer),
-            (None, Some(w)) => format!("{w} [{}]", self.peer),
+        let peer = match (&self.peer_name, &self.peer_workload, self.folded) {
+            (_, _, Some(n)) => {
+                format!("other peers ({n} alerts past the limit of open streams)")
+            }
+            (Some(n), _, None) => format!("{n} [{}]", self.peer),
+            (None, Some(w), None) => format!("{w} [{}]", self.peer),
             _ => self.peer.clone(),
         };
         let arrow = if self.direction == "ingress" {
@@ -134,10 +148,29 @@ impl Alert {
             .as_deref()
             .map(|v| format!("; {v}"))
             .unwrap_or_default();
+        let port = if self.folded.is_some() {
+            "*".to_owned()
+        } else {
+            self.port.to_string()
+        };
         format!(
-            "{}: {who}{process} {arrow} {peer} {}/{}: {} x{}{verdict}",
-            self.kind, self.port, self.protocol, self.reason, self.count
+            "{}: {who}{process} {arrow} {peer} {port}/{}: {} x{}{verdict}",
+            self.kind, self.protocol, self.reason, self.count
         )
+    }
+
+    /// This alert added up into its overflow stream (peer `*`, port 0, no pod or pid).
+    fn into_overflow(self) -> Alert {
+        Alert {
+            pod: None,
+            pid: None,
+            peer: "*".to_owned(),
+            peer_name: None,
+            peer_workload: None,
+            port: 0,
+            folded: Some(1),
+            ..self
+        }
     }
 
     /// The stream an alert belongs to, for deduplication.
@@ -168,24 +201,46 @@ struct Open {
 pub struct Deduper {
     window: Duration,
     open: BTreeMap<String, Open>,
+    max_open: usize,
 }
 
 impl Deduper {
     pub fn new(window: Duration) -> Self {
+        Self::with_limit(window, MAX_OPEN_STREAMS)
+    }
+
+    /// At most `max_open` streams tracked at once (overflow streams come on top).
+    pub fn with_limit(window: Duration, max_open: usize) -> Self {
         Self {
             window,
             open: BTreeMap::new(),
+            max_open,
         }
+    }
+
+    /// Streams tracked now.
+    pub fn open_streams(&self) -> usize {
+        self.open.len()
     }
 
     /// Feeds alerts seen at time `now` (any monotonic clock); returns those to send now.
     pub fn push(&mut self, now: Duration, alerts: Vec<Alert>) -> Vec<Alert> {
         let mut out = Vec::new();
         for a in alerts {
-            let k = a.key();
+            let mut k = a.key();
+            let a = if self.open.len() >= self.max_open && !self.open.contains_key(&k) {
+                let o = a.into_overflow();
+                k = o.key();
+                o
+            } else {
+                a
+            };
             match self.open.get_mut(&k) {
                 Some(o) => {
                     o.alert.count += a.count;
+                    if let (Some(f), Some(n)) = (&mut o.alert.folded, a.folded) {
+                        *f += n;
+                    }
                     o.alert.last_seen = a.last_seen.or(o.alert.last_seen.take());
                     if a.verdict.is_some() {
                         o.alert.verdict = a.verdict;
@@ -296,5 +351,45 @@ mod tests {
             "a new window opens"
         );
         assert!(d.flush().is_empty(), "nothing more owed");
+    }
+
+    #[test]
+    fn dedup_is_bounded_and_folds_the_overflow_per_workload_and_reason() {
+        let mut d = Deduper::with_limit(Duration::from_secs(60), 3);
+        let to = |ip: &str, n| {
+            let mut r = record(n, 0);
+            r.dst_ip = ip.parse().unwrap();
+            r.dns_name = None;
+            Alert::from_record(&r, None)
+        };
+        let t = Duration::from_secs(1);
+        for i in 1..=3 {
+            assert_eq!(d.push(t, to(&format!("10.0.0.{i}"), 1)).len(), 1);
+        }
+        // The fourth peer and beyond: one overflow alert goes out, then they add up.
+        let first = d.push(t, to("10.0.0.4", 2));
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].peer.as_str(), first[0].port), ("*", 0));
+        assert_eq!(first[0].folded, Some(1));
+        assert_eq!(
+            first[0].sentence(),
+            "drop: transcode/Deployment/transcoder (ffmpeg) -> other peers (1 alerts past the limit of open streams) */UDP: NETFILTER_DROP x2"
+        );
+        for i in 5..=100 {
+            assert!(d.push(t, to(&format!("10.0.0.{i}"), 1)).is_empty());
+        }
+        // A known stream still adds up on its own.
+        assert!(d.push(t, to("10.0.0.2", 5)).is_empty());
+        assert_eq!(d.open_streams(), 4, "3 streams and one overflow stream");
+        let later = d.tick(Duration::from_secs(62));
+        let overflow = later.iter().find(|a| a.folded.is_some()).unwrap();
+        assert_eq!(overflow.folded, Some(97));
+        assert_eq!(overflow.count, 2 + 96);
+        let two = later.iter().find(|a| a.peer == "10.0.0.2").unwrap();
+        assert_eq!(two.count, 6);
+        assert_eq!(d.open_streams(), 0);
+        let json = serde_json::to_value(overflow).unwrap();
+        assert_eq!(json["folded"], 97);
+        assert!(serde_json::to_value(two).unwrap().get("folded").is_none());
     }
 }

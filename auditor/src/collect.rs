@@ -159,6 +159,9 @@ pub struct NodeOutcome {
     pub pod: String,
     /// Valid flow records received, or why there are none.
     pub result: Result<usize, NodeError>,
+    /// The agent's `/flows` buffer had already evicted records of the window, up to this
+    /// `last_seen`: they are only in that node's flow log.
+    pub evicted_until: Option<String>,
 }
 
 /// A line of an agent's answer that is not a valid flow record (skipped).
@@ -186,9 +189,16 @@ impl Collected {
         self.nodes.iter().filter(|n| n.result.is_err())
     }
 
-    /// 0 when every node answered, [`EXIT_PARTIAL`] otherwise.
+    /// Nodes that answered without every record of the window.
+    pub fn incomplete(&self) -> impl Iterator<Item = &NodeOutcome> {
+        self.nodes
+            .iter()
+            .filter(|n| n.result.is_ok() && n.evicted_until.is_some())
+    }
+
+    /// 0 when every node answered with the whole window, [`EXIT_PARTIAL`] otherwise.
     pub fn exit_code(&self) -> i32 {
-        if self.failed().next().is_some() {
+        if self.failed().next().is_some() || self.incomplete().next().is_some() {
             EXIT_PARTIAL
         } else {
             0
@@ -236,19 +246,18 @@ pub async fn collect(
     }
     let (targets, mut nodes) = choose_agents(list.items);
 
-    let fetched: Vec<(String, String, Result<bytes::Bytes, NodeError>)> =
-        futures::stream::iter(targets)
-            .map(|(node, pod)| {
-                let client = client.clone();
-                let since = since.clone();
-                async move {
-                    let r = fetch(&client, args, &pod, &since).await;
-                    (node, pod, r)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+    let fetched: Vec<(String, String, Result<Fetched, NodeError>)> = futures::stream::iter(targets)
+        .map(|(node, pod)| {
+            let client = client.clone();
+            let since = since.clone();
+            async move {
+                let r = fetch(&client, args, &pod, &since).await;
+                (node, pod, r)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
 
     struct Entry {
         first_seen: Option<SystemTime>,
@@ -259,7 +268,8 @@ pub async fn collect(
     let mut entries = Vec::new();
     let mut bad_lines = Vec::new();
     for (node, pod, r) in fetched {
-        let result = r.map(|data| {
+        let evicted_until = r.as_ref().ok().and_then(|f| f.evicted_until.clone());
+        let result = r.map(|Fetched { data, .. }| {
             let mut n = 0;
             let name = PathBuf::from(&node);
             let skipped = flowlog::visit_flow_log(&name, &data, true, |line, span, rec| {
@@ -284,7 +294,12 @@ pub async fn collect(
             }
             n
         });
-        nodes.push(NodeOutcome { node, pod, result });
+        nodes.push(NodeOutcome {
+            node,
+            pod,
+            result,
+            evicted_until,
+        });
     }
     // Records without first_seen last; then node, then line: deterministic.
     entries.sort_by(|a, b| {
@@ -319,6 +334,7 @@ fn choose_agents(pods: Vec<Pod>) -> (Vec<(String, String)>, Vec<NodeOutcome>) {
                 node: "(unscheduled)".to_owned(),
                 pod: name.clone(),
                 result: Err(NodeError::Unscheduled { pod: name }),
+                evicted_until: None,
             }),
         }
     }
@@ -347,10 +363,18 @@ fn choose_agents(pods: Vec<Pod>) -> (Vec<(String, String)>, Vec<NodeOutcome>) {
                 node,
                 pod: name.clone(),
                 result: Err(NodeError::NotRunning { pod: name, phase }),
+                evicted_until: None,
             });
         }
     }
     (targets, failed)
+}
+
+/// One agent's `/flows` answer.
+struct Fetched {
+    data: bytes::Bytes,
+    /// Its [`crate::serve::EVICTED_HEADER`].
+    evicted_until: Option<String>,
 }
 
 async fn fetch(
@@ -358,7 +382,7 @@ async fn fetch(
     args: &CollectArgs,
     pod: &str,
     since: &str,
-) -> Result<bytes::Bytes, NodeError> {
+) -> Result<Fetched, NodeError> {
     let path = format!(
         "/api/v1/namespaces/{}/pods/{pod}:{}/proxy/flows",
         args.namespace, args.port
@@ -375,6 +399,11 @@ async fn fetch(
     let exchange = async {
         let response = client.send(request).await.map_err(request_error)?;
         let status = response.status();
+        let evicted_until = response
+            .headers()
+            .get(crate::serve::EVICTED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response
             .into_body()
             .collect_bytes()
@@ -387,7 +416,10 @@ async fn fetch(
                 message: status_message(&body),
             });
         }
-        Ok(body)
+        Ok(Fetched {
+            data: body,
+            evicted_until,
+        })
     };
     match tokio::time::timeout(args.timeout, exchange).await {
         Ok(r) => r,
@@ -444,11 +476,21 @@ fn write_output(path: &Path, lines: &[String]) -> Result<(), CollectError> {
 pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Result<()> {
     for n in &c.nodes {
         match &n.result {
-            Ok(records) => writeln!(
-                w,
-                "auditor collect: {} ({}): {records} flow records",
-                n.node, n.pod
-            )?,
+            Ok(records) => match &n.evicted_until {
+                None => writeln!(
+                    w,
+                    "auditor collect: {} ({}): {records} flow records",
+                    n.node, n.pod
+                )?,
+                Some(until) => writeln!(
+                    w,
+                    "auditor collect: {} ({}): {records} flow records, INCOMPLETE: records \
+                     last seen up to {until} were evicted from the agent's /flows buffer \
+                     (they are in the node's flow log; raise --flows-buffer-bytes or \
+                     collect more often)",
+                    n.node, n.pod
+                )?,
+            },
             Err(e) => {
                 write!(w, "auditor collect: {} ({}): FAILED: {e}", n.node, n.pod)?;
                 let mut source = std::error::Error::source(e);
@@ -484,6 +526,8 @@ pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Resu
         c.nodes.len(),
         if ok < c.nodes.len() {
             " (incomplete: see FAILED above)"
+        } else if c.incomplete().next().is_some() {
+            " (incomplete: see INCOMPLETE above)"
         } else {
             ""
         }

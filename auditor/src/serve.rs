@@ -288,6 +288,9 @@ struct ServeMetrics {
     connections_rejected: Counter,
     clients_timed_out: Counter,
     fault: Family<KindLabels, Gauge<i64, AtomicI64>>,
+    buffer_bytes: Gauge<i64, AtomicI64>,
+    buffer_lines: Gauge<i64, AtomicI64>,
+    buffer_evicted: Counter,
 }
 
 impl ServeMetrics {
@@ -295,6 +298,24 @@ impl ServeMetrics {
         let connections_rejected = Counter::default();
         let clients_timed_out = Counter::default();
         let fault = Family::<KindLabels, Gauge<i64, AtomicI64>>::default();
+        let buffer_bytes = Gauge::<i64, AtomicI64>::default();
+        let buffer_lines = Gauge::<i64, AtomicI64>::default();
+        let buffer_evicted = Counter::default();
+        registry.register(
+            "flows_buffer_bytes",
+            "Memory held by the flow log lines kept for /flows (bounded by --flows-buffer-bytes)",
+            buffer_bytes.clone(),
+        );
+        registry.register(
+            "flows_buffer_lines",
+            "Flow log lines kept for /flows",
+            buffer_lines.clone(),
+        );
+        registry.register(
+            "flows_buffer_evicted",
+            "Flow log lines evicted from the /flows buffer (they stay in the flow log)",
+            buffer_evicted.clone(),
+        );
         registry.register(
             "http_connections_rejected",
             "HTTP connections or requests refused because a connection or /flows limit was reached",
@@ -319,14 +340,41 @@ impl ServeMetrics {
             connections_rejected,
             clients_timed_out,
             fault,
+            buffer_bytes,
+            buffer_lines,
+            buffer_evicted,
         }
     }
 }
 
-/// A line of the flow log kept for `/flows`, with its `last_seen` for filtering.
+/// A line of the flow log kept for `/flows`: its `last_seen` (for filtering) and its JSON
+/// in one allocation of exactly their size.
 struct Line {
-    last_seen: String,
-    json: String,
+    text: Box<str>,
+    /// `text[..split]` is `last_seen`, the rest the JSON.
+    split: usize,
+}
+
+impl Line {
+    fn new(last_seen: &str, json: &str) -> Self {
+        let mut text = String::with_capacity(last_seen.len() + json.len());
+        text.push_str(last_seen);
+        text.push_str(json);
+        Self {
+            text: text.into_boxed_str(),
+            split: last_seen.len(),
+        }
+    }
+    fn last_seen(&self) -> &str {
+        &self.text[..self.split]
+    }
+    fn json(&self) -> &str {
+        &self.text[self.split..]
+    }
+    /// What the line holds in memory: the text, the queue slot, the allocator's header.
+    fn cost(&self) -> usize {
+        self.text.len() + std::mem::size_of::<Self>() + 16
+    }
 }
 
 /// The kept lines; `q[i]` has sequence number `first_seq + i`.
@@ -334,13 +382,54 @@ struct Line {
 struct Lines {
     q: VecDeque<Line>,
     first_seq: u64,
+    /// What the kept lines cost ([`Line::cost`]).
+    bytes: usize,
+    /// The latest `last_seen` among the lines evicted so far: a `/flows` answer for a
+    /// `since` at or before it is missing lines (they are only in the flow log).
+    evicted_until: Option<Box<str>>,
 }
 
 impl Lines {
     fn end_seq(&self) -> u64 {
         self.first_seq + self.q.len() as u64
     }
+
+    fn evict_oldest(&mut self) {
+        if let Some(line) = self.q.pop_front() {
+            self.first_seq += 1;
+            self.bytes -= line.cost();
+            if self
+                .evicted_until
+                .as_deref()
+                .is_none_or(|u| line.last_seen() > u)
+            {
+                self.evicted_until = Some(line.last_seen().into());
+            }
+        }
+    }
 }
+
+/// How much of the flow log `/flows` keeps in memory (the oldest lines go first past
+/// either bound).
+#[derive(Debug, Clone, Copy)]
+pub struct FlowsBuffer {
+    pub lines: usize,
+    pub bytes: usize,
+}
+
+impl FlowsBuffer {
+    /// At most `lines` lines, however big.
+    pub fn lines(lines: usize) -> Self {
+        Self {
+            lines,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// The `/flows` answer header saying lines at or after `since` were evicted from the
+/// buffer; its value is the latest `last_seen` evicted.
+pub const EVICTED_HEADER: &str = "auditor-flows-evicted-until";
 
 /// A `/flows` chunk is cut after about this many bytes...
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -361,7 +450,7 @@ pub struct Shared {
     /// when it stalls.
     heartbeat_ms: std::sync::atomic::AtomicU64,
     flows: Mutex<Lines>,
-    max_lines: usize,
+    buffer: FlowsBuffer,
 }
 
 /// Milliseconds on CLOCK_MONOTONIC.
@@ -384,7 +473,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Shared state keeping at most `max_lines` lines for `/flows`.
     pub fn new(max_lines: usize) -> Arc<Self> {
+        Self::with_buffer(FlowsBuffer::lines(max_lines))
+    }
+
+    pub fn with_buffer(buffer: FlowsBuffer) -> Arc<Self> {
         let mut metrics = Metrics::default();
         let serve = ServeMetrics::register(&mut metrics.registry);
         Arc::new(Self {
@@ -395,7 +489,7 @@ impl Shared {
             faults: Mutex::new(BTreeMap::new()),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(monotonic_ms()),
             flows: Mutex::new(Lines::default()),
-            max_lines,
+            buffer,
         })
     }
 
@@ -461,16 +555,33 @@ impl Shared {
         self.metrics.up.set(i64::from(self.is_up()));
     }
 
-    /// Keeps flow log lines for `/flows` (the oldest go first past `max_lines`).
-    pub fn keep_lines(&self, lines: impl IntoIterator<Item = (String, String)>) {
+    /// Keeps flow log lines (`last_seen`, JSON) for `/flows`; the oldest go first past
+    /// either bound of the buffer.
+    pub fn keep_lines<S: AsRef<str>, J: AsRef<str>>(
+        &self,
+        lines: impl IntoIterator<Item = (S, J)>,
+    ) {
         let mut l = lock(&self.flows);
+        let before = l.first_seq;
         for (last_seen, json) in lines {
-            l.q.push_back(Line { last_seen, json });
-            while l.q.len() > self.max_lines {
-                l.q.pop_front();
-                l.first_seq += 1;
+            let line = Line::new(last_seen.as_ref(), json.as_ref());
+            l.bytes += line.cost();
+            l.q.push_back(line);
+            while l.q.len() > self.buffer.lines || (l.bytes > self.buffer.bytes && l.q.len() > 1) {
+                l.evict_oldest();
             }
         }
+        self.serve.buffer_evicted.inc_by(l.first_seq - before);
+        self.serve.buffer_bytes.set(l.bytes as i64);
+        self.serve.buffer_lines.set(l.q.len() as i64);
+    }
+
+    /// The latest `last_seen` evicted from the buffer, when it is at or after `since`
+    /// (or when anything was evicted and there is no `since`): the answer is incomplete.
+    fn evicted_since(&self, since: Option<&str>) -> Option<String> {
+        let l = lock(&self.flows);
+        let until = l.evicted_until.as_deref()?;
+        since.is_none_or(|s| until >= s).then(|| until.to_owned())
     }
 
     /// The sequence number the next kept line will get: a stream started now ends there.
@@ -492,8 +603,8 @@ impl Shared {
             let Some(line) = l.q.get((seq - l.first_seq) as usize) else {
                 break;
             };
-            if since.is_none_or(|s| line.last_seen.as_str() >= s) {
-                out.extend_from_slice(line.json.as_bytes());
+            if since.is_none_or(|s| line.last_seen() >= s) {
+                out.extend_from_slice(line.json().as_bytes());
                 out.push(b'\n');
             }
             seq += 1;
@@ -643,6 +754,7 @@ async fn flows(State(app): State<App>, Query(q): Query<FlowsQuery>) -> Response 
         app.shared.serve.connections_rejected.inc();
         return too_busy("/flows clients");
     };
+    let evicted = app.shared.evicted_since(since.as_deref());
     let st = FlowStream {
         end: app.shared.flows_end(),
         shared: app.shared.clone(),
@@ -651,11 +763,15 @@ async fn flows(State(app): State<App>, Query(q): Query<FlowsQuery>) -> Response 
         deadline: tokio::time::Instant::now() + app.flows_deadline,
         _permit: permit,
     };
-    (
+    let mut response = (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(futures::stream::unfold(st, next_chunk)),
     )
-        .into_response()
+        .into_response();
+    if let Some(v) = evicted.and_then(|u| header::HeaderValue::from_str(&u).ok()) {
+        response.headers_mut().insert(EVICTED_HEADER, v);
+    }
+    response
 }
 
 /// The endpoints with the default limits (without the connection-level ones, which
@@ -1046,6 +1162,54 @@ mod tests {
         );
     }
 
+    #[test]
+    fn flows_buffer_is_bounded_by_bytes_and_says_what_it_evicted() {
+        // Lines of about 1 KiB: a 100 KiB buffer keeps fewer than 100 of them.
+        let s = Shared::with_buffer(FlowsBuffer {
+            lines: 1_000_000,
+            bytes: 100 << 10,
+        });
+        assert_eq!(s.evicted_since(None), None, "nothing evicted yet");
+        fill(&s, 0, 1000, 1000);
+        let l = lock(&s.flows);
+        assert!(l.bytes <= 100 << 10, "{} bytes kept", l.bytes);
+        assert!(
+            l.q.len() > 90 && l.q.len() < 100,
+            "{} lines kept",
+            l.q.len()
+        );
+        assert_eq!(l.first_seq, 1000 - l.q.len() as u64);
+        let kept = l.q.len();
+        let oldest_kept = l.q[0].last_seen().to_owned();
+        drop(l);
+        let text = s.metrics.render();
+        assert!(
+            text.contains(&format!(
+                "auditor_flows_buffer_evicted_total {}",
+                1000 - kept
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("auditor_flows_buffer_lines {kept}")));
+        // The latest evicted line is the one just before the oldest kept.
+        let until = last_seen(999 - kept);
+        assert_eq!(s.evicted_since(None).as_deref(), Some(until.as_str()));
+        assert_eq!(
+            s.evicted_since(Some(&until)).as_deref(),
+            Some(until.as_str())
+        );
+        assert_eq!(
+            s.evicted_since(Some(&last_seen(0))).as_deref(),
+            Some(until.as_str())
+        );
+        assert_eq!(
+            s.evicted_since(Some(&oldest_kept)),
+            None,
+            "a window starting at the oldest kept line is complete"
+        );
+        assert_eq!(s.lines_since(Some(&oldest_kept)).lines().count(), kept);
+    }
+
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::{Instant, SystemTime};
@@ -1226,6 +1390,34 @@ mod tests {
         let got = ids(&body);
         assert_eq!(got.len(), 200_000);
         assert!(got.iter().enumerate().all(|(n, i)| n == *i), "in order");
+    }
+
+    #[test]
+    fn flows_answer_names_what_the_buffer_evicted() {
+        let _serial = lock(&HTTP_TESTS);
+        let shared = Shared::new(100);
+        fill(&shared, 0, 150, 10);
+        let addr = start(&shared, ServeConfig::default());
+        let head = |path: &str| {
+            let mut raw = Vec::new();
+            let _ = request(addr, path).read_to_end(&mut raw);
+            let end = find(&raw, b"\r\n\r\n").expect("a response head");
+            String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase()
+        };
+        let header = format!("{EVICTED_HEADER}: {}", last_seen(49).to_ascii_lowercase());
+        // Lines 0..50 were evicted: a window from line 10 or from the start misses some...
+        for path in [
+            "/flows".to_owned(),
+            format!("/flows?since={}", last_seen(10)),
+        ] {
+            let h = head(&path);
+            assert!(h.starts_with("http/1.1 200"), "{h}");
+            assert!(h.contains(&header), "{path}: {h}");
+        }
+        // ...a window from the oldest kept line does not.
+        let h = head(&format!("/flows?since={}", last_seen(50)));
+        assert!(h.starts_with("http/1.1 200"), "{h}");
+        assert!(!h.contains(EVICTED_HEADER), "{h}");
     }
 
     #[test]

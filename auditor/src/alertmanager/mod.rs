@@ -310,6 +310,7 @@ mod tests {
             first_seen: Some("2026-11-28T10:00:00.000Z".into()),
             last_seen: None,
             verdict: Some("denied: x".into()),
+            folded: None,
         };
         let v = postable(
             &a,

@@ -215,6 +215,51 @@ async fn run_writes_the_output_and_exits_0_when_all_answer() {
 }
 
 #[tokio::test]
+async fn a_node_whose_buffer_evicted_part_of_the_window_is_reported_incomplete() {
+    let (fake, client) = FakeApi::start();
+    fake.apply(agent("auditor-aaaaa", Some("node-a"), "Running"));
+    fake.apply(agent("auditor-bbbbb", Some("node-b"), "Running"));
+    fake.set_proxy(
+        "auditor",
+        "auditor-aaaaa",
+        9090,
+        Proxy::Ok(flow(1, "2026-11-28T10:00:02Z") + "\n"),
+    );
+    fake.set_proxy(
+        "auditor",
+        "auditor-bbbbb",
+        9090,
+        Proxy::OkWithHeaders(
+            flow(2, "2026-11-28T10:30:00Z") + "\n",
+            vec![(
+                crate::serve::EVICTED_HEADER,
+                "2026-11-28T10:29:59.000Z".to_owned(),
+            )],
+        ),
+    );
+    let c = collect(&client, &args(&[]), SystemTime::now())
+        .await
+        .expect("collect");
+    assert_eq!(c.lines.len(), 2, "what arrived is still written");
+    let b = &c.nodes[1];
+    assert_eq!(b.node, "node-b");
+    assert_eq!(b.evicted_until.as_deref(), Some("2026-11-28T10:29:59.000Z"));
+    assert_eq!(c.nodes[0].evicted_until, None);
+    assert_eq!(c.exit_code(), EXIT_PARTIAL);
+    let mut text = Vec::new();
+    report(&mut text, &c, Path::new("flows.jsonl")).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("node-b (auditor-bbbbb): 1 flow records, INCOMPLETE: records last seen up to 2026-11-28T10:29:59.000Z were evicted from the agent's /flows buffer"),
+        "{text}"
+    );
+    assert!(
+        text.contains("from 2 of 2 nodes to flows.jsonl (incomplete: see INCOMPLETE above)"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn agents_not_running_are_failures_and_a_node_with_a_running_one_is_asked() {
     let (fake, client) = FakeApi::start();
     fake.apply(agent("auditor-old", Some("node-a"), "Failed"));

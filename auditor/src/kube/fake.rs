@@ -29,6 +29,8 @@ type Tx = mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
 pub(crate) enum Proxy {
     /// 200 with this body.
     Ok(String),
+    /// 200 with this body and these extra headers (as the API server passes them on).
+    OkWithHeaders(String, Vec<(&'static str, String)>),
     /// This status with a `Status` object naming `message` (as the API server proxies
     /// an unreachable or failing backend).
     Status(u16, String),
@@ -390,14 +392,8 @@ impl State {
         }
         if let Some(p) = self.proxy.get(&path).cloned() {
             match p {
-                Proxy::Ok(body) => {
-                    let mut r = Response::new(full(body));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/x-ndjson"),
-                    );
-                    send.send_response(r)
-                }
+                Proxy::Ok(body) => send.send_response(ndjson(body, &[])),
+                Proxy::OkWithHeaders(body, headers) => send.send_response(ndjson(body, &headers)),
                 Proxy::Status(code, message) => send.send_response(json_response(
                     code,
                     &status(code, "ServiceUnavailable", &message),
@@ -487,4 +483,19 @@ impl State {
         });
         send.send_response(json_response(200, &list));
     }
+}
+
+/// A 200 `application/x-ndjson` answer with extra headers.
+fn ndjson(body: String, headers: &[(&'static str, String)]) -> Response<FakeBody> {
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    for (k, v) in headers {
+        if let Ok(v) = http::HeaderValue::from_str(v) {
+            r.headers_mut().insert(*k, v);
+        }
+    }
+    r
 }

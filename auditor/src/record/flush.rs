@@ -30,11 +30,14 @@ pub fn drain(k: &mut dyn KernelSource, state: &mut State, max: usize) -> bool {
                 Event::Drop { .. } => abi::EVENT_DROP,
                 Event::Dns(_) => abi::EVENT_DNS,
             };
-            *state
-                .summary
-                .events
-                .entry(kind_name(kind).to_string())
-                .or_default() += 1;
+            // Counted without allocating once the kind has its entry.
+            let name = kind_name(kind);
+            match state.summary.events.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    state.summary.events.insert(name.to_owned(), 1);
+                }
+            }
             state.on_event(ev);
         }
         Err(e) => {
@@ -229,7 +232,7 @@ fn scan_drops(
     if new_drops.is_empty() {
         return (flow_drops, items);
     }
-    let index = DropIndex::build(state);
+    let index = DropIndex::build(state, new_drops.iter().map(|(d, _, _)| d));
     for (d, delta, last) in new_drops {
         state.summary.drops += delta;
         let reason = state.reason_name(d.reason);
@@ -383,10 +386,9 @@ fn write_items(
             continue;
         }
         if state.serve_flows {
-            let json = String::from_utf8_lossy(&buf[start..]).into_owned();
-            state
-                .shared
-                .keep_lines([(rec.last_seen.unwrap_or_default(), json)]);
+            let json = String::from_utf8_lossy(&buf[start..]);
+            let last_seen = rec.last_seen.as_deref().unwrap_or_default();
+            state.shared.keep_lines([(last_seen, json)]);
         }
         buf.push(b'\n');
         in_buf += 1;

@@ -105,9 +105,13 @@ pub struct RecordArgs {
     /// Serve `/metrics`, `/healthz` and `/flows?since=RFC3339` on this address (e.g. `0.0.0.0:9090`).
     #[arg(long, env = "AUDITOR_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
-    /// Flow log records kept in memory for `/flows`.
+    /// Flow log records kept in memory for `/flows` (at most this many lines...).
     #[arg(long, default_value_t = 200_000, env = "AUDITOR_FLOWS_BUFFER")]
     pub flows_buffer: usize,
+    /// ...and at most this much memory; the oldest go first (they stay in the flow log, and
+    /// a `/flows` answer that misses some says so).
+    #[arg(long, default_value_t = 32 << 20, env = "AUDITOR_FLOWS_BUFFER_BYTES")]
+    pub flows_buffer_bytes: usize,
     /// Also send drop alerts to this Alertmanager (API v2), e.g. `http://alertmanager.monitoring:9093`
     /// (https too). Deliveries are queued (10,000 alerts), retried with backoff, and
     /// counted in `auditor_alerts_sent_total` / `auditor_alerts_dropped_total`.
@@ -412,7 +416,10 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     } else {
         None
     };
-    let shared = crate::serve::Shared::new(args.flows_buffer);
+    let shared = crate::serve::Shared::with_buffer(crate::serve::FlowsBuffer {
+        lines: args.flows_buffer,
+        bytes: args.flows_buffer_bytes,
+    });
     if let Some(addr) = args.listen {
         let bound = crate::serve::spawn(addr, shared.clone())
             .await

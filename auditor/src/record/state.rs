@@ -498,18 +498,30 @@ pub struct DropIndex {
 }
 
 impl DropIndex {
-    pub fn build(state: &State) -> Self {
+    /// The index of the flows that talk to an endpoint of one of `drops` (so its size
+    /// follows the drops of one flush, not the flows in memory).
+    pub fn build<'a>(state: &State, drops: impl IntoIterator<Item = &'a decode::Drop>) -> Self {
         let mut by_peer: HashMap<(Protocol, IpAddr, u16), Vec<u32>> = HashMap::new();
+        for d in drops {
+            if let (Some((s, sp, dst, dp)), Some(proto)) = (d.tuple, d.protocol) {
+                by_peer.entry((proto, dst, dp)).or_default();
+                by_peer.entry((proto, s, sp)).or_default();
+            }
+        }
+        if by_peer.is_empty() {
+            return Self { by_peer };
+        }
         for (i, e) in state.flows.iter() {
             let f = &e.flow;
-            by_peer
-                .entry((f.protocol, f.dst_ip, f.dst_port))
-                .or_default()
-                .push(i);
+            if let Some(v) = by_peer.get_mut(&(f.protocol, f.dst_ip, f.dst_port)) {
+                v.push(i);
+            }
             if f.direction == Direction::Egress {
                 if let Some(c) = &state.cluster {
                     for (ip, port) in c.backends(f.dst_ip, f.dst_port, f.protocol) {
-                        by_peer.entry((f.protocol, ip, port)).or_default().push(i);
+                        if let Some(v) = by_peer.get_mut(&(f.protocol, ip, port)) {
+                            v.push(i);
+                        }
                     }
                 }
             }
@@ -647,23 +659,21 @@ mod tests {
             protocol: Some(Protocol::Tcp),
             tuple: Some((a.parse().unwrap(), ap, b.parse().unwrap(), bp)),
         };
-        let idx = DropIndex::build(&s);
-        assert_eq!(
-            idx.attribute(&s, &d("10.0.0.1", 40000, "10.0.0.2", 80)),
-            Some(eg_i)
-        );
-        assert_eq!(
-            idx.attribute(&s, &d("10.0.0.2", 80, "10.0.0.1", 40000)),
-            Some(eg_i)
-        );
-        assert_eq!(
-            idx.attribute(&s, &d("10.0.0.9", 5000, "10.0.0.1", 8080)),
-            Some(ing_i)
-        );
-        assert_eq!(
-            idx.attribute(&s, &d("10.0.0.9", 5000, "10.0.0.1", 9999)),
-            None
-        );
+        let drops = [
+            (d("10.0.0.1", 40000, "10.0.0.2", 80), Some(eg_i)),
+            (d("10.0.0.2", 80, "10.0.0.1", 40000), Some(eg_i)),
+            (d("10.0.0.9", 5000, "10.0.0.1", 8080), Some(ing_i)),
+            (d("10.0.0.9", 5000, "10.0.0.1", 9999), None),
+        ];
+        let idx = DropIndex::build(&s, drops.iter().map(|(d, _)| d));
+        for (d, want) in &drops {
+            assert_eq!(idx.attribute(&s, d), *want, "{d:?}");
+        }
+        // The index holds only the endpoints of the drops asked about.
+        let one = DropIndex::build(&s, [&drops[2].0]);
+        assert_eq!(one.attribute(&s, &drops[2].0), Some(ing_i));
+        assert_eq!(one.attribute(&s, &drops[0].0), None, "not indexed");
+        assert_eq!(one.by_peer.len(), 2);
     }
 
     #[test]

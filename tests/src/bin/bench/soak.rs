@@ -30,6 +30,25 @@ fn probe(addr: &str) -> Option<f64> {
         .then(|| t.elapsed().as_secs_f64() * 1000.0)
 }
 
+/// `auditor_flushes_total` from one `GET /metrics`.
+fn flushes(addr: &str) -> Option<u64> {
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut c = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    c.read_to_string(&mut buf).ok()?;
+    buf.lines()
+        .find_map(|l| l.strip_prefix("auditor_flushes_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The flush interval of the recorder's default settings; a flush may come at most twice
+/// that after the one before.
+const FLUSH_INTERVAL_S: f64 = 5.0;
+/// "Flat": VmRSS in the second half moves within this band.
+const FLAT_MIB: f64 = 16.0;
+
 pub fn fig_soak(env: &Env, secs: u64, rep: &mut Report) -> Result<()> {
     eprintln!("== figure S: soak, {RATE} new flows/s for {secs} s");
     let _sink = super::start_sink(env)?;
@@ -71,6 +90,32 @@ pub fn fig_soak(env: &Env, secs: u64, rep: &mut Report) -> Result<()> {
             (lat, unanswered)
         })
     };
+    // When auditor_flushes_total went up, scraped every 250 ms: the gaps between flushes.
+    let scraper = {
+        let stop = stop.clone();
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut last: Option<(u64, Instant)> = None;
+            let mut max_gap = 0.0f64;
+            let mut gaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(n) = flushes(&addr) {
+                    let now = Instant::now();
+                    match last {
+                        Some((m, at)) if n > m => {
+                            max_gap = max_gap.max(now.duration_since(at).as_secs_f64());
+                            gaps += 1;
+                            last = Some((n, now));
+                        }
+                        None => last = Some((n, now)),
+                        _ => {}
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (max_gap, gaps)
+        })
+    };
     // (seconds since start, VmRSS MiB), every 10 s.
     let mut rss: Vec<(f64, f64)> = Vec::new();
     let start = Instant::now();
@@ -89,6 +134,7 @@ pub fn fig_soak(env: &Env, secs: u64, rep: &mut Report) -> Result<()> {
         .context("generator output")?;
     stop.store(true, Ordering::Relaxed);
     let (mut lat, unanswered) = prober.join().unwrap_or_default();
+    let (max_gap, gaps) = scraper.join().unwrap_or_default();
     let sum = rec.stop()?;
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let q = |p: f64| {
@@ -106,8 +152,13 @@ pub fn fig_soak(env: &Env, secs: u64, rep: &mut Report) -> Result<()> {
     let _ = writeln!(sec, "| peak VmHWM | {peak_hwm:.1} MiB | ≤ 128 MiB |");
     let _ = writeln!(
         sec,
-        "| VmRSS in the second half: median (min–max) | {} MiB; max − min {flat:.1} MiB | flat |",
+        "| VmRSS in the second half: median (min–max) | {} MiB; max − min {flat:.1} MiB | flat (max − min ≤ {FLAT_MIB:.0} MiB) |",
         fmt(sp, 1)
+    );
+    let _ = writeln!(
+        sec,
+        "| longest time between two flushes (/metrics scraped every 250 ms) | {max_gap:.2} s ({gaps} flushes seen) | ≤ {:.0} s (2 × the interval) |",
+        2.0 * FLUSH_INTERVAL_S
     );
     let _ = writeln!(sec, "| /healthz latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms ({} probes, {unanswered} unanswered within 3 s) | answered |", q(0.5), q(0.99), lat.last().copied().unwrap_or(f64::NAN), lat.len());
     let _ = writeln!(
@@ -133,12 +184,17 @@ pub fn fig_soak(env: &Env, secs: u64, rep: &mut Report) -> Result<()> {
         format!("S. soak: {RATE} new flows/s for {secs} s"),
         "—".into(),
         format!(
-            "peak {peak_hwm:.0} MiB, second half ±{flat:.0} MiB; /healthz p99 {:.0} ms",
+            "peak {peak_hwm:.0} MiB, second half ±{flat:.0} MiB; /healthz p99 {:.0} ms; flushes ≤ {max_gap:.1} s apart",
             q(0.99)
         ),
         format!("{unanswered} probes unanswered"),
-        "peak ≤ 128 MiB, flat; /healthz answered".into(),
-        super::met(peak_hwm <= 128.0 && unanswered == 0),
+        format!("peak ≤ 128 MiB, flat (±{FLAT_MIB:.0}); /healthz answered; flushes ≤ {:.0} s apart", 2.0 * FLUSH_INTERVAL_S),
+        super::met(
+            peak_hwm <= 128.0
+                && flat <= FLAT_MIB
+                && unanswered == 0
+                && max_gap <= 2.0 * FLUSH_INTERVAL_S,
+        ),
     ]);
     rep.sections.push(sec);
     Ok(())

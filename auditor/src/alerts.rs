@@ -1,7 +1,7 @@
 //! Drop alerts: what is blocked now, said the way an operator needs it, deduplicated
 //! per stream and window (pure; the recorder writes them out).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -201,6 +201,9 @@ struct Open {
 pub struct Deduper {
     window: Duration,
     open: BTreeMap<String, Open>,
+    /// The open streams in the order they opened (`now` only moves forward), so closing
+    /// the expired ones costs what expires, not what is open.
+    by_age: VecDeque<(Duration, String)>,
     max_open: usize,
 }
 
@@ -214,6 +217,7 @@ impl Deduper {
         Self {
             window,
             open: BTreeMap::new(),
+            by_age: VecDeque::new(),
             max_open,
         }
     }
@@ -248,6 +252,7 @@ impl Deduper {
                 }
                 None => {
                     out.push(a.clone());
+                    self.by_age.push_back((now, k.clone()));
                     self.open.insert(
                         k,
                         Open {
@@ -265,13 +270,22 @@ impl Deduper {
 
     /// Closes windows that have run out; returns the updates they owe.
     pub fn tick(&mut self, now: Duration) -> Vec<Alert> {
+        let mut expired = Vec::new();
+        while let Some((opened, _)) = self.by_age.front() {
+            if now.saturating_sub(*opened) < self.window {
+                break;
+            }
+            if let Some((opened, k)) = self.by_age.pop_front() {
+                // The stream may have closed and opened again since: only its latest
+                // opening counts.
+                if self.open.get(&k).is_some_and(|o| o.opened == opened) {
+                    expired.push(k);
+                }
+            }
+        }
+        // In key order, as before: deterministic output.
+        expired.sort();
         let mut out = Vec::new();
-        let expired: Vec<String> = self
-            .open
-            .iter()
-            .filter(|(_, o)| now.saturating_sub(o.opened) >= self.window)
-            .map(|(k, _)| k.clone())
-            .collect();
         for k in expired {
             if let Some(o) = self.open.remove(&k) {
                 if o.alert.count > o.told {
@@ -284,6 +298,7 @@ impl Deduper {
 
     /// Everything still owed (at the end of a run).
     pub fn flush(&mut self) -> Vec<Alert> {
+        self.by_age.clear();
         let open = std::mem::take(&mut self.open);
         open.into_values()
             .filter(|o| o.alert.count > o.told)

@@ -81,23 +81,39 @@ const WRITE_CHUNK: usize = 8 << 20;
 /// the flows that are done and updates the loss counters.
 pub fn flush(k: &mut dyn KernelSource, state: &mut State, out: &mut Output, limits: &Limits) {
     let started = std::time::Instant::now();
+    // How long each step took, for `--log debug`.
+    let mut steps: [(&str, f64); 6] = Default::default();
+    let mut lap = {
+        let mut last = started;
+        move |name: &'static str, i: usize, steps: &mut [(&str, f64); 6]| {
+            let now = std::time::Instant::now();
+            steps[i] = (name, now.duration_since(last).as_secs_f64() * 1000.0);
+            last = now;
+        }
+    };
     drain(k, state, limits.flush_drain_max);
     state.refresh_cluster();
+    lap("drain_ms", 0, &mut steps);
     let now_ns = k.now_ns();
     let (mut pending, idle) = scan_flows(k, state, now_ns, limits);
     from_events(state, &mut pending);
     let (flow_drops, mut items) = scan_drops(k, state, &mut pending);
+    lap("scan_ms", 1, &mut steps);
     build_items(state, &mut pending, &flow_drops, &mut items);
+    lap("build_ms", 2, &mut steps);
     write_items(state, out, &pending, &flow_drops, items);
     let due = state.dedup.tick(state.started.elapsed());
     state.send_alerts(due);
+    lap("write_ms", 3, &mut steps);
     let written: Vec<u32> = pending.iter().map(|p| p.idx).collect();
     for i in written {
         state.flows.meta_mut(i).flags |= WRITTEN;
     }
     let_go(k, state, &idle);
     account_losses(k, state, out);
+    lap("let_go_ms", 4, &mut steps);
     release_freed_memory(state.new_since_flush);
+    lap("trim_ms", 5, &mut steps);
     let m = &state.shared.metrics;
     m.flushes.inc();
     m.flush_seconds.set(started.elapsed().as_secs_f64());
@@ -105,6 +121,8 @@ pub fn flush(k: &mut dyn KernelSource, state: &mut State, out: &mut Output, limi
     tracing::debug!(
         flows_in_memory = state.flows.len(),
         new_flows = state.new_since_flush,
+        records = pending.len(),
+        steps = ?steps,
         "flushed"
     );
     state.new_since_flush = 0;

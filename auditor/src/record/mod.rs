@@ -17,6 +17,7 @@ mod fake;
 mod flush;
 mod kernel;
 mod output;
+mod reader;
 mod state;
 mod table;
 
@@ -364,11 +365,9 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         .take_map("EVENTS")
         .ok_or(ProbeError::MissingMap("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|e| RecordError::Ring(e.to_string()))?;
-    // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| e.into_parts().1)
+    let mut events = reader::Events::start(ring, args.stall_reader.map(|d| Instant::now() + d))
         .map_err(|source| RecordError::Io {
-            op: "poll ring buffer",
+            op: "start the ring buffer reader",
             path: "EVENTS".into(),
             source,
         })?;
@@ -486,7 +485,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
             _ = sleep_until(deadline) => { break; }
             _ = sleep_until(stall_until), if stalled => {}
             _ = tick.tick(), if !stalled => {
-                let mut k = AyaKernel { probe: &mut probe, ring: ring.get_mut() };
+                let mut k = AyaKernel { probe: &mut probe, events: &mut events };
                 flush::flush(&mut k, &mut state, &mut out, &limits);
             }
             guard = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
@@ -495,20 +494,19 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
                     g.clear_ready();
                 }
             }
-            guard = ring.readable_mut(), if !stalled => {
-                let mut guard = guard.map_err(|source| RecordError::Io { op: "poll ring buffer", path: "EVENTS".into(), source })?;
-                let mut k = AyaKernel { probe: &mut probe, ring: guard.get_inner_mut() };
-                // Bounded work per turn: with more waiting the fd stays ready, and the
-                // next turn picks among signals, the flush timer and the ring fairly.
-                let more = flush::drain(&mut k, &mut state, limits.loop_drain_max);
+            alive = events.ready(), if !stalled => {
+                if !alive {
+                    return Err(RecordError::Ring("the ring buffer reader stopped".into()));
+                }
+                let mut k = AyaKernel { probe: &mut probe, events: &mut events };
+                // Bounded work per turn: what is left waits for the next turn, which
+                // picks among signals, the flush timer and the events fairly.
+                flush::drain(&mut k, &mut state, limits.loop_drain_max);
                 // Many new flows since the last flush: flush now, so that memory stays
                 // bounded and flows the map evicts are written from their events soon.
                 if state.new_since_flush > limits.early_flush_after {
                     flush::flush(&mut k, &mut state, &mut out, &limits);
                     tick.reset();
-                }
-                if !more {
-                    guard.clear_ready();
                 }
             }
         }
@@ -516,11 +514,14 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         // Let the runtime's other tasks (alert deliveries, the cluster watch) run.
         tokio::task::yield_now().await;
     }
+    events.stop(Duration::from_secs(5)).await;
     {
         let mut k = AyaKernel {
             probe: &mut probe,
-            ring: ring.get_mut(),
+            events: &mut events,
         };
+        // Everything the reader still held, then the last flush.
+        flush::drain(&mut k, &mut state, usize::MAX);
         flush::flush(&mut k, &mut state, &mut out, &limits);
     }
     let owed = state.dedup.flush();

@@ -100,7 +100,9 @@ pub struct RecordArgs {
     #[arg(long, default_value = "-", env = "AUDITOR_ALERTS")]
     pub alerts: PathBuf,
     /// Alerts of the same stream (workload, process, peer, port, reason) within this window
-    /// are sent once, then once more with the window's total.
+    /// are sent once, then once more with the window's total. At most 4096 streams are
+    /// tracked at once: alerts of further streams add up into one alert per workload,
+    /// process and reason (`"peer": "*"`, `"folded"`: how many).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "AUDITOR_ALERT_WINDOW")]
     pub alert_window: Duration,
     /// Serve `/metrics`, `/healthz` and `/flows?since=RFC3339` on this address (e.g. `0.0.0.0:9090`).

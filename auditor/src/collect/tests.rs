@@ -188,9 +188,8 @@ async fn collects_merges_and_reports_failed_nodes() {
     assert!(text.contains("4 flow records since 2026-11-28T10:00:00.000Z from 2 of 4 nodes to flows.jsonl (incomplete"), "{text}");
 }
 
-#[tokio::test]
-async fn run_writes_the_output_and_exits_0_when_all_answer() {
-    let (fake, client) = FakeApi::start();
+/// Agents on node-a (answering one flow) and node-b (its answer is the test's).
+fn two_agents(fake: &FakeApi) {
     fake.apply(agent("auditor-aaaaa", Some("node-a"), "Running"));
     fake.apply(agent("auditor-bbbbb", Some("node-b"), "Running"));
     fake.set_proxy(
@@ -199,6 +198,12 @@ async fn run_writes_the_output_and_exits_0_when_all_answer() {
         9090,
         Proxy::Ok(flow(1, "2026-11-28T10:00:02Z") + "\n"),
     );
+}
+
+#[tokio::test]
+async fn run_writes_the_output_and_exits_0_when_all_answer() {
+    let (fake, client) = FakeApi::start();
+    two_agents(&fake);
     fake.set_proxy("auditor", "auditor-bbbbb", 9090, Proxy::Ok(String::new()));
     let dir = std::env::temp_dir().join(format!("auditor-collect-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -217,14 +222,7 @@ async fn run_writes_the_output_and_exits_0_when_all_answer() {
 #[tokio::test]
 async fn a_node_whose_buffer_evicted_part_of_the_window_is_reported_incomplete() {
     let (fake, client) = FakeApi::start();
-    fake.apply(agent("auditor-aaaaa", Some("node-a"), "Running"));
-    fake.apply(agent("auditor-bbbbb", Some("node-b"), "Running"));
-    fake.set_proxy(
-        "auditor",
-        "auditor-aaaaa",
-        9090,
-        Proxy::Ok(flow(1, "2026-11-28T10:00:02Z") + "\n"),
-    );
+    two_agents(&fake);
     fake.set_proxy(
         "auditor",
         "auditor-bbbbb",

@@ -16,29 +16,29 @@ use super::{fmt, num, proc_mem_kib, s, spread, Cfg, Env, Recorder, Report, FLOW_
 
 const RATE: u64 = 30_000;
 
+/// One HTTP/1.0 `GET` with the liveness probe's 3 s timeout: the whole answer, or None.
+fn get(addr: &str, path: &str) -> Option<String> {
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut c = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).ok()?;
+    buf.starts_with(b"HTTP/1.")
+        .then(|| String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// One `GET /healthz`: latency in ms, or None without an answer within 3 s (the
 /// DaemonSet's liveness probe timeout).
 fn probe(addr: &str) -> Option<f64> {
     let t = Instant::now();
-    let sa: std::net::SocketAddr = addr.parse().ok()?;
-    let mut c = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(c, "GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    c.read_to_end(&mut buf).ok()?;
-    buf.starts_with(b"HTTP/1.")
-        .then(|| t.elapsed().as_secs_f64() * 1000.0)
+    get(addr, "/healthz").map(|_| t.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// `auditor_flushes_total` from one `GET /metrics`.
 fn flushes(addr: &str) -> Option<u64> {
-    let sa: std::net::SocketAddr = addr.parse().ok()?;
-    let mut c = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    c.read_to_string(&mut buf).ok()?;
-    buf.lines()
+    get(addr, "/metrics")?
+        .lines()
         .find_map(|l| l.strip_prefix("auditor_flushes_total "))
         .and_then(|v| v.trim().parse().ok())
 }

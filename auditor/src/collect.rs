@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Pod;
 use crate::flowlog;
 use crate::kube::KubeError;
 
-/// Exit code when at least one node's flows could not be collected.
+/// Exit code when at least one node's flows could not be collected, or only in part.
 pub const EXIT_PARTIAL: i32 = 3;
 
 /// Agents fetched at the same time.
@@ -32,8 +32,9 @@ const CONCURRENCY: usize = 16;
 
 /// Gather the flow logs of every node's agent through the API server and merge them into
 /// one flow log (JSON lines, sorted by first_seen, then node). Needs the Role
-/// `auditor-collect` (deploy/rbac.yaml). Exits 3 when a node did not answer; the other
-/// nodes' flows are still written.
+/// `auditor-collect` (deploy/rbac.yaml). Exits 3 when a node did not answer, or answered
+/// without part of the window (its agent's `/flows` buffer had evicted it: the records are
+/// in that node's flow log); everything received is still written.
 ///
 /// Example: auditor collect --since 1h --output flows.jsonl
 #[derive(Debug, Clone, clap::Args)]

@@ -295,6 +295,16 @@ fn home_bin(name: &str) -> PathBuf {
     home.join("bin").join(name)
 }
 
+/// Where cargo puts its builds: `$CARGO_TARGET_DIR` (relative to the repository root)
+/// or `target/`.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
@@ -329,7 +339,7 @@ fn test(filter: Option<String>) -> Result<()> {
         None
     };
     step("privileged integration tests (root, one thread, each in its own network namespaces)");
-    let bin = root().join("target/debug/auditor");
+    let bin = target_dir().join("debug/auditor");
     let mut it = cargo();
     it.args(["test", "-p", "integration-tests", "--", "--test-threads=1"])
         .args(&filter_args)
@@ -366,9 +376,9 @@ fn demo(output: &Path) -> Result<()> {
     } else {
         root().join(output)
     };
-    run(Command::new(root().join("target/debug/demo"))
+    run(Command::new(target_dir().join("debug/demo"))
         .arg(&output)
-        .env("AUDITOR_BIN", root().join("target/debug/auditor"))
+        .env("AUDITOR_BIN", target_dir().join("debug/auditor"))
         .current_dir(root()))
 }
 
@@ -410,10 +420,10 @@ fn bench(output: &Path, reps: usize, only: Option<&str>, soak_secs: u64) -> Resu
     } else {
         root().join(output)
     };
-    let mut cmd = Command::new(root().join("target/release/bench"));
+    let mut cmd = Command::new(target_dir().join("release/bench"));
     cmd.arg("run")
         .arg("--auditor")
-        .arg(root().join("target/release/auditor"))
+        .arg(target_dir().join("release/auditor"))
         .arg("--out")
         .arg(&output)
         .args(["--reps", &reps.to_string()])

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod image;
+mod toolchain;
 
 #[derive(Debug, Parser)]
 #[command(name = "xtask", about = "auditor project tasks (run as root)")]
@@ -22,7 +23,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Install system packages, bpf-linker and nightly rust-src; mount tracefs. Idempotent.
+    /// Install system packages, the pinned toolchains (userspace and eBPF nightly), bpf-linker; mount tracefs. Idempotent.
     Setup,
     /// Run setup, then all tests: unit tests, privileged integration tests (one thread), deploy checks.
     Test {
@@ -169,76 +170,12 @@ fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    // 2. nightly rust-src (aya-build runs `rustup run nightly cargo build -Z build-std=core`)
-    let has_src = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-                .join("lib/rustlib/src/rust/library/core")
-                .is_dir()
-        })
-        .unwrap_or(false);
-    if has_src {
-        step("nightly toolchain with rust-src: present");
-    } else {
-        let have_nightly =
-            ok(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]));
-        let added = if have_nightly {
-            step("nightly toolchain: adding rust-src (rustup component add rust-src --toolchain nightly)");
-            run(Command::new("rustup").args([
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                "nightly",
-            ]))
-        } else {
-            step("nightly toolchain: installing it with rust-src (rustup toolchain install nightly --profile minimal --component rust-src)");
-            run(Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ]))
-        };
-        if added.is_err() {
-            step("rustup could not add rust-src; falling back to Debian's rustc-web with a prebuilt core for bpfel-unknown-none");
-            run(Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "rustc-web",
-                    "libstd-rust-web-dev-bpf",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"))?;
-            bail!("installed rustc-web; build the eBPF crate with it by hand as described in ARCHITECTURE.md (\"Toolchain fallback\"): this path is not automated");
-        }
-    }
-    // 2b. the musl target for the static binary of the agent image
-    let has_musl = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == image::MUSL_TARGET)
-        });
-    if has_musl {
-        step(&format!("rust target {}: present", image::MUSL_TARGET));
-    } else {
-        step(&format!(
-            "rust target {}: rustup target add {}",
-            image::MUSL_TARGET,
-            image::MUSL_TARGET
-        ));
-        run(Command::new("rustup").args(["target", "add", image::MUSL_TARGET]))?;
+    // 2. the pinned toolchains: userspace (rust-toolchain.toml, with the musl target of
+    // `cargo xtask image`) and the eBPF nightly with rust-src (auditor/build.rs runs
+    // `rustup run <nightly> cargo build -Z build-std=core` through aya-build)
+    let pins = toolchain::Pins::read(&root())?;
+    for t in [&pins.user, &pins.ebpf] {
+        toolchain::ensure(t)?;
     }
     // 3. bpf-linker
     let linker_ok = Command::new("bpf-linker")

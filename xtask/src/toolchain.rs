@@ -221,6 +221,22 @@ mod tests {
     }
 
     #[test]
+    fn deploy_dockerfile_builds_with_the_pinned_toolchains() {
+        let pins = Pins::read(&crate::root()).unwrap();
+        let path = crate::root().join("deploy/Dockerfile");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let from = format!("FROM rust:{}-bookworm AS builder", pins.user.channel);
+        let nightly = format!("ARG RUST_NIGHTLY={}", pins.ebpf.channel);
+        for line in [from, nightly] {
+            assert!(
+                text.lines().any(|l| l.trim() == line),
+                "{}: expected the line `{line}` (rust-toolchain.toml and auditor-ebpf/Cargo.toml pin the toolchains)",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
     fn values_are_read_from_their_section_only() {
         let text = "[other]\nchannel = \"no\"\n[toolchain] # the one\nchannel = \"1.99.1\" # pinned\ntargets = [\"a\", \"b\",]\ncomponents = []\n";
         assert_eq!(

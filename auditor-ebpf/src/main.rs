@@ -746,7 +746,7 @@ const HDR: usize = 128;
 
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
-    let skb = ctx.skb.skb;
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
     // A TCP socket that is not listening: nothing to do here (its connects and accepts
     // are the TCP hooks' job). Decided from the socket, without touching the packet: this
     // runs for every packet of the audited cgroup's established TCP connections.
@@ -900,7 +900,7 @@ fn emit_dns(
             let n = ((m - 1) & (DNS_PAYLOAD - 1)) + 1;
             let dst = (&raw mut (*ev).payload).cast::<core::ffi::c_void>();
             let ret = aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
+                ctx.as_ptr().cast::<__sk_buff>() as *const _,
                 payload_off as u32,
                 dst,
                 n as u32,

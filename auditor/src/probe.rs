@@ -16,7 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use crate::btf::Btf;
 use crate::tracefs;
 
-/// The eBPF object built by `build.rs`.
+/// The eBPF object built by `build.rs`; empty when it was built with `AYA_BUILD_SKIP=1`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/auditor-probes"));
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub enum ProbeError {
     NothingAttached(String),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("this auditor was built without its eBPF programs (AYA_BUILD_SKIP was set when it was compiled), so it cannot record: rebuild it without AYA_BUILD_SKIP, after `cargo xtask setup` has installed the eBPF toolchain and bpf-linker")]
+    NoObject,
 }
 
 /// What to load and where to attach.
@@ -279,6 +281,9 @@ fn offsets(
 
 impl Probe {
     pub fn load(opts: &ProbeOptions) -> Result<Self, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
         let missing = missing_capabilities();
         if !missing.is_empty() {
             return Err(ProbeError::Capabilities { missing });
@@ -523,6 +528,45 @@ mod seccomp_tests {
             "CAP_PERFMON",
         ] {
             assert!(msg.contains(want), "{want} in {msg}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_object_is_the_ebpf_programs_or_a_build_that_says_it_has_none() {
+        if !OBJECT.is_empty() {
+            assert!(
+                OBJECT.starts_with(b"\x7fELF"),
+                "the embedded object is an ELF file"
+            );
+            return;
+        }
+        // Built with AYA_BUILD_SKIP=1: loading fails before touching the kernel.
+        let opts = ProbeOptions {
+            cgroup: None,
+            ring_buffer_bytes: 1 << 20,
+            max_flows: 1024,
+            dns: true,
+            drops: true,
+            ignore_drop_reasons: Vec::new(),
+            noop: false,
+            filter_cgroup: None,
+            tcp_tracepoints: false,
+        };
+        match Probe::load(&opts) {
+            Err(e @ ProbeError::NoObject) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("AYA_BUILD_SKIP") && msg.contains("cargo xtask setup"),
+                    "{msg}"
+                );
+            }
+            Err(e) => panic!("expected NoObject, got {e}"),
+            Ok(_) => panic!("an empty object loaded"),
         }
     }
 }

@@ -6,13 +6,13 @@
 //! `COPY --from=builder <path>` lines into copies from a local build context. The two
 //! ways of building (a registry-less host here, `docker build -f deploy/Dockerfile`
 //! elsewhere) therefore cannot drift apart.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, root, run, step};
+use crate::{cargo, root, run, step, target_dir};
 
 /// The Rust target of the static binary.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
@@ -104,14 +104,6 @@ fn is_static_elf(path: &Path) -> Result<bool> {
         }
     }
     Ok(true)
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => root().join(d),
-        None => root().join("target"),
-    }
 }
 
 /// Builds the image; returns the first tag (the default one).

@@ -3,6 +3,11 @@
 //!
 //! Requests (what the Role `auditor-collect` in deploy/rbac.yaml grants):
 //! - `GET /api/v1/namespaces/{ns}/pods?labelSelector=...` (pods: list) finds the agents;
+//! - `POST /api/v1/namespaces/{ns}/serviceaccounts/auditor-collect/token`
+//!   (serviceaccounts/token: create) mints a token bound to the audience `auditor`, valid
+//!   10 minutes, which agents started with `--flows-auth kubernetes` check
+//!   ([`crate::kube::review`]); it travels in the `auditor-authorization` header, which
+//!   the API server passes on to the pod (it drops `Authorization`);
 //! - `GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/flows?since=RFC3339`
 //!   (pods/proxy: get) reads one agent's flow log lines whose `last_seen` >= since.
 //!
@@ -74,6 +79,13 @@ pub struct CollectArgs {
     /// Example: --port 9090
     #[arg(long, default_value_t = 9090)]
     pub port: u16,
+    /// ServiceAccount (in `--namespace`) whose short-lived token, bound to the audience
+    /// `auditor`, is shown to the agents (the ClusterRole auditor-flows-reader lets it read
+    /// /flows). Without the right to create it, agents that check callers answer 401.
+    ///
+    /// Example: --service-account auditor-collect
+    #[arg(long, default_value = "auditor-collect", value_name = "NAME")]
+    pub service_account: String,
     /// kubeconfig file; default: `$KUBECONFIG`, `~/.kube/config`, or the in-cluster
     /// service account.
     ///
@@ -183,6 +195,8 @@ pub struct Collected {
     pub bad_lines: Vec<BadLine>,
     /// The resolved start of the window, RFC 3339.
     pub since: String,
+    /// Why no token for the agents could be minted (collection went on without one).
+    pub token_error: Option<String>,
 }
 
 impl Collected {
@@ -246,13 +260,18 @@ pub async fn collect(
         });
     }
     let (targets, mut nodes) = choose_agents(list.items);
+    let (token, token_error) = match mint_token(client, args).await {
+        Ok(t) => (Some(t), None),
+        Err(e) => (None, Some(e)),
+    };
+    let token = token.as_deref();
 
     let fetched: Vec<(String, String, Result<Fetched, NodeError>)> = futures::stream::iter(targets)
         .map(|(node, pod)| {
             let client = client.clone();
             let since = since.clone();
             async move {
-                let r = fetch(&client, args, &pod, &since).await;
+                let r = fetch(&client, args, &pod, &since, token).await;
                 (node, pod, r)
             }
         })
@@ -318,7 +337,37 @@ pub async fn collect(
         nodes,
         bad_lines,
         since,
+        token_error,
     })
+}
+
+/// How long a minted token is valid (the API server's minimum is 10 minutes).
+const TOKEN_SECONDS: i64 = 600;
+
+/// A token of `--service-account` for the audience the agents check.
+async fn mint_token(client: &Client, args: &CollectArgs) -> Result<String, String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![crate::kube::review::AUDIENCE.to_owned()],
+            expiration_seconds: Some(TOKEN_SECONDS),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let sa = format!("{}/{}", args.namespace, args.service_account);
+    let minted = Api::<ServiceAccount>::namespaced(client.clone(), &args.namespace)
+        .create_token_request(&args.service_account, &Default::default(), &request)
+        .await
+        .map_err(|e| format!("create a token for ServiceAccount {sa}: {e}"))?;
+    minted
+        .status
+        .map(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            format!("create a token for ServiceAccount {sa}: the answer has no status.token")
+        })
 }
 
 /// One agent per node: a Running pod that is not being deleted if there is one, else a
@@ -383,6 +432,7 @@ async fn fetch(
     args: &CollectArgs,
     pod: &str,
     since: &str,
+    token: Option<&str>,
 ) -> Result<Fetched, NodeError> {
     let path = format!(
         "/api/v1/namespaces/{}/pods/{pod}:{}/proxy/flows",
@@ -393,8 +443,11 @@ async fn fetch(
         path: path.clone(),
         source,
     };
-    let request = http::Request::get(&uri)
-        .header(http::header::ACCEPT, "application/x-ndjson")
+    let mut request = http::Request::get(&uri).header(http::header::ACCEPT, "application/x-ndjson");
+    if let Some(t) = token {
+        request = request.header(crate::kube::review::TOKEN_HEADER, format!("Bearer {t}"));
+    }
+    let request = request
         .body(::kube::client::Body::from(Vec::new()))
         .map_err(|e| request_error(::kube::Error::HttpError(e)))?;
     let exchange = async {
@@ -475,6 +528,14 @@ fn write_output(path: &Path, lines: &[String]) -> Result<(), CollectError> {
 
 /// The human report: one line per node, skipped lines, a summary.
 pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Result<()> {
+    if let Some(e) = &c.token_error {
+        writeln!(
+            w,
+            "auditor collect: warning: {e}; going on without a token (agents started with \
+             --flows-auth kubernetes will answer 401; deploy/rbac.yaml's Role auditor-collect \
+             grants it)"
+        )?;
+    }
     for n in &c.nodes {
         match &n.result {
             Ok(records) => match &n.evicted_until {
@@ -498,6 +559,15 @@ pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Resu
                 while let Some(s) = source {
                     write!(w, ": {s}")?;
                     source = s.source();
+                }
+                if matches!(
+                    e,
+                    NodeError::Status {
+                        status: 401 | 403,
+                        ..
+                    }
+                ) {
+                    write!(w, " (the agent checks callers: see --service-account and the ClusterRole auditor-flows-reader in deploy/rbac.yaml)")?;
                 }
                 if matches!(e, NodeError::Timeout { .. }) {
                     write!(w, " (is the agent up, and does its NetworkPolicy let the API server reach the agent's port? see deploy/SECURITY.md)")?;

@@ -268,6 +268,8 @@ pub struct ServeConfig {
     /// A `/flows` answer still streaming after this long is aborted (checked before each
     /// chunk; a client that reads nothing at all is dropped by `idle_timeout` instead).
     pub flows_deadline: Duration,
+    /// Who may read `/flows` (`--flows-auth kubernetes`); None: anyone who can connect.
+    pub flows_auth: Option<Arc<crate::kube::review::Reviewer>>,
 }
 
 impl Default for ServeConfig {
@@ -279,6 +281,7 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             flows_deadline: Duration::from_secs(300),
+            flows_auth: None,
         }
     }
 }
@@ -291,6 +294,7 @@ struct ServeMetrics {
     buffer_bytes: Gauge<i64, AtomicI64>,
     buffer_lines: Gauge<i64, AtomicI64>,
     buffer_evicted: Counter,
+    flows_denied: Family<ReasonLabels, Counter>,
 }
 
 impl ServeMetrics {
@@ -301,6 +305,17 @@ impl ServeMetrics {
         let buffer_bytes = Gauge::<i64, AtomicI64>::default();
         let buffer_lines = Gauge::<i64, AtomicI64>::default();
         let buffer_evicted = Counter::default();
+        let flows_denied = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "flows_requests_denied",
+            "/flows requests refused by --flows-auth: no or bad token (unauthenticated), no RBAC grant (forbidden), API server not answering (unavailable)",
+            flows_denied.clone(),
+        );
+        for r in crate::kube::review::DENIED_REASONS {
+            let _ = flows_denied.get_or_create(&ReasonLabels {
+                reason: (*r).to_string(),
+            });
+        }
         registry.register(
             "flows_buffer_bytes",
             "Memory held by the flow log lines kept for /flows (bounded by --flows-buffer-bytes)",
@@ -343,6 +358,7 @@ impl ServeMetrics {
             buffer_bytes,
             buffer_lines,
             buffer_evicted,
+            flows_denied,
         }
     }
 }
@@ -638,6 +654,7 @@ struct App {
     shared: Arc<Shared>,
     streams: Arc<Semaphore>,
     flows_deadline: Duration,
+    auth: Option<Arc<crate::kube::review::Reviewer>>,
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
@@ -736,7 +753,47 @@ async fn next_chunk(mut st: FlowStream) -> Option<(std::io::Result<Bytes>, FlowS
     }
 }
 
-async fn flows(State(app): State<App>, Query(q): Query<FlowsQuery>) -> Response {
+/// `--flows-auth`: None when the caller may read `/flows`, else the answer.
+async fn refuse(app: &App, headers: &axum::http::HeaderMap) -> Option<Response> {
+    use crate::kube::review::{Decision, Reviewer};
+    let reviewer = app.auth.as_ref()?;
+    let decision = reviewer.check(Reviewer::token(headers)).await;
+    let reason = decision.denied_reason()?;
+    app.shared
+        .serve
+        .flows_denied
+        .get_or_create(&ReasonLabels {
+            reason: reason.to_owned(),
+        })
+        .inc();
+    let (code, message) = match decision {
+        Decision::Allowed { .. } => return None,
+        Decision::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, m),
+        Decision::Forbidden { reason, .. } => (StatusCode::FORBIDDEN, reason),
+        Decision::Unavailable(m) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot check the caller: {m}"),
+        ),
+    };
+    tracing::debug!(status = code.as_u16(), %message, "/flows request refused");
+    let mut r = (code, format!("/flows: {message}\n")).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"auditor\""),
+        );
+    }
+    Some(r)
+}
+
+async fn flows(
+    State(app): State<App>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<FlowsQuery>,
+) -> Response {
+    if let Some(refused) = refuse(&app, &headers).await {
+        return refused;
+    }
     let since = match q.since.as_deref() {
         None => None,
         Some(t) => match humantime::parse_rfc3339_weak(t) {
@@ -790,6 +847,7 @@ fn router_with(shared: Arc<Shared>, cfg: &ServeConfig) -> Router {
             shared,
             streams: Arc::new(Semaphore::new(cfg.max_flows_streams)),
             flows_deadline: cfg.flows_deadline,
+            auth: cfg.flows_auth.clone(),
         })
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod apiserver;
 pub mod demo;
 pub mod enforce;
 pub mod node;
@@ -245,6 +246,15 @@ impl Recorder {
 
     /// Like `start`, with the flow log at `log` (default: in the recorder's temp dir).
     pub fn start_at(log: Option<PathBuf>, args: &[&str]) -> Self {
+        Self::launch(log, &[], args)
+    }
+
+    /// Like `start`, with these environment variables set (as a pod spec's `env`).
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::launch(None, env, args)
+    }
+
+    fn launch(log: Option<PathBuf>, env: &[(&str, &str)], args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "auditor-it-{}-{}",
             std::process::id(),
@@ -271,6 +281,7 @@ impl Recorder {
                 &["--flush-interval", "200ms"][..]
             })
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()

@@ -69,6 +69,8 @@ pub struct Node {
     pub externals: Vec<External>,
     pub namespaces: Vec<String>,
     pub cgroup_root: PathBuf,
+    /// Pods are `10.244.<subnet>.x`, the node `10.244.<subnet>.1`.
+    pub subnet: u8,
     procs: Vec<Child>,
     seq: u32,
 }
@@ -93,6 +95,11 @@ fn hex_id(seed: &str, len: usize) -> String {
 impl Node {
     /// Creates the node namespace. `tag` keeps names apart (demo vs test); at most 4 chars.
     pub fn new(tag: &str) -> Self {
+        Self::numbered(tag, 1)
+    }
+
+    /// Node `n` of a cluster: named `<tag>-node-<n>`, pods in `10.244.<n>.0/24`.
+    pub fn numbered(tag: &str, n: u8) -> Self {
         let node_ns = format!("{tag}-node");
         let _ = sh(&format!("ip netns del {node_ns} 2>/dev/null"));
         must(&format!("ip netns add {node_ns}"));
@@ -101,20 +108,21 @@ impl Node {
             "ip netns exec {node_ns} sysctl -qw net.ipv4.ip_forward=1"
         ));
         // The node's own address (kubelet probes come from it).
-        must(&format!("ip -n {node_ns} addr add 10.244.1.1/32 dev lo"));
+        must(&format!("ip -n {node_ns} addr add 10.244.{n}.1/32 dev lo"));
         let root = cgroup2_root().expect("cgroup v2 is mounted");
         let cgroup_root = root.join(format!("auditor-{tag}.slice"));
         let _ = std::fs::create_dir_all(&cgroup_root);
         Node {
             tag: tag.to_owned(),
             node_ns,
-            node_name: format!("{tag}-node-1"),
-            node_ip: "10.244.1.1".into(),
+            node_name: format!("{tag}-node-{n}"),
+            node_ip: format!("10.244.{n}.1"),
             pods: vec![],
             services: vec![],
             externals: vec![],
             namespaces: vec![],
             cgroup_root,
+            subnet: n,
             procs: vec![],
             seq: 0,
         }
@@ -142,14 +150,13 @@ impl Node {
         must(&format!("ip -n {netns} link set lo up"));
         must(&format!("ip -n {netns} addr add {ip}/32 dev eth0"));
         must(&format!("ip -n {netns} link set eth0 up"));
+        let gw = &self.node_ip;
+        must(&format!("ip -n {netns} route add {gw} dev eth0 scope link"));
         must(&format!(
-            "ip -n {netns} route add 10.244.1.1 dev eth0 scope link"
+            "ip -n {netns} route add default via {gw} dev eth0"
         ));
         must(&format!(
-            "ip -n {netns} route add default via 10.244.1.1 dev eth0"
-        ));
-        must(&format!(
-            "ip -n {} addr add 10.244.1.1/32 dev {host_if} noprefixroute",
+            "ip -n {} addr add {gw}/32 dev {host_if} noprefixroute",
             self.node_ns
         ));
         must(&format!("ip -n {} link set {host_if} up", self.node_ns));
@@ -159,7 +166,7 @@ impl Node {
         ));
     }
 
-    /// Adds a pod with address `10.244.1.<octet>`.
+    /// Adds a pod with address `10.244.<subnet>.<octet>`.
     pub fn add_pod(
         &mut self,
         namespace: &str,
@@ -171,7 +178,7 @@ impl Node {
     ) -> Pod {
         self.add_namespace(namespace);
         let n = self.next();
-        let ip = format!("10.244.1.{octet}");
+        let ip = format!("10.244.{}.{octet}", self.subnet);
         let netns = format!("{}-p{n}", self.tag);
         let host_if = format!("{}c{n}", self.tag);
         self.attach_host(&netns, &host_if, &ip);
@@ -418,7 +425,7 @@ impl Node {
             );
         }
         for p in &self.pods {
-            let _ = write!(y, "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {}\n    namespace: {}\n    uid: {}\n", p.name, p.namespace, p.uid);
+            let _ = write!(y, "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {}\n    namespace: {}\n    uid: \"{}\"\n", p.name, p.namespace, p.uid);
             if !p.labels.is_empty() {
                 y.push_str("    labels:\n");
                 for (k, v) in &p.labels {
@@ -427,7 +434,7 @@ impl Node {
             }
             if let Some((kind, name)) = &p.owner {
                 let api = if kind == "Job" { "batch/v1" } else { "apps/v1" };
-                let _ = write!(y, "    ownerReferences:\n    - apiVersion: {api}\n      kind: {kind}\n      name: {name}\n      uid: {}\n      controller: true\n", hex_id(name, 8));
+                let _ = write!(y, "    ownerReferences:\n    - apiVersion: {api}\n      kind: {kind}\n      name: {name}\n      uid: \"{}\"\n      controller: true\n", hex_id(name, 8));
             }
             let _ = write!(y, "  spec:\n    nodeName: {}\n    containers:\n    - name: main\n      image: debian:bookworm\n", self.node_name);
             if !p.ports.is_empty() {

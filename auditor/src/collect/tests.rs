@@ -151,11 +151,17 @@ async fn collects_merges_and_reports_failed_nodes() {
         ("node-d", 3)
     );
 
-    // What was asked: one list in the namespace with the selector, one proxy GET per
-    // agent with the resolved since; nothing else (this is what Role auditor-collect
-    // grants: pods list, pods/proxy get).
+    // What was asked: one list in the namespace with the selector, one token for the
+    // agents, one proxy GET per agent with the resolved since; nothing else (this is what
+    // Role auditor-collect grants: pods list, serviceaccounts/token create for
+    // auditor-collect, pods/proxy get).
     let reqs = fake.requests();
-    assert_eq!(reqs.len(), 5, "{reqs:#?}");
+    assert_eq!(reqs.len(), 6, "{reqs:#?}");
+    assert!(
+        reqs[1].starts_with("/api/v1/namespaces/auditor/serviceaccounts/auditor-collect/token"),
+        "{reqs:#?}"
+    );
+    assert_eq!(c.token_error, None);
     assert!(
         reqs[0].starts_with("/api/v1/namespaces/auditor/pods?"),
         "{reqs:#?}"

@@ -50,8 +50,9 @@ use tokio::task::JoinHandle;
 use crate::cluster::Snapshot;
 use crate::enrich::Cluster;
 
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fake-api"))]
+pub mod fake;
+pub mod review;
 #[cfg(test)]
 mod tests;
 
@@ -96,7 +97,17 @@ pub enum KubeError {
 /// A client from `kubeconfig`, or inferred (in-cluster service account, `$KUBECONFIG`,
 /// `~/.kube/config`). Does not contact the API server.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
-    let config = match kubeconfig {
+    let config = config(kubeconfig).await?;
+    let cluster_url = config.cluster_url.to_string();
+    Client::try_from(config).map_err(|source| KubeError::Client {
+        cluster_url,
+        source,
+    })
+}
+
+/// The client configuration from `kubeconfig`, or inferred as [`client`] does.
+pub async fn config(kubeconfig: Option<&Path>) -> Result<Config, KubeError> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::ReadKubeconfig {
                 path: path.to_owned(),
@@ -112,11 +123,6 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
         None => Config::infer()
             .await
             .map_err(|source| KubeError::InferConfig { source })?,
-    };
-    let cluster_url = config.cluster_url.to_string();
-    Client::try_from(config).map_err(|source| KubeError::Client {
-        cluster_url,
-        source,
     })
 }
 

@@ -28,6 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditor_ebpf as abi;
@@ -115,6 +116,15 @@ pub struct RecordArgs {
     /// a `/flows` answer that misses some says so).
     #[arg(long, default_value_t = 32 << 20, env = "AUDITOR_FLOWS_BUFFER_BYTES")]
     pub flows_buffer_bytes: usize,
+    /// Who may read `/flows`: `none` (anyone who can connect), or `kubernetes`: callers
+    /// whose bearer token (audience `auditor`) the API server vouches for and who may
+    /// `get` the non-resource URL `/flows` (TokenReview + SubjectAccessReview, as
+    /// kube-rbac-proxy does; `auditor collect` sends such a token). `/metrics`, `/healthz`
+    /// and `/livez` stay open.
+    ///
+    /// Example: --flows-auth kubernetes
+    #[arg(long, value_enum, default_value = "none", env = "AUDITOR_FLOWS_AUTH")]
+    pub flows_auth: FlowsAuth,
     /// Also send drop alerts to this Alertmanager (API v2), e.g. `http://alertmanager.monitoring:9093`
     /// (https too). Deliveries are queued (10,000 alerts), retried with backoff, and
     /// counted in `auditor_alerts_sent_total` / `auditor_alerts_dropped_total`.
@@ -159,6 +169,15 @@ pub struct RecordArgs {
     /// Testing aid: do not read the ring buffer for this long after attaching, to provoke overflow.
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     pub stall_reader: Option<Duration>,
+}
+
+/// `--flows-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowsAuth {
+    /// Anyone who can connect may read `/flows`.
+    None,
+    /// Only callers the API server vouches for (TokenReview + SubjectAccessReview).
+    Kubernetes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -422,7 +441,17 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         bytes: args.flows_buffer_bytes,
     });
     if let Some(addr) = args.listen {
-        let bound = crate::serve::spawn(addr, shared.clone())
+        let mut serve = crate::serve::ServeConfig::default();
+        if args.flows_auth == FlowsAuth::Kubernetes {
+            let config = if args.kubeconfig.is_some() || in_cluster {
+                Some(crate::kube::config(args.kubeconfig.as_deref()).await?)
+            } else {
+                tracing::warn!("--flows-auth kubernetes without an API server (no in-cluster config, no --kubeconfig): /flows answers 503");
+                None
+            };
+            serve.flows_auth = Some(Arc::new(crate::kube::review::Reviewer::new(config)));
+        }
+        let bound = crate::serve::spawn_with(addr, shared.clone(), serve)
             .await
             .map_err(|source| RecordError::Listen { addr, source })?;
         tracing::info!(%bound, "serving /metrics, /healthz, /flows");

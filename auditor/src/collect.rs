@@ -11,9 +11,11 @@
 //! - `GET /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/flows?since=RFC3339`
 //!   (pods/proxy: get) reads one agent's flow log lines whose `last_seen` >= since.
 //!
-//! Each line is validated as a flow record ([`crate::flowlog`]); bad lines are reported
-//! with the node and line number and skipped. The merged log is sorted by `first_seen`,
-//! then node, then line. A node whose agent does not answer within `--timeout` (or
+//! Each line is validated as a flow record ([`crate::flowlog`]) as it streams in; bad
+//! lines are reported with the node and line number and skipped. The merged log is sorted
+//! by `first_seen`, then node, then line, in bounded memory: records go through sorted runs
+//! in a spool directory under `$TMPDIR` and are merged from there ([`merge`]); at most 16
+//! agents are fetched at a time. A node whose agent does not answer within `--timeout` (or
 //! answers with an error) is reported and the others are still collected; the exit code
 //! is then 3.
 
@@ -26,7 +28,6 @@ use ::kube::Client;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::flowlog;
 use crate::kube::KubeError;
 
 /// Exit code when at least one node's flows could not be collected, or only in part.
@@ -39,7 +40,10 @@ const CONCURRENCY: usize = 16;
 /// one flow log (JSON lines, sorted by first_seen, then node). Needs the Role
 /// `auditor-collect` (deploy/rbac.yaml). Exits 3 when a node did not answer, or answered
 /// without part of the window (its agent's `/flows` buffer had evicted it: the records are
-/// in that node's flow log); everything received is still written.
+/// in that node's flow log); everything received is still written. Memory stays bounded
+/// whatever the number of nodes and records: at most 16 agents are fetched at a time, and
+/// records go through sorted runs in `$TMPDIR` (about the merged log's size, removed at
+/// the end) before they are merged into the output.
 ///
 /// Example: auditor collect --since 1h --output flows.jsonl
 #[derive(Debug, Clone, clap::Args)]
@@ -134,6 +138,12 @@ pub enum CollectError {
     },
     #[error("no agent pods in namespace {namespace} match {selector} (is the DaemonSet installed? kubectl apply -k deploy/)")]
     NoAgents { namespace: String, selector: String },
+    #[error("spool the flow records under {path}")]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("write the merged flow log to {path}")]
     Output {
         path: PathBuf,
@@ -163,6 +173,12 @@ pub enum NodeError {
         status: u16,
         message: String,
     },
+    #[error("GET {path}: spool the answer")]
+    Spool {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One node's part of a collection.
@@ -188,8 +204,8 @@ pub struct BadLine {
 /// What a collection produced.
 #[derive(Debug, Default)]
 pub struct Collected {
-    /// The merged flow log, one JSON line each (without the newline), in output order.
-    pub lines: Vec<String>,
+    /// Valid flow records received (what [`Merged::write_to`] writes).
+    pub records: u64,
     /// One per node with an agent pod, sorted by node.
     pub nodes: Vec<NodeOutcome>,
     pub bad_lines: Vec<BadLine>,
@@ -224,25 +240,59 @@ impl Collected {
 /// `auditor collect`: collects, writes `--output`, reports each node on stderr. Returns
 /// the exit code: 0, or 3 when a node's flows are missing.
 pub async fn run(args: &CollectArgs) -> Result<i32, CollectError> {
-    let client = crate::kube::client(args.kubeconfig.as_deref()).await?;
+    let mut config = crate::kube::config(args.kubeconfig.as_deref()).await?;
+    // kube-rs retries 503 with backoff by default, and the pod proxy answers 503 for an
+    // agent it cannot reach: without this a dead agent is reported as a timeout after
+    // --timeout instead of with the API server's reason at once.
+    config.default_retry = false;
+    let cluster_url = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|source| {
+        CollectError::Kube(KubeError::Client {
+            cluster_url,
+            source,
+        })
+    })?;
     run_with_client(client, args).await
 }
 
 /// [`run`] with a ready client.
 pub async fn run_with_client(client: Client, args: &CollectArgs) -> Result<i32, CollectError> {
-    let collected = collect(&client, args, SystemTime::now()).await?;
-    write_output(&args.output, &collected.lines)?;
+    let (collected, merged) = collect(&client, args, SystemTime::now()).await?;
+    write_output(&args.output, merged)?;
     let stderr = std::io::stderr();
     let _ = report(&mut stderr.lock(), &collected, &args.output);
     Ok(collected.exit_code())
 }
 
-/// Finds the agents, fetches and validates every node's flows, merges them.
+/// The records of a collection, spooled in sorted runs, ready to be merged.
+pub struct Merged {
+    spool: merge::Spool,
+    runs: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for Merged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Merged")
+            .field("spool", &self.spool.dir())
+            .field("runs", &self.runs.len())
+            .finish()
+    }
+}
+
+impl Merged {
+    /// Writes the merged flow log; returns how many records.
+    pub fn write_to(mut self, out: &mut dyn Write) -> std::io::Result<u64> {
+        let runs = std::mem::take(&mut self.runs);
+        self.spool.merge(runs, out)
+    }
+}
+
+/// Finds the agents, fetches and validates every node's flows into sorted runs.
 pub async fn collect(
     client: &Client,
     args: &CollectArgs,
     now: SystemTime,
-) -> Result<Collected, CollectError> {
+) -> Result<(Collected, Merged), CollectError> {
     let since = humantime::format_rfc3339_millis(args.since.resolve(now)).to_string();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
     let list = pods
@@ -266,53 +316,43 @@ pub async fn collect(
     };
     let token = token.as_deref();
 
-    let fetched: Vec<(String, String, Result<Fetched, NodeError>)> = futures::stream::iter(targets)
-        .map(|(node, pod)| {
-            let client = client.clone();
-            let since = since.clone();
-            async move {
-                let r = fetch(&client, args, &pod, &since, token).await;
-                (node, pod, r)
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let spool = merge::Spool::new().map_err(|source| CollectError::Spool {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let spool = std::sync::Mutex::new(spool);
+    let fetched: Vec<(String, String, Result<Fetched, NodeError>)> =
+        futures::stream::iter(targets.into_iter().enumerate())
+            .map(|(rank, (node, pod))| {
+                let client = client.clone();
+                let since = since.clone();
+                let spool = &spool;
+                async move {
+                    let r = fetch(&client, args, &pod, &since, token, rank as u32, spool).await;
+                    (node, pod, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+    let spool = spool.into_inner().unwrap_or_else(|p| p.into_inner());
 
-    struct Entry {
-        first_seen: Option<SystemTime>,
-        node: String,
-        line: usize,
-        text: String,
-    }
-    let mut entries = Vec::new();
+    let mut runs = Vec::new();
     let mut bad_lines = Vec::new();
+    let mut records = 0u64;
     for (node, pod, r) in fetched {
         let evicted_until = r.as_ref().ok().and_then(|f| f.evicted_until.clone());
-        let result = r.map(|Fetched { data, .. }| {
-            let mut n = 0;
-            let name = PathBuf::from(&node);
-            let skipped = flowlog::visit_flow_log(&name, &data, true, |line, span, rec| {
-                n += 1;
-                entries.push(Entry {
-                    first_seen: rec
-                        .first_seen
-                        .as_deref()
-                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
-                    node: node.clone(),
-                    line,
-                    text: String::from_utf8_lossy(&data[span]).into_owned(),
-                });
-            });
-            // With skip_invalid, visit_flow_log reports bad lines instead of failing.
-            for (line, message) in skipped.unwrap_or_default() {
+        let result = r.map(|f| {
+            for (line, message) in f.run.bad {
                 bad_lines.push(BadLine {
                     node: node.clone(),
                     line,
                     message,
                 });
             }
-            n
+            records += f.run.records as u64;
+            runs.extend(f.run.runs);
+            f.run.records
         });
         nodes.push(NodeOutcome {
             node,
@@ -321,24 +361,18 @@ pub async fn collect(
             evicted_until,
         });
     }
-    // Records without first_seen last; then node, then line: deterministic.
-    entries.sort_by(|a, b| {
-        (a.first_seen.is_none(), a.first_seen, &a.node, a.line).cmp(&(
-            b.first_seen.is_none(),
-            b.first_seen,
-            &b.node,
-            b.line,
-        ))
-    });
     nodes.sort_by(|a, b| (&a.node, &a.pod).cmp(&(&b.node, &b.pod)));
     bad_lines.sort_by(|a, b| (&a.node, a.line).cmp(&(&b.node, b.line)));
-    Ok(Collected {
-        lines: entries.into_iter().map(|e| e.text).collect(),
-        nodes,
-        bad_lines,
-        since,
-        token_error,
-    })
+    Ok((
+        Collected {
+            records,
+            nodes,
+            bad_lines,
+            since,
+            token_error,
+        },
+        Merged { spool, runs },
+    ))
 }
 
 /// How long a minted token is valid (the API server's minimum is 10 minutes).
@@ -422,7 +456,7 @@ fn choose_agents(pods: Vec<Pod>) -> (Vec<(String, String)>, Vec<NodeOutcome>) {
 
 /// One agent's `/flows` answer.
 struct Fetched {
-    data: bytes::Bytes,
+    run: merge::NodeRun,
     /// Its [`crate::serve::EVICTED_HEADER`].
     evicted_until: Option<String>,
 }
@@ -433,6 +467,8 @@ async fn fetch(
     pod: &str,
     since: &str,
     token: Option<&str>,
+    rank: u32,
+    spool: &std::sync::Mutex<merge::Spool>,
 ) -> Result<Fetched, NodeError> {
     let path = format!(
         "/api/v1/namespaces/{}/pods/{pod}:{}/proxy/flows",
@@ -458,22 +494,38 @@ async fn fetch(
             .get(crate::serve::EVICTED_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = response
-            .into_body()
-            .collect_bytes()
-            .await
-            .map_err(request_error)?;
+        let mut body = response.into_body();
         if !status.is_success() {
+            let body = body.collect_bytes().await.map_err(request_error)?;
             return Err(NodeError::Status {
                 path: path.clone(),
                 status: status.as_u16(),
                 message: status_message(&body),
             });
         }
-        Ok(Fetched {
-            data: body,
-            evicted_until,
-        })
+        let mut run = merge::NodeRun::new(rank);
+        let spool_error = |source: std::io::Error| NodeError::Spool {
+            path: path.clone(),
+            source,
+        };
+        let streamed: Result<(), NodeError> = async {
+            use http_body_util::BodyExt as _;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(request_error)?;
+                if let Ok(data) = frame.into_data() {
+                    let mut sp = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    run.push(&mut sp, &data).map_err(spool_error)?;
+                }
+            }
+            let mut sp = spool.lock().unwrap_or_else(|p| p.into_inner());
+            run.finish(&mut sp).map_err(spool_error)
+        }
+        .await;
+        if let Err(e) = streamed {
+            run.discard();
+            return Err(e);
+        }
+        Ok(Fetched { run, evicted_until })
     };
     match tokio::time::timeout(args.timeout, exchange).await {
         Ok(r) => r,
@@ -508,22 +560,21 @@ fn query_escape(s: &str) -> String {
     out
 }
 
-fn write_output(path: &Path, lines: &[String]) -> Result<(), CollectError> {
-    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-    for l in lines {
-        buf.extend_from_slice(l.as_bytes());
-        buf.push(b'\n');
-    }
-    let res = if path.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&buf).and_then(|()| out.flush())
-    } else {
-        std::fs::write(path, &buf)
-    };
-    res.map_err(|source| CollectError::Output {
+fn write_output(path: &Path, merged: Merged) -> Result<(), CollectError> {
+    let output_error = |source| CollectError::Output {
         path: path.to_owned(),
         source,
-    })
+    };
+    if path.as_os_str() == "-" {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        merged.write_to(&mut out).map_err(output_error)?;
+        out.flush().map_err(output_error)
+    } else {
+        let f = std::fs::File::create(path).map_err(output_error)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, f);
+        merged.write_to(&mut out).map_err(output_error)?;
+        out.flush().map_err(output_error)
+    }
 }
 
 /// The human report: one line per node, skipped lines, a summary.
@@ -592,7 +643,7 @@ pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Resu
     writeln!(
         w,
         "auditor collect: {} flow records since {} from {ok} of {} nodes to {out}{}",
-        c.lines.len(),
+        c.records,
         c.since,
         c.nodes.len(),
         if ok < c.nodes.len() {
@@ -605,5 +656,6 @@ pub fn report(w: &mut impl Write, c: &Collected, output: &Path) -> std::io::Resu
     )
 }
 
+pub mod merge;
 #[cfg(test)]
 mod tests;

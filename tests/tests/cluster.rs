@@ -429,6 +429,43 @@ fn two_nodes_one_agent_each_through_a_fake_api_server() {
         "{requests:?}"
     );
 
+    // 7. A third node whose agent is gone: reported with the proxy's reason at once (no
+    // retries until --timeout), the others still merged, exit 3.
+    api.apply(agent_pod("auditor-kc333", "kc-node-3", "127.0.0.4"));
+    let started = Instant::now();
+    let out = Command::new(auditor_bin())
+        .args(["collect", "--kubeconfig"])
+        .arg(&alice_kc)
+        .args([
+            "--namespace",
+            "auditor",
+            "--port",
+            &port.to_string(),
+            "--since",
+            "10m",
+            "--timeout",
+            "30s",
+            "--output",
+        ])
+        .arg(&merged)
+        .output()
+        .expect("run auditor collect");
+    let report = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{report}");
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    assert!(
+        report.contains("kc-node-3 (auditor-kc333): FAILED: ")
+            && report.contains("HTTP 503")
+            && report.contains("connect"),
+        "{report}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(report.contains("from 2 of 3 nodes"), "{report}");
+
     let (flows_a, summary_a) = rec_a.stop();
     let (_, summary_b) = rec_b.stop();
     eprintln!(

@@ -6,6 +6,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::flowlog;
 use crate::kube::fake::{FakeApi, Proxy};
 
 fn agent(name: &str, node: Option<&str>, phase: &str) -> Value {
@@ -89,25 +90,41 @@ fn port_of(line: &str) -> u64 {
         .unwrap()
 }
 
+/// Collects and merges into memory: the outcome and the merged lines.
+async fn collect_lines(client: &::kube::Client, a: &CollectArgs) -> (Collected, Vec<String>) {
+    let (c, merged) = collect(client, a, SystemTime::now())
+        .await
+        .expect("collect");
+    let mut out = Vec::new();
+    let n = merged.write_to(&mut out).expect("merge");
+    let lines: Vec<String> = String::from_utf8(out)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(n as usize, lines.len());
+    assert_eq!(c.records, n);
+    (c, lines)
+}
+
 #[tokio::test]
 async fn collects_merges_and_reports_failed_nodes() {
     let (fake, client) = FakeApi::start();
     cluster(&fake);
     let a = args(&[]);
     let started = std::time::Instant::now();
-    let c = collect(&client, &a, SystemTime::now())
-        .await
-        .expect("collect");
+    let (c, lines) = collect_lines(&client, &a).await;
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "the hanging agent is bounded by --timeout"
     );
 
     // Merged: by first_seen, then node, then line.
-    let ports: Vec<u64> = c.lines.iter().map(|l| port_of(l)).collect();
+    let ports: Vec<u64> = lines.iter().map(|l| port_of(l)).collect();
     assert_eq!(ports, [443, 53, 80, 1935]);
+    assert_eq!(c.records, 4);
     // Lines are passed through as the agent wrote them.
-    assert_eq!(c.lines[3], flow(1935, "2026-11-28T10:00:03.000Z"));
+    assert_eq!(lines[3], flow(1935, "2026-11-28T10:00:03.000Z"));
 
     let summary: Vec<(String, String, Result<usize, String>)> = c
         .nodes
@@ -241,10 +258,8 @@ async fn a_node_whose_buffer_evicted_part_of_the_window_is_reported_incomplete()
             )],
         ),
     );
-    let c = collect(&client, &args(&[]), SystemTime::now())
-        .await
-        .expect("collect");
-    assert_eq!(c.lines.len(), 2, "what arrived is still written");
+    let (c, lines) = collect_lines(&client, &args(&[])).await;
+    assert_eq!(lines.len(), 2, "what arrived is still written");
     let b = &c.nodes[1];
     assert_eq!(b.node, "node-b");
     assert_eq!(b.evicted_until.as_deref(), Some("2026-11-28T10:29:59.000Z"));
@@ -276,9 +291,7 @@ async fn agents_not_running_are_failures_and_a_node_with_a_running_one_is_asked(
         9090,
         Proxy::Ok(flow(1, "2026-11-28T10:00:02Z")),
     );
-    let c = collect(&client, &args(&[]), SystemTime::now())
-        .await
-        .unwrap();
+    let (c, lines) = collect_lines(&client, &args(&[])).await;
     let got: Vec<(String, String, bool)> = c
         .nodes
         .iter()
@@ -302,7 +315,7 @@ async fn agents_not_running_are_failures_and_a_node_with_a_running_one_is_asked(
         .unwrap_err()
         .to_string()
         .contains("is Pending, not Running"));
-    assert_eq!(c.lines.len(), 1);
+    assert_eq!(lines.len(), 1);
     assert_eq!(c.exit_code(), EXIT_PARTIAL);
 }
 
@@ -360,4 +373,38 @@ fn since_is_a_time_or_a_duration() {
         )
     );
     assert_eq!(d.output, PathBuf::from("-"));
+}
+
+#[tokio::test]
+async fn without_a_token_collection_goes_on_with_a_warning() {
+    let (fake, client) = FakeApi::start();
+    two_agents(&fake);
+    fake.set_proxy(
+        "auditor",
+        "auditor-bbbbb",
+        9090,
+        Proxy::Ok(flow(2, "2026-11-28T10:00:01Z") + "\n"),
+    );
+    fake.with_state(|s| s.forbid_token_requests = true);
+    let (c, lines) = collect_lines(&client, &args(&[])).await;
+    assert_eq!(lines.len(), 2);
+    let why = c.token_error.as_deref().expect("the refusal is kept");
+    assert!(
+        why.contains("ServiceAccount auditor/auditor-collect"),
+        "{why}"
+    );
+    let mut text = Vec::new();
+    report(&mut text, &c, Path::new("flows.jsonl")).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.starts_with(
+            "auditor collect: warning: create a token for ServiceAccount auditor/auditor-collect"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("--flows-auth kubernetes will answer 401"),
+        "{text}"
+    );
+    assert_eq!(c.exit_code(), 0, "a missing token alone is not a failure");
 }

@@ -122,6 +122,8 @@ pub(crate) struct State {
     /// "verb /path" (a non-resource URL), or "*".
     grants: HashMap<String, Vec<String>>,
     issued: u64,
+    /// Token requests are refused with 403 (a caller without the grant, authn off).
+    pub(crate) forbid_token_requests: bool,
 }
 
 #[cfg(test)]
@@ -300,12 +302,16 @@ impl FakeApi {
                         "connection refused (fake API server is down)",
                     )),
                     Answer::Hang => st.lock().unwrap().hanging.push(send),
-                    Answer::Forward { ip, port, .. } => send.send_response(json_response(
+                    Answer::Forward {
+                        ip,
+                        port,
+                        path_and_query,
+                    } => send.send_response(json_response(
                         503,
                         &status(
                             503,
                             "ServiceUnavailable",
-                            &format!("error trying to reach service: the in-process fake cannot dial {ip}:{port}"),
+                            &format!("error trying to reach service: the in-process fake cannot dial {ip}:{port} for {path_and_query}"),
                         ),
                     )),
                 }
@@ -597,7 +603,7 @@ impl State {
                     Answer::Respond(json_response(201, &self.access_review(input)))
                 }
                 ["api", "v1", "namespaces", ns, "serviceaccounts", sa, "token"] => {
-                    if !may(self, "create serviceaccounts/token") {
+                    if self.forbid_token_requests || !may(self, "create serviceaccounts/token") {
                         return Self::forbidden(&who, "create serviceaccounts/token");
                     }
                     let (ns, sa) = ((*ns).to_owned(), (*sa).to_owned());

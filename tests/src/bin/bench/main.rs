@@ -14,6 +14,7 @@
 //! a figure fails; traffic only goes over loopback and the veth pair made here.
 
 mod cluster_view;
+mod collect;
 mod gen;
 mod soak;
 
@@ -1502,7 +1503,7 @@ fn run(args: &[String]) -> Result<()> {
         .map(|x| x.parse())
         .transpose()?
         .unwrap_or(1.5);
-    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,v,s,p".into());
+    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,c,v,s,p".into());
     let soak_secs: u64 = arg(args, "--soak-secs")
         .map(|x| x.parse())
         .transpose()?
@@ -1554,6 +1555,12 @@ fn run(args: &[String]) -> Result<()> {
         attempt(
             "figure 6",
             fig_offline(&env, reps, policy_bench.as_deref(), &mut rep),
+        );
+    }
+    if want("c") {
+        attempt(
+            "figure C",
+            collect::figure(&env.auditor, &env.tmp, &mut rep),
         );
     }
     if want("v") {

@@ -743,14 +743,7 @@ impl State {
     /// `POST tokenreviews`: who holds `spec.token`, for `spec.audiences`.
     fn token_review(&self, input: Value) -> Value {
         let token = input["spec"]["token"].as_str().unwrap_or("");
-        let audiences: Vec<String> = input["spec"]["audiences"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let audiences = strings(&input["spec"]["audiences"]);
         let status = match self.valid_token(token, &audiences) {
             Some(t) => json!({
                 "authenticated": true,
@@ -770,14 +763,7 @@ impl State {
     fn access_review(&self, input: Value) -> Value {
         let spec = &input["spec"];
         let user = spec["user"].as_str().unwrap_or("");
-        let groups: Vec<String> = spec["groups"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let groups = strings(&spec["groups"]);
         let rule = if let Some(n) = spec.get("nonResourceAttributes") {
             format!(
                 "{} {}",
@@ -805,15 +791,10 @@ impl State {
     pub(crate) fn token_request(&mut self, ns: &str, sa: &str, input: Value) -> Value {
         self.issued += 1;
         let token = format!("fake-sa-token-{ns}-{sa}-{}", self.issued);
-        let audiences: Vec<String> = input["spec"]["audiences"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .filter(|a: &Vec<String>| !a.is_empty())
-            .unwrap_or_else(|| vec![API_AUDIENCE.to_owned()]);
+        let mut audiences = strings(&input["spec"]["audiences"]);
+        if audiences.is_empty() {
+            audiences.push(API_AUDIENCE.to_owned());
+        }
         let secs = input["spec"]["expirationSeconds"].as_u64().unwrap_or(3600);
         let now = std::time::SystemTime::now();
         let expires = now + std::time::Duration::from_secs(secs);
@@ -840,6 +821,15 @@ impl State {
                "status": {"token": token,
                           "expirationTimestamp": humantime::format_rfc3339_seconds(expires).to_string()}})
     }
+}
+
+/// The strings of a JSON array (none for anything else).
+pub(crate) fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A 200 `application/x-ndjson` answer with extra headers.

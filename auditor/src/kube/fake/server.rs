@@ -232,12 +232,7 @@ fn command(
             Ok(())
         }
         "token" => {
-            let groups: Vec<String> = arg["groups"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g.as_str().map(str::to_owned))
-                .collect();
+            let groups = super::strings(&arg["groups"]);
             st.add_token(&s(arg, "token"), &s(arg, "user"), &groups);
             Ok(())
         }

@@ -37,7 +37,7 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: document {document}: not valid YAML: {source}")]
+    #[error("{path}: document {document}: not valid YAML")]
     Yaml {
         path: PathBuf,
         document: usize,
@@ -62,16 +62,66 @@ pub enum ClusterError {
         field: String,
         message: String,
     },
+    #[error("{path}: {message} (expected what `kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml` prints)")]
+    Empty { path: PathBuf, message: String },
+    #[error("--cluster and --flows are both `-`: only one of them can be read from standard input; write the other to a file")]
+    BothStdin,
 }
 
-/// Reads and parses a snapshot file (`-` is stdin).
+/// Reads and parses a snapshot file (`-` is stdin). A snapshot without any object is an
+/// error; so is one without Pods, once its objects are known valid ([`require_pods`]).
 pub fn read_snapshot(path: &Path) -> Result<Snapshot, ClusterError> {
     let io = |source| ClusterError::Io {
         path: path.to_owned(),
         source,
     };
     let data = crate::flowlog::read_input(path).map_err(io)?;
-    parse_snapshot(path, &data)
+    let snap = parse_snapshot(path, &data)?;
+    let empty = |message: &str| ClusterError::Empty {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    };
+    let objects = snap.namespaces.len()
+        + snap.pods.len()
+        + snap.services.len()
+        + snap.endpoint_slices.len()
+        + snap.network_policies.len()
+        + snap.nodes.len();
+    if objects == 0 && snap.notes.is_empty() {
+        return Err(empty("contains no Kubernetes objects"));
+    }
+    Ok(snap)
+}
+
+/// A snapshot without Pods attributes no flow: every verdict would rest on nothing.
+pub fn require_pods(path: &Path, snap: &Snapshot) -> Result<(), ClusterError> {
+    if !snap.pods.is_empty() {
+        return Ok(());
+    }
+    let objects = snap.namespaces.len()
+        + snap.services.len()
+        + snap.endpoint_slices.len()
+        + snap.network_policies.len()
+        + snap.nodes.len();
+    Err(ClusterError::Empty {
+        path: path.to_owned(),
+        message: format!(
+            "has no Pods ({objects} other objects{}), so no flow could be attributed",
+            if snap.notes.is_empty() {
+                String::new()
+            } else {
+                format!(", {} skipped", snap.notes.len())
+            }
+        ),
+    })
+}
+
+/// The snapshot and the flow log cannot both come from standard input.
+pub fn check_inputs(cluster: &Path, flows: &Path) -> Result<(), ClusterError> {
+    if cluster.as_os_str() == "-" && flows.as_os_str() == "-" {
+        return Err(ClusterError::BothStdin);
+    }
+    Ok(())
 }
 
 /// Parses snapshot bytes; `path` only names the source in errors.

@@ -87,6 +87,7 @@ pub enum DiffError {
 ///
 /// The snapshot (YAML parsing dominates) and the flow log are read on two threads.
 pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
+    crate::cluster::check_inputs(&args.cluster, &args.flows)?;
     let (built, input) = std::thread::scope(|scope| {
         let cluster = scope.spawn(|| -> Result<(Vec<String>, Engine), DiffError> {
             let snapshot = read_snapshot(&args.cluster)?;
@@ -94,6 +95,7 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
                 path: args.cluster.clone(),
                 error,
             })?;
+            crate::cluster::require_pods(&args.cluster, &snapshot)?;
             Ok((snapshot.notes, engine))
         });
         let input = FlowInput::read(&args.flows, args.skip_invalid);

@@ -166,11 +166,13 @@ pub struct Report {
 
 /// Runs `auditor report`; returns the exit code (1 when a suggestion failed its check).
 pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
+    crate::cluster::check_inputs(&args.cluster, &args.flows)?;
     let snapshot = read_snapshot(&args.cluster)?;
     let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy {
         path: args.cluster.clone(),
         error,
     })?;
+    crate::cluster::require_pods(&args.cluster, &snapshot)?;
     let log = read_flow_log(&args.flows, args.skip_invalid)?;
     let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
     let audit = match &args.select {

@@ -209,6 +209,36 @@ fn bad_snapshot_names_file_object_and_field() {
             "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: media}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 0}]}\n",
             "snap.yaml: Service media/s: field spec.ports[0].port",
         ),
+        // A port number written as a string is not a named port.
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {}, ingress: [{ports: [{port: '8080'}]}]}\n",
+            "snap.yaml: NetworkPolicy media/n: field spec.ingress[0].ports[0].port: \"8080\" is a string of digits",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {}, ingress: [{ports: [{port: HTTP}]}]}\n",
+            "snap.yaml: NetworkPolicy media/n: field spec.ingress[0].ports[0].port: \"HTTP\" is not a valid port name",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/16]}}]}]}\n",
+            "snap.yaml: NetworkPolicy media/n: field spec.ingress[0].from[0].ipBlock.except[0]: \"192.168.0.0/16\" is not inside the ipBlock's cidr",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {matchLabels: {'-app': x}}}\n",
+            "snap.yaml: NetworkPolicy media/n: field spec.podSelector.matchLabels.-app: label key \"-app\"",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {matchExpressions: [{key: app, operator: In, values: ['a b']}]}}\n",
+            "snap.yaml: NetworkPolicy media/n: field spec.podSelector.matchExpressions[0].values[0]: label value \"a b\" is not valid",
+        ),
+        // Empty input, or a cluster without Pods, is not silently "all allowed".
+        (
+            "",
+            "snap.yaml: contains no Kubernetes objects (expected what `kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml` prints)",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: media}}\n",
+            "snap.yaml: has no Pods (1 other objects), so no flow could be attributed",
+        ),
     ];
     let flows = dir.join("flows.jsonl");
     std::fs::write(&flows, "").unwrap();
@@ -225,5 +255,40 @@ fn bad_snapshot_names_file_object_and_field() {
         let err = run(&args).unwrap_err().to_string();
         assert!(err.contains(want), "{yaml}\n got: {err}\nwant: {want}");
     }
+    // Both inputs from stdin would race for it.
+    let args = DiffArgs {
+        cluster: "-".into(),
+        flows: "-".into(),
+        format: Format::Json,
+        skip_invalid: false,
+        output: Some(dir.join("out")),
+    };
+    let err = run(&args).unwrap_err().to_string();
+    assert!(err.contains("--cluster and --flows are both `-`"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_error_is_printed_once_with_its_cause() {
+    let dir = std::env::temp_dir().join(format!("auditor-diff-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("snap.yaml");
+    std::fs::write(&snap, "kind: List\nitems: [\n").unwrap();
+    let flows = dir.join("flows.jsonl");
+    std::fs::write(&flows, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .args(["diff", "--cluster"])
+        .arg(&snap)
+        .arg("--flows")
+        .arg(&flows)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("snap.yaml: document 1: not valid YAML: "), "{err}");
+    // The parser's message (it names the line) comes once, as the cause.
+    let cause = err.rsplit("not valid YAML: ").next().unwrap().trim();
+    assert!(!cause.is_empty(), "{err}");
+    assert_eq!(err.matches(cause).count(), 1, "printed twice: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -164,12 +164,12 @@ fn two_nodes_one_agent_each_through_a_fake_api_server() {
     let agent_kc = api.kubeconfig("agent", "agent-token");
     let alice_kc = api.kubeconfig("alice", "alice-token");
 
-    let start = |node: &Node, addr: &str| {
+    let start = |node: &Node, addr: &str, cgroup: &str| {
         Recorder::start_env(
             &[("AUDITOR_NODE_NAME", &node.node_name)],
             &[
                 "--cgroup",
-                node.cgroup_root.to_str().unwrap(),
+                cgroup,
                 "--kubeconfig",
                 agent_kc.to_str().unwrap(),
                 "--listen",
@@ -183,8 +183,17 @@ fn two_nodes_one_agent_each_through_a_fake_api_server() {
             ],
         )
     };
-    let rec_a = start(&a, &addr_a);
-    let rec_b = start(&b, &addr_b);
+    // Node A's agent gets its cgroup as a path under the mount, node B's as the flow log
+    // prints cgroups (from the cgroup v2 root).
+    let rec_a = start(&a, &addr_a, a.cgroup_root.to_str().unwrap());
+    let b_cgroup = format!(
+        "/{}",
+        b.cgroup_root
+            .strip_prefix(cgroup2_root().expect("cgroup v2"))
+            .expect("under the cgroup v2 root")
+            .display()
+    );
+    let rec_b = start(&b, &addr_b, &b_cgroup);
     wait_synced(&addr_a, &rec_a);
     wait_synced(&addr_b, &rec_b);
 

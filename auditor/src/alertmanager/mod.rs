@@ -29,7 +29,7 @@ const EXPECTED: &str = "expected http://host[:port][/path] or https://host[:port
 pub enum AlertmanagerError {
     #[error("--alertmanager-url {value}: {problem}")]
     Url { value: String, problem: String },
-    #[error("--alertmanager-url {url}: cannot set up TLS: {source} (the agent reads the system's CA certificates; mount a bundle and point SSL_CERT_FILE at it)")]
+    #[error("--alertmanager-url {url}: cannot set up TLS (the agent reads the system's CA certificates; mount a bundle and point SSL_CERT_FILE at it)")]
     Tls {
         url: String,
         #[source]

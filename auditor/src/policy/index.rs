@@ -146,14 +146,18 @@ fn compile_peer(
                 .map_err(|m| invalid("NetworkPolicy", meta, format!("{field}.ipBlock.cidr"), m))?;
             let mut except = Vec::new();
             for (i, e) in b.except.iter().flatten().enumerate() {
-                except.push(parse_cidr(e).map_err(|m| {
-                    invalid(
+                let at = format!("{field}.ipBlock.except[{i}]");
+                let net = parse_cidr(e).map_err(|m| invalid("NetworkPolicy", meta, &at, m))?;
+                // As the API server validates it: a strict subset of the cidr.
+                if !(cidr.contains(&net) && net.prefix_len() > cidr.prefix_len()) {
+                    return Err(invalid(
                         "NetworkPolicy",
                         meta,
-                        format!("{field}.ipBlock.except[{i}]"),
-                        m,
-                    )
-                })?);
+                        &at,
+                        format!("{e:?} is not inside the ipBlock's cidr {:?} (except must be a strict subset of cidr)", b.cidr),
+                    ));
+                }
+                except.push(net);
             }
             Ok(Peer::Block(IpBlock { cidr, except }))
         }
@@ -221,6 +225,15 @@ fn compile_port(
         (Some(IntOrString::String(name)), None) => {
             if name.is_empty() {
                 return Err(err(".port", "empty port name".into()));
+            }
+            if name.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(
+                    ".port",
+                    format!("{name:?} is a string of digits: write a port number without quotes (port: {name}); a named port contains a letter"),
+                ));
+            }
+            if let Err(m) = crate::policy::selector::check_port_name(name) {
+                return Err(err(".port", m));
             }
             Ok(PortMatch::Named {
                 protocol,

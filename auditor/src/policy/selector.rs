@@ -42,6 +42,12 @@ impl Selector {
         let mut reqs = Vec::new();
         if let Some(labels) = &sel.match_labels {
             for (k, v) in labels {
+                let at = |message: String| SelectorError {
+                    field: format!("matchLabels.{k}"),
+                    message,
+                };
+                check_label_key(k).map_err(at)?;
+                check_label_value(v).map_err(at)?;
                 reqs.push(Requirement::Equals(k.clone(), v.clone()));
             }
         }
@@ -51,6 +57,10 @@ impl Selector {
                 field: format!("matchExpressions[{i}]{field}"),
                 message,
             };
+            check_label_key(&e.key).map_err(|m| err(".key", m))?;
+            for (j, v) in values.iter().enumerate() {
+                check_label_value(v).map_err(|m| err(&format!(".values[{j}]"), m))?;
+            }
             let req = match e.operator.as_str() {
                 "In" | "NotIn" => {
                     if values.is_empty() {
@@ -105,6 +115,85 @@ impl Selector {
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::DoesNotExist(k) => !labels.contains_key(k),
         })
+    }
+}
+
+/// A label name or value part: at most 63 characters, alphanumerics, `-`, `_` and `.`,
+/// beginning and ending with an alphanumeric.
+fn name_part(s: &str, what: &str) -> Result<(), String> {
+    let b = s.as_bytes();
+    if b.len() > 63 {
+        return Err(format!("{what} {s:?} is longer than 63 characters"));
+    }
+    let ok_inner = b
+        .iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    let ok_ends = b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric);
+    if !(ok_inner && ok_ends) {
+        return Err(format!(
+            "{what} {s:?} is not valid (alphanumerics, '-', '_' and '.', beginning and ending with an alphanumeric)"
+        ));
+    }
+    Ok(())
+}
+
+/// A label key as the API server accepts it: `[prefix/]name`, the prefix a DNS subdomain.
+pub fn check_label_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if name.is_empty() {
+        return Err(format!("label key {k:?} has an empty name"));
+    }
+    name_part(name, "label key name").map_err(|m| format!("label key {k:?}: {m}"))?;
+    if let Some(p) = prefix {
+        let dns_ok = !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                let b = l.as_bytes();
+                !b.is_empty()
+                    && b.len() <= 63
+                    && b.iter()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                    && b[0] != b'-'
+                    && b[b.len() - 1] != b'-'
+            });
+        if !dns_ok {
+            return Err(format!(
+                "label key {k:?}: prefix {p:?} is not a DNS subdomain (lowercase alphanumerics, '-' and '.')"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A label value: empty, or a name part.
+pub fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    name_part(v, "label value")
+}
+
+/// A named port (IANA_SVC_NAME): 1-15 lowercase alphanumerics and '-', at least one
+/// letter, no '-' at either end nor two in a row.
+pub fn check_port_name(n: &str) -> Result<(), String> {
+    let b = n.as_bytes();
+    let ok = (1..=15).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !n.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n:?} is not a valid port name (1-15 lowercase letters, digits and '-', at least one letter, no '-' at either end or twice in a row)"
+        ))
     }
 }
 

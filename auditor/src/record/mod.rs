@@ -60,8 +60,12 @@ pub struct RecordArgs {
         value_delimiter = ','
     )]
     pub comms: Vec<String>,
-    /// Keep only flows of processes in this cgroup v2 directory or below it
-    /// (absolute path, or relative to the cgroup v2 mount). Cgroup programs attach here.
+    /// Keep only flows of processes in this cgroup v2 directory or below it: as the flow
+    /// log prints cgroups (`/kubepods.slice`, from the cgroup v2 root), a path under the
+    /// cgroup v2 mount (`/sys/fs/cgroup/kubepods.slice`), or relative to it. Cgroup
+    /// programs attach here.
+    ///
+    /// Example: --cgroup /kubepods.slice
     #[arg(long, env = "AUDITOR_CGROUP")]
     pub cgroup: Option<PathBuf>,
     /// How often the flow log is written.
@@ -79,10 +83,18 @@ pub struct RecordArgs {
     /// Do not record kernel packet drops.
     #[arg(long, env = "AUDITOR_NO_DROPS")]
     pub no_drops: bool,
-    /// Kernel drop reasons not to record: frees that are part of normal socket life
-    /// (teardown, duplicate segments), not policy or network drops. Repeatable; the
-    /// default is the list in `probe::BENIGN_DROP_REASONS`; `none` records every reason.
-    #[arg(long = "ignore-drop-reason", value_name = "REASON", default_values_t = crate::probe::BENIGN_DROP_REASONS.iter().map(|s| s.to_string()), env = "AUDITOR_IGNORE_DROP_REASONS", value_delimiter = ',')]
+    /// Kernel drop reasons not to record, besides the frees that are part of normal socket
+    /// life (teardown, duplicate segments: `probe::BENIGN_DROP_REASONS`), which are never
+    /// recorded unless `none` is given: then only the reasons listed with it are left out.
+    /// Repeatable, or comma-separated.
+    ///
+    /// Example: --ignore-drop-reason OTHERHOST   or   --ignore-drop-reason none
+    #[arg(
+        long = "ignore-drop-reason",
+        value_name = "REASON",
+        env = "AUDITOR_IGNORE_DROP_REASONS",
+        value_delimiter = ','
+    )]
     pub ignore_drop_reasons: Vec<String>,
     /// Cluster snapshot (as for `diff`): attribute flows to pods, workloads and Services,
     /// and give drop alerts the policy verdict. Without it flows carry IPs and cgroups only.
@@ -211,7 +223,7 @@ pub enum RecordError {
     },
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Policy {
         path: PathBuf,
         #[source]
@@ -297,6 +309,29 @@ impl Limits {
 }
 
 /// Runs the recorder until SIGINT/SIGTERM or `--duration`.
+/// `--ignore-drop-reason`: the benign defaults plus those given, or with `none` only
+/// those given; sorted, without duplicates.
+pub fn drop_reasons_to_ignore(given: &[String]) -> Vec<String> {
+    let none = given.iter().any(|r| r.eq_ignore_ascii_case("none"));
+    let mut out: Vec<String> = if none {
+        Vec::new()
+    } else {
+        crate::probe::BENIGN_DROP_REASONS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    out.extend(
+        given
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty() && !r.eq_ignore_ascii_case("none")),
+    );
+    out.sort();
+    out.dedup();
+    out
+}
+
 pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     if args.ring_buffer_bytes < 4096 || !args.ring_buffer_bytes.is_power_of_two() {
         return Err(RecordError::RingSize(args.ring_buffer_bytes));
@@ -306,10 +341,12 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     let root = procfs::cgroup2_mount();
     let (attach_cgroup, cgroup_prefix) = match (&root, &args.cgroup) {
         (Some(root), Some(cg)) => {
-            let abs = if cg.is_absolute() {
-                cg.clone()
-            } else {
-                root.join(cg)
+            // `/kubepods.slice` as the flow log prints cgroups (from the cgroup v2 root),
+            // or `/sys/fs/cgroup/kubepods.slice`, or `kubepods.slice`.
+            let abs = match cg.strip_prefix("/") {
+                Ok(_) if cg.starts_with(root) => cg.clone(),
+                Ok(rel) => root.join(rel),
+                Err(_) => root.join(cg),
             };
             let rel = abs
                 .strip_prefix(root)
@@ -345,12 +382,7 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
         max_flows: args.max_flows,
         dns: !args.no_dns,
         drops: !args.no_drops,
-        ignore_drop_reasons: args
-            .ignore_drop_reasons
-            .iter()
-            .filter(|r| !r.eq_ignore_ascii_case("none"))
-            .cloned()
-            .collect(),
+        ignore_drop_reasons: drop_reasons_to_ignore(&args.ignore_drop_reasons),
         noop: args.bench_noop,
         tcp_tracepoints: args.tcp_tracepoints,
         filter_cgroup: match (&cgroup_prefix, &attach_cgroup) {
@@ -396,12 +428,13 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     let cluster = match &args.cluster {
         Some(path) => {
             let snap = crate::cluster::read_snapshot(path)?;
-            Some(std::sync::Arc::new(
+            let cluster =
                 crate::enrich::Cluster::new(&snap).map_err(|source| RecordError::Policy {
                     path: path.clone(),
                     source,
-                })?,
-            ))
+                })?;
+            crate::cluster::require_pods(path, &snap)?;
+            Some(std::sync::Arc::new(cluster))
         }
         None => None,
     };
@@ -643,4 +676,33 @@ fn take_lock(path: &Path) -> Result<Lock, RecordError> {
     f.set_len(0).map_err(|e| io("write lock file", e))?;
     write!(f, "{}", std::process::id()).map_err(|e| io("write lock file", e))?;
     Ok(Lock(f))
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::drop_reasons_to_ignore;
+    use crate::probe::BENIGN_DROP_REASONS;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn one_ignored_reason_adds_to_the_defaults_and_none_clears_them() {
+        let defaults = drop_reasons_to_ignore(&[]);
+        assert_eq!(defaults.len(), BENIGN_DROP_REASONS.len());
+        let more = drop_reasons_to_ignore(&v(&["OTHERHOST"]));
+        assert_eq!(more.len(), BENIGN_DROP_REASONS.len() + 1);
+        assert!(more.contains(&"OTHERHOST".to_owned()) && more.contains(&"TCP_CLOSE".to_owned()));
+        assert_eq!(drop_reasons_to_ignore(&v(&["none"])), Vec::<String>::new());
+        assert_eq!(
+            drop_reasons_to_ignore(&v(&["none", "TCP_CLOSE"])),
+            v(&["TCP_CLOSE"])
+        );
+        assert_eq!(
+            drop_reasons_to_ignore(&v(&["TCP_CLOSE"])),
+            defaults,
+            "a default given again is not doubled"
+        );
+    }
 }

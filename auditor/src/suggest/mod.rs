@@ -380,6 +380,7 @@ pub struct Suggestion {
 /// The snapshot (YAML parsing dominates) and the flow log (merged as it is parsed) are
 /// read on two threads.
 pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
+    crate::cluster::check_inputs(&args.cluster, &args.flows)?;
     let (built, read) = std::thread::scope(|scope| {
         let cluster = scope.spawn(|| -> Result<(Snapshot, Engine), SuggestError> {
             let snapshot = read_snapshot(&args.cluster)?;
@@ -387,6 +388,7 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
                 path: args.cluster.clone(),
                 error,
             })?;
+            crate::cluster::require_pods(&args.cluster, &snapshot)?;
             Ok((snapshot, engine))
         });
         let read = (|| -> Result<(Vec<Observed>, usize), FlowLogError> {

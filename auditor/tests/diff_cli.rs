@@ -285,7 +285,10 @@ fn an_error_is_printed_once_with_its_cause() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("snap.yaml: document 1: not valid YAML: "), "{err}");
+    assert!(
+        err.contains("snap.yaml: document 1: not valid YAML: "),
+        "{err}"
+    );
     // The parser's message (it names the line) comes once, as the cause.
     let cause = err.rsplit("not valid YAML: ").next().unwrap().trim();
     assert!(!cause.is_empty(), "{err}");

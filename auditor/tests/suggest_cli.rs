@@ -530,3 +530,28 @@ fn cilium_flavor_uses_fqdns_and_dns_visibility() {
         Some("host")
     );
 }
+
+#[test]
+fn the_snapshots_notes_are_printed_as_diff_lists_them() {
+    let dir = std::env::temp_dir().join(format!("auditor-suggest-notes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("cluster.yaml");
+    let mut text = std::fs::read_to_string(format!("{FIXTURES}/cluster.yaml")).unwrap();
+    text.push_str("\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: transcoder, namespace: media}\n");
+    std::fs::write(&snap, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .args(["suggest", "--cluster"])
+        .arg(&snap)
+        .arg("--flows")
+        .arg(format!("{FIXTURES}/flows.jsonl"))
+        .arg("--output")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auditor suggest: note: skipped Deployment media/transcoder (apps/v1): not used by the policy engine"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -434,6 +434,9 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
                     source,
                 })?;
             crate::cluster::require_pods(path, &snap)?;
+            for n in snap.notes.iter().chain(&cluster.engine.notes) {
+                tracing::info!(snapshot = %path.display(), "{n}");
+            }
             Some(std::sync::Arc::new(cluster))
         }
         None => None,

@@ -451,6 +451,10 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
         }
     }
     eprint!("{}", summary_text(&sug, out_path.as_deref(), skipped_lines));
+    // What the snapshot and the engine left out, as `diff` lists it.
+    for n in snapshot.notes.iter().chain(&engine.notes) {
+        eprintln!("auditor suggest: note: {n}");
+    }
     if !sug.verification.failures.is_empty() {
         return Err(SuggestError::Verification {
             mode: sug.mode.as_str(),

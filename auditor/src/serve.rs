@@ -460,6 +460,8 @@ pub struct Shared {
     pub recording: AtomicBool,
     /// The cluster view is synced (or no cluster view is configured).
     pub cluster_ready: AtomicBool,
+    /// A cluster view from an earlier sync is in use while it is not synced.
+    pub cluster_cached: AtomicBool,
     serve: ServeMetrics,
     faults: Mutex<BTreeMap<&'static str, String>>,
     /// When the recorder's loop last went round (ms on a monotonic clock); `/livez` fails
@@ -501,6 +503,7 @@ impl Shared {
             metrics,
             recording: AtomicBool::new(false),
             cluster_ready: AtomicBool::new(true),
+            cluster_cached: AtomicBool::new(false),
             serve,
             faults: Mutex::new(BTreeMap::new()),
             heartbeat_ms: std::sync::atomic::AtomicU64::new(monotonic_ms()),
@@ -691,6 +694,8 @@ async fn healthz(State(app): State<App>) -> impl IntoResponse {
     if faults.is_empty() && recording {
         let cluster = if s.cluster_ready.load(Ordering::Relaxed) {
             ""
+        } else if s.cluster_cached.load(Ordering::Relaxed) {
+            " (API server unreachable or resyncing: attributing with the last cluster view)"
         } else {
             " (cluster view not synced: IP-only attribution)"
         };
@@ -1793,6 +1798,15 @@ mod tests {
             (
                 200,
                 "ok (cluster view not synced: IP-only attribution)\n".to_string()
+            )
+        );
+        shared.cluster_cached.store(true, Ordering::Relaxed);
+        assert_eq!(
+            get(addr, "/healthz"),
+            (
+                200,
+                "ok (API server unreachable or resyncing: attributing with the last cluster view)\n"
+                    .to_string()
             )
         );
         shared.set_recording(false);

@@ -310,7 +310,7 @@ fn two_nodes_one_agent_each_through_a_fake_api_server() {
     std::thread::sleep(Duration::from_secs(3));
     let (_, during) = healthz(&addr_b);
     assert!(
-        during.contains("not synced"),
+        during.contains("attributing with the last cluster view"),
         "/healthz says so during the outage: {during:?}"
     );
     api.set_down(false);

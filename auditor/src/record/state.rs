@@ -254,6 +254,9 @@ impl State {
         let was_synced = self.cluster.is_some();
         self.cluster = None;
         self.cluster = w.cluster();
+        self.shared
+            .cluster_cached
+            .store(self.cluster.is_some(), std::sync::atomic::Ordering::Relaxed);
         if let (false, Some(c)) = (was_synced, &self.cluster) {
             tracing::info!(pods = c.engine.pods().len(), policies = c.engine.policies().len(), "cluster view synced: flows are attributed to pods and evaluated against the policies");
         }

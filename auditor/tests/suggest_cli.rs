@@ -555,3 +555,30 @@ fn the_snapshots_notes_are_printed_as_diff_lists_them() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn each_address_keeps_its_own_dns_names() {
+    // Two external names on the same port, not aggregated: one ipBlock each, and the
+    // annotation says which address had which name.
+    let flows = format!(
+        "{FLOWS}{}\n{}\n",
+        r#"{"src_ip":"10.0.1.1","dst_ip":"192.0.2.30","dst_port":443,"protocol":"TCP","direction":"egress","comm":"ffmpeg","dns_name":"origin-a.example.org","count":1}"#,
+        r#"{"src_ip":"10.0.1.1","dst_ip":"198.51.100.20","dst_port":443,"protocol":"TCP","direction":"egress","comm":"ffmpeg","dns_name":"origin-b.example.org","count":1}"#,
+    );
+    let out = suggest_files("dns-per-net", &full_cluster(), &flows, |_| {});
+    let d = docs(&out.yaml);
+    let ann = policy(&d, "ffmpeg-allowlist")["metadata"]["annotations"]["auditor.dev/dns-names"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = ann.split("; ").collect();
+    assert!(
+        parts.contains(&"192.0.2.30/32=origin-a.example.org"),
+        "{ann}"
+    );
+    assert!(
+        parts.contains(&"198.51.100.20/32=origin-b.example.org"),
+        "{ann}"
+    );
+    assert!(parts.contains(&"203.0.113.80/31=cdn.example.net"), "{ann}");
+}

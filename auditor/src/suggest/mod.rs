@@ -1184,6 +1184,8 @@ struct RulePlan {
     comments: Vec<String>,
     /// DNS names of the addresses in this rule (externals).
     dns_names: BTreeSet<String>,
+    /// The same per ipBlock of the rule, in rule order (for the dns-names annotation).
+    names_by_net: Vec<(IpNet, BTreeSet<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -1343,23 +1345,21 @@ impl Builder<'_> {
             GENERATED_ANNOTATION.to_owned(),
             format!("auditor suggest --mode {}", self.opts.mode.as_str()),
         );
+        // One `cidr=name,name` per ipBlock, so each address keeps its own names.
+        let join = |n: &BTreeSet<String>| n.iter().cloned().collect::<Vec<_>>().join(",");
         let names: Vec<String> = ingress
             .iter()
             .chain(&egress)
             .filter(|r| !r.dns_names.is_empty())
-            .map(|r| {
-                let blocks = match &r.peer {
-                    PeerDesc::Blocks(b) => b
+            .flat_map(|r| {
+                if r.names_by_net.is_empty() {
+                    vec![format!("={}", join(&r.dns_names))]
+                } else {
+                    r.names_by_net
                         .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    _ => String::new(),
-                };
-                format!(
-                    "{blocks}={}",
-                    r.dns_names.iter().cloned().collect::<Vec<_>>().join(",")
-                )
+                        .map(|(net, n)| format!("{net}={}", join(n)))
+                        .collect()
+                }
             })
             .collect();
         if !names.is_empty() {
@@ -1489,6 +1489,7 @@ impl Builder<'_> {
                 evidence,
                 comments,
                 dns_names: BTreeSet::new(),
+                names_by_net: Vec::new(),
             });
         }
         // Externals: aggregated per identical port set, so no address gains a port.
@@ -1503,6 +1504,7 @@ impl Builder<'_> {
             let nets = cidr::aggregate(&ips, self.opts.max_prefix_v4, self.opts.max_prefix_v6);
             let mut comments = Vec::new();
             let mut dns_names = BTreeSet::new();
+            let mut names_by_net = Vec::new();
             for net in &nets {
                 let inside: Vec<&IpAddr> = ips.iter().filter(|ip| net.contains(*ip)).collect();
                 let names: BTreeSet<String> = inside
@@ -1534,6 +1536,9 @@ impl Builder<'_> {
                     }
                 }
                 comments.push(line);
+                if !names.is_empty() {
+                    names_by_net.push((*net, names.clone()));
+                }
                 dns_names.extend(names);
             }
             rules.push(RulePlan {
@@ -1542,6 +1547,7 @@ impl Builder<'_> {
                 evidence,
                 comments,
                 dns_names,
+                names_by_net,
             });
         }
         for r in &mut rules {

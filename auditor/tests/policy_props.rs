@@ -149,7 +149,15 @@ fn peer() -> impl Strategy<Value = PeerM> {
             prop::sample::select(CIDRS.to_vec()),
             prop::collection::vec(prop::sample::select(EXCEPTS.to_vec()), 0..2)
         )
-            .prop_map(|(cidr, except)| PeerM::Block { cidr, except }),
+            .prop_map(|(cidr, mut except)| {
+                // As the API server requires: each except a strict subset of the cidr.
+                let net: ipnet::IpNet = cidr.parse().map(|n: ipnet::IpNet| n.trunc()).unwrap();
+                except.retain(|e| {
+                    let e: ipnet::IpNet = e.parse().unwrap();
+                    net.contains(&e) && e.prefix_len() > net.prefix_len()
+                });
+                PeerM::Block { cidr, except }
+            }),
     ]
 }
 

@@ -245,14 +245,7 @@ pub async fn run(args: &CollectArgs) -> Result<i32, CollectError> {
     // agent it cannot reach: without this a dead agent is reported as a timeout after
     // --timeout instead of with the API server's reason at once.
     config.default_retry = false;
-    let cluster_url = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|source| {
-        CollectError::Kube(KubeError::Client {
-            cluster_url,
-            source,
-        })
-    })?;
-    run_with_client(client, args).await
+    run_with_client(crate::kube::client_from(config)?, args).await
 }
 
 /// [`run`] with a ready client.

@@ -97,7 +97,11 @@ pub enum KubeError {
 /// A client from `kubeconfig`, or inferred (in-cluster service account, `$KUBECONFIG`,
 /// `~/.kube/config`). Does not contact the API server.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
-    let config = config(kubeconfig).await?;
+    client_from(config(kubeconfig).await?)
+}
+
+/// A client from a ready configuration (e.g. [`config`] with settings changed).
+pub fn client_from(config: Config) -> Result<Client, KubeError> {
     let cluster_url = config.cluster_url.to_string();
     Client::try_from(config).map_err(|source| KubeError::Client {
         cluster_url,

@@ -66,7 +66,7 @@ enum Cmd {
         /// Interleaved repetitions of every figure (at least 5 for published figures).
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Only these figures, comma-separated (1-6, c = collect at 100 agents, v = cluster view, s = soak, p = bpf stats); default all.
+        /// Only these figures, comma-separated (1-6, e = offline against external peers, c = collect at 100 agents, v = cluster view, s = soak, p = bpf stats); default all.
         #[arg(long)]
         only: Option<String>,
         /// Length of the soak figure (30,000 new flows/s with default settings).

@@ -303,18 +303,23 @@ impl Engine {
         }
         match &rule.peers {
             None => true,
-            Some(peers) => peers.iter().any(|p| match p {
-                Peer::Block(b) => b.contains(peer_ip),
-                Peer::Pods { namespaces, pods } => {
-                    let Party::Pod(pp) = peer else { return false };
-                    let other = &self.pods[*pp];
-                    let ns_ok = match namespaces {
-                        NamespaceMatch::Own => other.ns == pol.ns,
-                        NamespaceMatch::Selected(s) => s.matches(&self.namespaces[other.ns].labels),
-                    };
-                    ns_ok && pods.matches(&other.labels)
-                }
-            }),
+            Some(peers) => {
+                rule.blocks.contains(peer_ip)
+                    || peers.iter().any(|p| match p {
+                        Peer::Block(_) => false,
+                        Peer::Pods { namespaces, pods } => {
+                            let Party::Pod(pp) = peer else { return false };
+                            let other = &self.pods[*pp];
+                            let ns_ok = match namespaces {
+                                NamespaceMatch::Own => other.ns == pol.ns,
+                                NamespaceMatch::Selected(s) => {
+                                    s.matches(&self.namespaces[other.ns].labels)
+                                }
+                            };
+                            ns_ok && pods.matches(&other.labels)
+                        }
+                    })
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::ipblock::{parse_cidr, IpBlock};
+use super::ipblock::{parse_cidr, BlockIndex, IpBlock};
 use super::selector::Selector;
 use super::*;
 use crate::cluster::Snapshot;
@@ -281,7 +281,15 @@ fn compile_rules<'a>(
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        out.push(Rule { peers, ports });
+        let blocks = BlockIndex::new(peers.iter().flatten().filter_map(|p| match p {
+            Peer::Block(b) => Some(b),
+            Peer::Pods { .. } => None,
+        }));
+        out.push(Rule {
+            peers,
+            blocks,
+            ports,
+        });
     }
     Ok(out)
 }

@@ -147,6 +147,8 @@ impl PolicyInfo {
 struct Rule {
     /// `None`: every peer (absent or empty `from`/`to`).
     peers: Option<Vec<Peer>>,
+    /// The `Peer::Block`s of `peers`, indexed; matching reads this, not the blocks.
+    blocks: ipblock::BlockIndex,
     /// `None`: every port (absent or empty `ports`).
     ports: Option<Vec<PortMatch>>,
 }

@@ -17,32 +17,43 @@ pub fn aggregate(ips: &BTreeSet<IpAddr>, max_v4: u8, max_v6: u8) -> Vec<IpNet> {
         .iter()
         .map(|ip| IpNet::from(ip.to_canonical()))
         .collect();
-    loop {
-        nets.sort();
-        nets.dedup();
-        let mut merged = None;
-        for i in 1..nets.len() {
-            let (a, b) = (nets[i - 1], nets[i]);
-            let Some(sup) = common_supernet(a, b) else {
-                continue;
-            };
-            let limit = match sup {
-                IpNet::V4(_) => max_v4,
-                IpNet::V6(_) => max_v6,
-            };
-            let lossless = a.prefix_len() == sup.prefix_len() + 1
-                && b.prefix_len() == sup.prefix_len() + 1
-                && a != b;
-            if lossless || sup.prefix_len() >= limit {
-                merged = Some(sup);
-                break;
-            }
+    nets.sort();
+    nets.dedup();
+    // One sweep in address order. `out` stays sorted and disjoint, and no two neighbours in
+    // it can merge; a merge replaces the top of `out` with the supernet, which may then
+    // merge with the new neighbour below it. Linear after the sort (merging the first
+    // mergeable neighbours and sorting again, until none are left, was quadratic).
+    let mut out: Vec<IpNet> = Vec::with_capacity(nets.len());
+    for net in nets {
+        if out.last().is_some_and(|top| top.contains(&net)) {
+            continue;
         }
-        let Some(sup) = merged else { break };
-        nets.retain(|n| !sup.contains(n));
-        nets.push(sup);
+        out.push(net);
+        while out.len() >= 2 {
+            let (a, b) = (out[out.len() - 2], out[out.len() - 1]);
+            let Some(sup) = mergeable(a, b, max_v4, max_v6) else {
+                break;
+            };
+            while out.last().is_some_and(|n| sup.contains(n)) {
+                out.pop();
+            }
+            out.push(sup);
+        }
     }
-    nets
+    out
+}
+
+/// The supernet `a` and `b` merge into, if they may: both halves of it, or no wider than
+/// the family's limit.
+fn mergeable(a: IpNet, b: IpNet, max_v4: u8, max_v6: u8) -> Option<IpNet> {
+    let sup = common_supernet(a, b)?;
+    let limit = match sup {
+        IpNet::V4(_) => max_v4,
+        IpNet::V6(_) => max_v6,
+    };
+    let lossless =
+        a.prefix_len() == sup.prefix_len() + 1 && b.prefix_len() == sup.prefix_len() + 1 && a != b;
+    (lossless || sup.prefix_len() >= limit).then_some(sup)
 }
 
 /// The smallest prefix containing both, `None` across address families.
@@ -63,6 +74,72 @@ fn common_supernet(a: IpNet, b: IpNet) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// The former algorithm, merge the first mergeable neighbours and sort again until
+    /// none are left: the sweep must give the same prefixes.
+    fn reference(ips: &BTreeSet<IpAddr>, max_v4: u8, max_v6: u8) -> Vec<IpNet> {
+        let mut nets: Vec<IpNet> = ips
+            .iter()
+            .map(|ip| IpNet::from(ip.to_canonical()))
+            .collect();
+        loop {
+            nets.sort();
+            nets.dedup();
+            let mut merged = None;
+            for i in 1..nets.len() {
+                let (a, b) = (nets[i - 1], nets[i]);
+                let Some(sup) = common_supernet(a, b) else {
+                    continue;
+                };
+                let limit = match sup {
+                    IpNet::V4(_) => max_v4,
+                    IpNet::V6(_) => max_v6,
+                };
+                let lossless = a.prefix_len() == sup.prefix_len() + 1
+                    && b.prefix_len() == sup.prefix_len() + 1
+                    && a != b;
+                if lossless || sup.prefix_len() >= limit {
+                    merged = Some(sup);
+                    break;
+                }
+            }
+            let Some(sup) = merged else { break };
+            nets.retain(|n| !sup.contains(n));
+            nets.push(sup);
+        }
+        nets
+    }
+
+    #[test]
+    fn sweep_agrees_with_the_fixpoint() {
+        let mut x: u64 = 7;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 33
+        };
+        for round in 0..400 {
+            let mut ips = BTreeSet::new();
+            for _ in 0..(next() % 40) {
+                // Mostly inside one /22 so that neighbours and halves meet; some IPv6.
+                let ip: IpAddr = match next() % 5 {
+                    0 => IpAddr::from(Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(next() % 64))),
+                    1 => IpAddr::from(Ipv4Addr::from(0xc633_6400 | (next() as u32 % 1024))),
+                    _ => IpAddr::from(Ipv4Addr::from(0xcb00_7100 | (next() as u32 % 64))),
+                };
+                ips.insert(ip);
+            }
+            let v4 = [32u8, 31, 30, 28, 26, 24, 22, 16][round % 8];
+            let v6 = [128u8, 126, 122][round % 3];
+            assert_eq!(
+                aggregate(&ips, v4, v6),
+                reference(&ips, v4, v6),
+                "{ips:?} /{v4} /{v6}"
+            );
+        }
+    }
 
     fn set(v: &[&str]) -> BTreeSet<IpAddr> {
         v.iter().map(|s| s.parse().unwrap()).collect()

@@ -1506,7 +1506,8 @@ impl Builder<'_> {
             let mut dns_names = BTreeSet::new();
             let mut names_by_net = Vec::new();
             for net in &nets {
-                let inside: Vec<&IpAddr> = ips.iter().filter(|ip| net.contains(*ip)).collect();
+                // A range of the sorted set: exactly the addresses `net.contains`.
+                let inside: Vec<&IpAddr> = ips.range(net.network()..=net.broadcast()).collect();
                 let names: BTreeSet<String> = inside
                     .iter()
                     .flat_map(|ip| self.names_of.get(ip).into_iter().flatten().cloned())

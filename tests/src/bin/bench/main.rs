@@ -15,6 +15,7 @@
 
 mod cluster_view;
 mod collect;
+mod external;
 mod gen;
 mod soak;
 
@@ -1503,7 +1504,7 @@ fn run(args: &[String]) -> Result<()> {
         .map(|x| x.parse())
         .transpose()?
         .unwrap_or(1.5);
-    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,c,v,s,p".into());
+    let only = arg(args, "--only").unwrap_or_else(|| "1,2,3,4,5,6,e,c,v,s,p".into());
     let soak_secs: u64 = arg(args, "--soak-secs")
         .map(|x| x.parse())
         .transpose()?
@@ -1555,6 +1556,12 @@ fn run(args: &[String]) -> Result<()> {
         attempt(
             "figure 6",
             fig_offline(&env, reps, policy_bench.as_deref(), &mut rep),
+        );
+    }
+    if want("e") {
+        attempt(
+            "figure E",
+            external::figure(&env.auditor, &env.tmp, reps, &mut rep),
         );
     }
     if want("c") {

@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn index_agrees_with_each_block() {
         let mut rng = Lcg(42);
-        for round in 0..300 {
+        for round in 0..300u32 {
             // Addresses in a small space (10.0.0.0/24 and fd00::/120) so that blocks,
             // excepts and probes overlap often; now and then the whole space.
             let mut blocks = Vec::new();

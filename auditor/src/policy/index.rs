@@ -450,6 +450,15 @@ impl Engine {
     /// Indexes a snapshot. Fails on objects the API server would reject where the
     /// engine depends on them (bad CIDRs, selectors, ports, IPs), naming object and field.
     pub fn build(snap: &Snapshot) -> Result<Engine, PolicyError> {
+        Engine::build_with(snap, snap.network_policies.iter())
+    }
+
+    /// As [`Engine::build`], with `policies` in place of the snapshot's own (what-if checks
+    /// build engines for other policy sets without copying the snapshot).
+    pub fn build_with<'a>(
+        snap: &Snapshot,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+    ) -> Result<Engine, PolicyError> {
         let mut b = Builder {
             engine: Engine::default(),
         };
@@ -543,7 +552,7 @@ impl Engine {
         }
 
         // Policies, sorted by namespace/name.
-        let mut nps: Vec<&NetworkPolicy> = snap.network_policies.iter().collect();
+        let mut nps: Vec<&NetworkPolicy> = policies.into_iter().collect();
         nps.sort_by(|a, c| {
             (&a.metadata.namespace, &a.metadata.name)
                 .cmp(&(&c.metadata.namespace, &c.metadata.name))

@@ -381,6 +381,7 @@ pub struct Suggestion {
 /// read on two threads.
 pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
     crate::cluster::check_inputs(&args.cluster, &args.flows)?;
+    let mut phase = Phase::start();
     let (built, read) = std::thread::scope(|scope| {
         let cluster = scope.spawn(|| -> Result<(Snapshot, Engine), SuggestError> {
             let snapshot = read_snapshot(&args.cluster)?;
@@ -409,6 +410,7 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
     });
     let (snapshot, engine) = built?;
     let (flows, skipped_lines) = read?;
+    phase.done("read the snapshot and the flow log, built the engine");
     let audit = match &args.select {
         Some(sel) => Audit::Selector(labels::parse_selector(sel)?),
         None => Audit::Comms(args.comm.clone()),
@@ -421,6 +423,7 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
         max_prefix_v6: args.max_prefix_v6,
     };
     let sug = suggest(&snapshot, &engine, &flows, &opts)?;
+    drop(phase);
     let out_path = if args.output.as_os_str() == "-" {
         None
     } else {
@@ -462,6 +465,19 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
         });
     }
     Ok(if sug.gaps.is_empty() { 0 } else { 1 })
+}
+
+/// How long each phase took, at debug level (`--log debug`): where a slow run spends it.
+struct Phase(std::time::Instant);
+
+impl Phase {
+    fn start() -> Self {
+        Phase(std::time::Instant::now())
+    }
+    fn done(&mut self, what: &str) {
+        tracing::debug!("{what} in {:.2} s", self.0.elapsed().as_secs_f64());
+        self.0 = std::time::Instant::now();
+    }
 }
 
 /// The stderr summary of a suggestion.
@@ -851,6 +867,7 @@ pub fn suggest(
     flows: &[Observed],
     opts: &Options,
 ) -> Result<Suggestion, SuggestError> {
+    let mut phase = Phase::start();
     let ctx = Ctx::new(snapshot, engine);
     let mut gaps = Vec::new();
     let mut warnings = Vec::new();
@@ -1112,6 +1129,7 @@ pub fn suggest(
     }
     drop(by_plan);
     drop(needs);
+    phase.done("evaluated the flows and planned the policies");
     plans.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     let audited_names: Vec<&str> = audited
@@ -1132,6 +1150,7 @@ pub fn suggest(
         }
     }
 
+    phase.done("rendered the YAML");
     let generated = generated.map_err(|message| SuggestError::Generated {
         mode: opts.mode.as_str(),
         message,
@@ -1139,6 +1158,7 @@ pub fn suggest(
     let verification = verify(
         &ctx, flows, &results, &audited, &plans, generated, opts.mode,
     )?;
+    phase.done("checked the suggestion through the policy engine");
     let rules = plans.iter().flat_map(|p| p.summaries(&build)).collect();
     kubernetes_yaml.shrink_to_fit();
     let yaml = cilium_yaml.unwrap_or_else(|| kubernetes_yaml.clone());
@@ -2204,12 +2224,13 @@ fn verify(
         mode: mode.as_str(),
         message,
     };
+    let mut phase = Phase::start();
     let engine0 = ctx.engine;
-    // One copy of the snapshot: installed + generated policies, then generated alone.
-    let mut snapshot = ctx.snapshot.clone();
-    let installed = snapshot.network_policies.len();
-    snapshot.network_policies.extend(generated);
-    let full = Engine::build(&snapshot).map_err(|e| generated_error(e.to_string()))?;
+    // The snapshot's objects with installed + generated policies, then generated alone.
+    let snapshot = ctx.snapshot;
+    let full = Engine::build_with(snapshot, snapshot.network_policies.iter().chain(&generated))
+        .map_err(|e| generated_error(e.to_string()))?;
+    phase.done("check: built the engine of installed + suggested policies");
     let mut v = Verification::default();
     let is_audited = |p: PodId| audited.contains(&ctx.group_of[p]);
     let touches_audited = |r: &FlowResult| {
@@ -2222,7 +2243,7 @@ fn verify(
     let flow_ids: Vec<usize> = (0..flows.len()).collect();
     match mode {
         Mode::Fix => {
-            drop(snapshot);
+            drop(generated);
             let failures = par_map(&flow_ids, |&i| {
                 let f = &flows[i];
                 let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
@@ -2252,44 +2273,69 @@ fn verify(
             }
         }
         Mode::Allowlist => {
-            snapshot.network_policies.drain(..installed);
-            let alone = Engine::build(&snapshot).map_err(|e| generated_error(e.to_string()))?;
-            drop(snapshot);
-            let checked = par_map(&flow_ids, |&i| -> Option<Option<String>> {
+            // One engine at a time: the observed flows against installed + suggested
+            // first, then that engine is dropped before the suggestion alone is built.
+            let with_all = par_map(&flow_ids, |&i| -> Option<Option<String>> {
                 let f = &flows[i];
                 if !touches_audited(&before[i]) {
                     return None;
                 }
                 let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
-                if !after.allowed {
-                    let t = after.deciding_target();
-                    let side = if t.egress.allowed {
-                        "ingress"
-                    } else {
-                        "egress"
-                    };
-                    return Some(Some(format!(
-                        "observed flow denied ({side}) with the suggestion applied: {}",
-                        describe_flow(&full, f, &after, 0)
-                    )));
+                if after.allowed {
+                    return Some(None);
                 }
+                let t = after.deciding_target();
+                let side = if t.egress.allowed {
+                    "ingress"
+                } else {
+                    "egress"
+                };
+                Some(Some(format!(
+                    "observed flow denied ({side}) with the suggestion applied: {}",
+                    describe_flow(&full, f, &after, 0)
+                )))
+            });
+            drop(full);
+            phase.done("check: observed flows with installed + suggested policies");
+            let alone = Engine::build_with(snapshot, &generated)
+                .map_err(|e| generated_error(e.to_string()))?;
+            drop(generated);
+            phase.done("check: built the engine of the suggested policies alone");
+            // Only the flows that passed the first check (a failure is reported once).
+            let passed: Vec<usize> = with_all
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| matches!(c, Some(None)))
+                .map(|(i, _)| i)
+                .collect();
+            let own_failures = par_map(&passed, |&i| -> Option<String> {
+                let f = &flows[i];
                 let own = alone.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
                 let bad = own.targets.iter().any(|t| {
                     (matches!(t.src, Party::Pod(p) if is_audited(p)) && !t.egress.allowed)
                         || (matches!(t.dst, Party::Pod(p) if is_audited(p)) && !t.ingress.allowed)
                 });
-                Some(bad.then(|| {
+                bad.then(|| {
                     format!(
                         "observed flow not allowed by the suggestion alone: {}",
                         describe_flow(&alone, f, &own, 0)
                     )
-                }))
+                })
             });
-            for c in checked.into_iter().flatten() {
+            // Failures in flow order, as before: each flow's first failed check.
+            let mut own_failures = passed.iter().zip(own_failures).peekable();
+            for (i, c) in with_all.into_iter().enumerate() {
+                let Some(c) = c else { continue };
                 v.observed_checked += 1;
                 v.failures.extend(c);
+                if own_failures.peek().is_some_and(|(j, _)| **j == i) {
+                    let (_, own) = own_failures.next().expect("peeked");
+                    v.failures.extend(own);
+                }
             }
+            phase.done("check: observed flows with the suggested policies alone");
             sample_unobserved(ctx, &alone, flows, before, audited, plans, &mut v);
+            phase.done("check: sampled unobserved flows");
         }
     }
     Ok(v)

@@ -2674,4 +2674,79 @@ mod tests {
             ["origin.example"]
         );
     }
+
+    /// The check reports each observed flow's first failed check, in flow order: one
+    /// denied with the suggestion applied, one allowed only by an installed policy.
+    #[test]
+    fn check_reports_each_failed_flow_once_in_flow_order() {
+        let pod = |name: &str, ip: &str| {
+            format!("- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: {name}\n    namespace: media\n    labels:\n      app: {name}\n  spec:\n    containers:\n    - name: main\n      image: ffmpeg\n  status:\n    phase: Running\n    podIP: {ip}\n")
+        };
+        let allow_egress = |name: &str, to: &str| {
+            format!("- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata:\n    name: {name}\n    namespace: media\n  spec:\n    podSelector:\n      matchLabels:\n        app: a\n    policyTypes: [Egress]\n    egress:\n    - to:\n{to}")
+        };
+        let snap_yaml = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: media\n{}{}{}",
+            pod("a", "10.244.0.1"),
+            pod("b", "10.244.0.2"),
+            allow_egress("installed", "      - ipBlock:\n          cidr: 203.0.113.0/24\n"),
+        );
+        let snapshot =
+            crate::cluster::parse_snapshot(Path::new("t.yaml"), snap_yaml.as_bytes()).unwrap();
+        let engine = Engine::build(&snapshot).unwrap();
+        let generated: Vec<NetworkPolicy> = serde_yaml::from_str::<serde_yaml::Value>(&format!(
+            "items:\n{}",
+            allow_egress("suggested", "      - podSelector:\n          matchLabels:\n            app: b\n      ports:\n      - port: 80\n")
+        ))
+        .unwrap()["items"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| serde_yaml::from_value(v.clone()).unwrap())
+            .collect();
+        let rec = |dst: &str, port: u16| -> FlowRecord {
+            serde_json::from_str(&format!(r#"{{"src_ip":"10.244.0.1","dst_ip":"{dst}","dst_port":{port},"protocol":"TCP","comm":"ffmpeg","count":1}}"#)).unwrap()
+        };
+        let records = [
+            rec("203.0.113.9", 443),
+            rec("10.244.0.2", 81),
+            rec("10.244.0.2", 80),
+        ];
+        let mut flows = merge_flows(records.iter().enumerate().map(|(i, r)| (i + 1, r)));
+        flows.sort_by_key(|f| std::cmp::Reverse(f.dst_ip));
+        assert_eq!(flows[0].dst_ip.to_string(), "203.0.113.9");
+        let ctx = Ctx::new(&snapshot, &engine);
+        let before: Vec<FlowResult> = flows
+            .iter()
+            .map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol))
+            .collect();
+        let Party::Pod(a) = engine.classify("10.244.0.1".parse().unwrap()) else {
+            panic!("10.244.0.1 is pod a")
+        };
+        let audited = BTreeSet::from([ctx.group_of[a]]);
+        let v = verify(
+            &ctx,
+            &flows,
+            &before,
+            &audited,
+            &[],
+            generated,
+            Mode::Allowlist,
+        )
+        .unwrap();
+        assert_eq!(v.observed_checked, 3);
+        assert_eq!(v.failures.len(), 2, "{:?}", v.failures);
+        assert!(
+            v.failures[0].starts_with("observed flow not allowed by the suggestion alone")
+                && v.failures[0].contains("203.0.113.9"),
+            "{:?}",
+            v.failures
+        );
+        assert!(
+            v.failures[1].starts_with("observed flow denied (egress) with the suggestion applied")
+                && v.failures[1].contains(":81"),
+            "{:?}",
+            v.failures
+        );
+    }
 }

@@ -66,7 +66,7 @@ enum Cmd {
         /// Interleaved repetitions of every figure (at least 5 for published figures).
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Only these figures, comma-separated (1-6, e = offline against external peers, c = collect at 100 agents, v = cluster view, s = soak, p = bpf stats); default all.
+        /// Only these figures, comma-separated (1-6, e = offline against external peers, c = collect at 100 agents, v = cluster view, s = soak, p = bpf stats and the bpftrace peers beside them); default all.
         #[arg(long)]
         only: Option<String>,
         /// Length of the soak figure (30,000 new flows/s with default settings).
@@ -93,6 +93,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "procps",
     "bpftool",
+    // the bench's peers (figure P): bpftrace loggers beside the recorder
+    "bpftrace",
     "util-linux",
     // promtool, Alertmanager
     "prometheus",

@@ -17,6 +17,7 @@ mod cluster_view;
 mod collect;
 mod external;
 mod gen;
+mod peers;
 mod soak;
 
 use std::collections::BTreeMap;
@@ -1329,25 +1330,44 @@ fn bpf_profile(env: &Env, secs: f64, rep: &mut Report) -> Result<()> {
         .context("enable kernel.bpf_stats_enabled")?;
     let mut sec = String::from("## Where the time goes: eBPF program run time (bpf stats, separate run)\n\n`kernel.bpf_stats_enabled=1` (restored afterwards), one run of each load with the recorder T2 (TCP through cgroup sock_ops) and, for the connection loads, T1 (every program returns at once: the floor of a run, mostly the stats' own clock reads) and T2t (TCP through the fallback tracepoints); `bpftool prog show` run_cnt and run_time_ns deltas of the recorder's programs. The stats themselves add a little to each run (two clock reads). Program dispatch (the tracepoint's record, the cgroup hook's walk) is not in these figures: T1 in §1 measures it.\n\n| load | config | operations | program | runs | runs/op | ns/run | ns/op |\n|---|---|---|---|---|---|---|---|\n");
     let mut seen_any = false;
+    let mut ours = BTreeMap::new();
     for cfg in [Cfg::T1, Cfg::T2, Cfg::T2t] {
-        bpf_profile_cfg(env, secs, cfg, &mut sec, &mut seen_any)?;
+        let rec = Recorder::start(env, cfg, &[])?.context("recorder")?;
+        let totals = profile_loads(
+            env,
+            secs,
+            cfg.name(),
+            &rec.progs,
+            |unit| cfg == Cfg::T2 || unit == "conns",
+            &mut sec,
+            &mut seen_any,
+        )?;
+        rec.stop()?;
+        if cfg == Cfg::T2 {
+            ours = totals;
+        }
     }
     if !seen_any {
         sec.push_str("\n(no program of the recorder ran: nothing to report)\n");
     }
     rep.sections.push(sec);
+    peers::figure(env, secs, &ours, rep)?;
     Ok(())
 }
 
-fn bpf_profile_cfg(
+/// Runs the bpf-stats loads (those whose unit `wanted` accepts) with the programs `ids`
+/// attached: one table row per program that ran, one "all programs" row per load, into
+/// `sec`. Returns the all-programs nanoseconds per operation of each load.
+fn profile_loads(
     env: &Env,
     secs: f64,
-    cfg: Cfg,
+    config: &str,
+    ids: &[u64],
+    wanted: impl Fn(&str) -> bool,
     sec: &mut String,
     seen_any: &mut bool,
-) -> Result<()> {
-    let rec = Recorder::start(env, cfg, &[])?.context("recorder")?;
-    let ids = rec.progs.clone();
+) -> Result<BTreeMap<&'static str, f64>> {
+    let mut totals = BTreeMap::new();
     let snap = || -> BTreeMap<String, (f64, f64)> {
         let text = sh("bpftool prog show -j").unwrap_or_default();
         let mut out = BTreeMap::new();
@@ -1371,7 +1391,7 @@ fn bpf_profile_cfg(
         }
         out
     };
-    let loads: Vec<(&str, Vec<String>, &str)> = vec![
+    let loads: Vec<(&'static str, Vec<String>, &str)> = vec![
         (
             "TCP connect/accept/close, veth",
             vec![
@@ -1451,7 +1471,7 @@ fn bpf_profile_cfg(
         ),
     ];
     for (name, args, unit) in loads {
-        if cfg != Cfg::T2 && unit != "conns" {
+        if !wanted(unit) {
             continue;
         }
         let d0 = env.drop_counter().unwrap_or(0);
@@ -1476,8 +1496,7 @@ fn bpf_profile_cfg(
             total += dn / ops;
             let _ = writeln!(
                 sec,
-                "| {name} | {} | {ops:.0} {unit} | `{prog}` | {dc:.0} | {:.2} | {:.0} | {:.0} |",
-                cfg.name(),
+                "| {name} | {config} | {ops:.0} {unit} | `{prog}` | {dc:.0} | {:.2} | {:.0} | {:.0} |",
                 dc / ops,
                 dn / dc,
                 dn / ops
@@ -1485,12 +1504,11 @@ fn bpf_profile_cfg(
         }
         let _ = writeln!(
             sec,
-            "| {name} | {} | | **all programs** | | | | **{total:.0}** |",
-            cfg.name()
+            "| {name} | {config} | | **all programs** | | | | **{total:.0}** |"
         );
+        totals.insert(name, total);
     }
-    rec.stop()?;
-    Ok(())
+    Ok(totals)
 }
 
 fn run(args: &[String]) -> Result<()> {

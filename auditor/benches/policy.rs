@@ -188,6 +188,7 @@ fn args(snap: &Path, fl: &Path) -> DiffArgs {
         format: Format::Json,
         skip_invalid: false,
         output: Some(PathBuf::from("/dev/null")),
+        ..Default::default()
     }
 }
 

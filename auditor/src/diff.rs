@@ -18,7 +18,9 @@ use serde::Serialize;
 
 use crate::cluster::{read_snapshot, ClusterError};
 use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
-use crate::policy::{Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side, Target};
+use crate::policy::{
+    Engine, Exception, FlowResult, Party, PodId, PolicyError, RuleRef, Side, Target,
+};
 
 /// Output format of `auditor diff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -36,7 +38,9 @@ pub enum Format {
 /// deny and the policy and rule that decided. Exits 1 when a flow is denied.
 ///
 /// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --format table
-#[derive(Debug, clap::Args)]
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -n media --verdict denied
+#[derive(Debug, Default, clap::Args)]
 pub struct DiffArgs {
     /// Cluster snapshot: a `kind: List` or multi-document YAML with Namespaces, Pods,
     /// Services, EndpointSlices and NetworkPolicies (`-` for stdin).
@@ -65,6 +69,40 @@ pub struct DiffArgs {
     /// Example: --output diff.json
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Only flows from or to pods of this namespace, as kubectl's `-n` (the summary counts
+    /// only the flows shown; unused rules are those of this namespace's policies).
+    ///
+    /// Example: -n media
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NAMESPACE",
+        conflicts_with = "all_namespaces"
+    )]
+    pub namespace: Option<String>,
+    /// Flows of every namespace, as kubectl's `-A` (the default for a snapshot).
+    ///
+    /// Example: -A
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
+    /// Only flows from or to pods whose labels match this selector, as kubectl's `-l`
+    /// (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`).
+    ///
+    /// Example: -l 'app=packager,tier!=edge'
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Only the flows with this verdict.
+    ///
+    /// Example: --verdict denied
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    pub verdict: Option<VerdictFilter>,
+}
+
+/// `--verdict`: which flows `diff` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictFilter {
+    Allowed,
+    Denied,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +113,14 @@ pub enum DiffError {
     Policy { path: PathBuf, error: PolicyError },
     #[error(transparent)]
     Flows(#[from] FlowLogError),
+    #[error("{path}: -n {namespace}: the snapshot has no namespace {namespace:?} (namespaces of its objects: {known})")]
+    UnknownNamespace {
+        path: PathBuf,
+        namespace: String,
+        known: String,
+    },
+    #[error("-l {input:?}: {message} (expected a label selector, e.g. app=ffmpeg,tier in (worker,edge),!canary)")]
+    Selector { input: String, message: String },
     #[error("cannot write {path}")]
     Output {
         path: PathBuf,
@@ -107,7 +153,59 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
     let (mut notes, engine) = built?;
     let input = input?;
     notes.extend(engine.notes.iter().cloned());
-    let report = Report::new(&engine, &input, notes);
+    let mut report = Report::new(&engine, &input, notes);
+    let selector = match &args.selector {
+        Some(s) => {
+            let bad = |message: String| DiffError::Selector {
+                input: s.clone(),
+                message,
+            };
+            let parsed = crate::suggest::labels::parse_selector(s).map_err(|e| bad(e.message))?;
+            Some(
+                crate::policy::selector::Selector::compile(&parsed.to_k8s())
+                    .map_err(|e| bad(format!("{}: {}", e.field, e.message)))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(ns) = &args.namespace {
+        if !engine.pods().iter().any(|p| &p.namespace == ns)
+            && !engine.namespace_names().any(|n| n == ns)
+        {
+            let mut known: Vec<&str> = engine.namespace_names().collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(DiffError::UnknownNamespace {
+                path: args.cluster.clone(),
+                namespace: ns.clone(),
+                known: known.join(", "),
+            });
+        }
+    }
+    if args.namespace.is_some() || selector.is_some() || args.verdict.is_some() {
+        let pods = engine.pods();
+        let pod_ok = |p: PodId| {
+            args.namespace
+                .as_ref()
+                .is_none_or(|ns| &pods[p].namespace == ns)
+                && selector.as_ref().is_none_or(|s| s.matches(&pods[p].labels))
+        };
+        let by_pod = args.namespace.is_some() || selector.is_some();
+        report.retain(args.namespace.as_deref(), |d| {
+            let verdict_ok = match args.verdict {
+                None => true,
+                Some(VerdictFilter::Allowed) => d.result.allowed,
+                Some(VerdictFilter::Denied) => !d.result.allowed,
+            };
+            verdict_ok
+                && (!by_pod
+                    || d.result.targets.iter().any(|t| {
+                        [&t.src, &t.dst]
+                            .into_iter()
+                            .any(|x| matches!(x, Party::Pod(p) if pod_ok(*p)))
+                    }))
+        });
+    }
     let out_name = args
         .output
         .clone()
@@ -242,6 +340,15 @@ pub struct Report<'a> {
     pub denied_records: u64,
     pub skipped: Vec<(usize, String)>,
     pub notes: Vec<String>,
+    /// Set by [`Report::retain`]: the kept index of each distinct flow of the input
+    /// (`u32::MAX`: filtered out), the rules every flow used, and the namespace filter.
+    filtered: Option<Filtered>,
+}
+
+struct Filtered {
+    index: Vec<u32>,
+    used: BTreeSet<RuleRef>,
+    namespace: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -326,7 +433,52 @@ impl<'a> Report<'a> {
             denied_records,
             skipped: input.skipped.clone(),
             notes,
+            filtered: None,
         }
+    }
+
+    /// Keeps only the distinct flows `keep` accepts (the `-n`, `-l`, `--verdict` filters):
+    /// counts, summary and output then cover those alone. Unused rules stay those no flow
+    /// of the whole log used, restricted to `namespace`'s policies when it is given.
+    pub fn retain(&mut self, namespace: Option<&str>, keep: impl Fn(&Distinct) -> bool) {
+        let used = self.used_rules();
+        let mut index = Vec::with_capacity(self.distinct.len());
+        let mut kept = Vec::new();
+        for d in std::mem::take(&mut self.distinct) {
+            if keep(&d) {
+                index.push(u32::try_from(kept.len()).unwrap_or(u32::MAX));
+                kept.push(d);
+            } else {
+                index.push(u32::MAX);
+            }
+        }
+        self.distinct = kept;
+        self.records = self.distinct.iter().map(|d| d.records as usize).sum();
+        self.denied_records = self
+            .distinct
+            .iter()
+            .filter(|d| !d.result.allowed)
+            .map(|d| d.records)
+            .sum();
+        self.filtered = Some(Filtered {
+            index,
+            used,
+            namespace: namespace.map(str::to_owned),
+        });
+    }
+
+    fn used_rules(&self) -> BTreeSet<RuleRef> {
+        self.distinct
+            .iter()
+            .flat_map(|d| d.result.targets.iter())
+            .flat_map(|t| {
+                t.egress
+                    .allowed_by
+                    .iter()
+                    .chain(t.ingress.allowed_by.iter())
+            })
+            .copied()
+            .collect()
     }
 
     /// 0 when every record is allowed, 1 otherwise.
@@ -340,21 +492,14 @@ impl<'a> Report<'a> {
 
     /// Rules in effect that allowed no observed flow, in policy order.
     pub fn unused_rules(&self) -> Vec<RuleRef> {
-        let used: BTreeSet<RuleRef> = self
-            .distinct
-            .iter()
-            .flat_map(|d| d.result.targets.iter())
-            .flat_map(|t| {
-                t.egress
-                    .allowed_by
-                    .iter()
-                    .chain(t.ingress.allowed_by.iter())
-            })
-            .copied()
-            .collect();
+        let (used, namespace) = match &self.filtered {
+            Some(f) => (f.used.clone(), f.namespace.as_deref()),
+            None => (self.used_rules(), None),
+        };
         self.engine
             .all_rules()
             .filter(|r| !used.contains(r))
+            .filter(|r| namespace.is_none_or(|ns| self.engine.policies()[r.policy].namespace == ns))
             .collect()
     }
 
@@ -478,8 +623,17 @@ impl<'a> Report<'a> {
             a
         });
         w.write_all(b"{\"flows\":[")?;
-        for (n, r) in input.records.iter().enumerate() {
+        let mut n = 0usize;
+        for r in &input.records {
+            let distinct = match &self.filtered {
+                None => r.distinct,
+                Some(f) => match f.index.get(r.distinct as usize) {
+                    Some(&i) if i != u32::MAX => i,
+                    _ => continue,
+                },
+            };
             w.write_all(if n == 0 { b"\n" } else { b",\n" })?;
+            n += 1;
             // A record's trimmed line is a JSON object: drop its closing brace.
             let line = input
                 .data
@@ -489,7 +643,7 @@ impl<'a> Report<'a> {
             w.write_all(b",")?;
             w.write_all(
                 fragments
-                    .get(r.distinct as usize)
+                    .get(distinct as usize)
                     .map(String::as_bytes)
                     .unwrap_or_default(),
             )?;

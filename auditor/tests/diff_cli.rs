@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use auditor::diff::{run, DiffArgs, Format};
+use auditor::diff::{run, DiffArgs, Format, VerdictFilter};
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -44,6 +44,7 @@ fn diff(
         format,
         skip_invalid,
         output: Some(out.clone()),
+        ..Default::default()
     };
     let code = run(&args).map_err(|e| e.to_string());
     let text = std::fs::read_to_string(&out).unwrap_or_default();
@@ -251,6 +252,7 @@ fn bad_snapshot_names_file_object_and_field() {
             format: Format::Json,
             skip_invalid: false,
             output: Some(dir.join("out")),
+            ..Default::default()
         };
         let err = run(&args).unwrap_err().to_string();
         assert!(err.contains(want), "{yaml}\n got: {err}\nwant: {want}");
@@ -262,6 +264,7 @@ fn bad_snapshot_names_file_object_and_field() {
         format: Format::Json,
         skip_invalid: false,
         output: Some(dir.join("out")),
+        ..Default::default()
     };
     let err = run(&args).unwrap_err().to_string();
     assert!(err.contains("--cluster and --flows are both `-`"), "{err}");
@@ -294,4 +297,99 @@ fn an_error_is_printed_once_with_its_cause() {
     assert!(!cause.is_empty(), "{err}");
     assert_eq!(err.matches(cause).count(), 1, "printed twice: {err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `-n`, `-l` and `--verdict` as kubectl users expect: the flows shown, the counts and the
+/// exit code cover only the flows that pass; bad values are refused with what was expected.
+#[test]
+fn kubectl_filters() {
+    let run_with = |name: &str, set: &dyn Fn(&mut DiffArgs)| -> (Result<i32, String>, Value) {
+        let dir = temp_dir(name);
+        let out = dir.join("out");
+        let mut args = DiffArgs {
+            cluster: snapshot(&dir),
+            flows: Path::new(FIXTURES).join("flows.jsonl"),
+            format: Format::Json,
+            output: Some(out.clone()),
+            ..Default::default()
+        };
+        set(&mut args);
+        let code = run(&args).map_err(|e| e.to_string());
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+    let lines = |v: &Value| -> Vec<String> {
+        v["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f["src_ip"].as_str().unwrap(),
+                    f["verdict"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+
+    let (code, v) = run_with("denied", &|a| a.verdict = Some(VerdictFilter::Denied));
+    assert_eq!(code, Ok(1));
+    assert_eq!(lines(&v), ["10.0.1.1 deny", "10.0.1.3 deny"]);
+    assert_eq!(
+        (
+            v["summary"]["records"].as_u64(),
+            v["summary"]["denied_records"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+
+    let (code, v) = run_with("allowed", &|a| a.verdict = Some(VerdictFilter::Allowed));
+    assert_eq!(code, Ok(0), "no denied flow among those shown");
+    assert_eq!(lines(&v).len(), 5);
+    assert!(lines(&v).iter().all(|l| l.ends_with("allow")));
+
+    // A flow is in a namespace when either end is a pod of it.
+    let (code, v) = run_with("ns", &|a| a.namespace = Some("cdn".into()));
+    assert_eq!(code, Ok(0));
+    assert_eq!(lines(&v), ["10.0.2.1 allow"]);
+    assert_eq!(v["summary"]["distinct_flows"], 1);
+    assert_eq!(
+        v["summary"]["unused_rules"].as_array().unwrap().len(),
+        0,
+        "cdn has no policies"
+    );
+    // Unused rules are still those no flow of the whole log used (here: of media's policies).
+    let (_, v) = run_with("ns-media-denied", &|a| {
+        a.namespace = Some("media".into());
+        a.verdict = Some(VerdictFilter::Denied);
+    });
+    assert_eq!(
+        v["summary"]["unused_rules"][0]["policy"],
+        "media/ffmpeg-egress"
+    );
+    assert_eq!(v["summary"]["unused_rules"].as_array().unwrap().len(), 1);
+
+    let (code, v) = run_with("selector", &|a| {
+        a.selector = Some("app=ffmpeg".into());
+        a.verdict = Some(VerdictFilter::Denied);
+    });
+    assert_eq!(code, Ok(1));
+    assert_eq!(lines(&v), ["10.0.1.1 deny"]);
+    assert_eq!(v["flows"][0]["dst_ip"], "203.0.113.81");
+
+    let (code, _) = run_with("no-such-ns", &|a| a.namespace = Some("nosuch".into()));
+    let err = code.unwrap_err();
+    assert!(
+        err.contains("-n nosuch: the snapshot has no namespace \"nosuch\"")
+            && err.contains("cdn, kube-system, media, monitoring"),
+        "{err}"
+    );
+    let (code, _) = run_with("bad-selector", &|a| a.selector = Some("Bad Key=x".into()));
+    let err = code.unwrap_err();
+    assert!(
+        err.starts_with("-l \"Bad Key=x\":") && err.contains("expected a label selector"),
+        "{err}"
+    );
 }

@@ -170,7 +170,7 @@ mod tests {
             // excepts and probes overlap often; now and then the whole space.
             let mut blocks = Vec::new();
             for _ in 0..(rng.next() % 6) {
-                let v6 = rng.next() % 3 == 0;
+                let v6 = rng.next().is_multiple_of(3);
                 let (base, max): (IpAddr, u8) = if v6 {
                     ("fd00::".parse().unwrap(), 128)
                 } else {

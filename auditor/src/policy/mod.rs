@@ -247,6 +247,13 @@ impl Engine {
         &self.services
     }
 
+    /// The names of the namespaces the snapshot had (objects or their namespaces).
+    pub fn namespace_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.namespaces
+            .iter()
+            .filter_map(|n| n.labels.get(index::NS_NAME_LABEL).map(String::as_str))
+    }
+
     /// What an address is. IPv4-mapped IPv6 addresses are read as IPv4.
     pub fn classify(&self, ip: IpAddr) -> Party {
         let ip = ip.to_canonical();

@@ -423,7 +423,6 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
         max_prefix_v6: args.max_prefix_v6,
     };
     let sug = suggest(&snapshot, &engine, &flows, &opts)?;
-    drop(phase);
     let out_path = if args.output.as_os_str() == "-" {
         None
     } else {

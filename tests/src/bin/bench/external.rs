@@ -9,11 +9,10 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::{fmt, met, spread, timed, Report};
+use super::{fmt, met, offline, spread, timed, Report, DIFF_JSON};
 
 const SIZES: [usize; 4] = [5_000, 10_000, 20_000, 40_000];
 
@@ -87,29 +86,12 @@ pub fn figure(auditor: &Path, tmp: &Path, reps: usize, rep: &mut Report) -> Resu
         for (n, f) in &files {
             let _ = std::fs::remove_dir_all(&out);
             let s = timed(
-                Command::new(auditor)
-                    .args(["suggest", "--cluster"])
-                    .arg(&snap)
-                    .arg("--flows")
-                    .arg(f)
+                offline(auditor, &["suggest"], &snap, f)
                     .arg("--output")
                     .arg(&out),
             )?;
             m.entry(("suggest", *n)).or_default().push([s.0, s.1]);
-            let d = timed(
-                Command::new(auditor)
-                    .args([
-                        "diff",
-                        "--format",
-                        "json",
-                        "--output",
-                        "/dev/null",
-                        "--cluster",
-                    ])
-                    .arg(&snap)
-                    .arg("--flows")
-                    .arg(f),
-            )?;
+            let d = timed(&mut offline(auditor, DIFF_JSON, &snap, f))?;
             m.entry(("diff", *n)).or_default().push([d.0, d.1]);
         }
         eprintln!("   rep {}/{reps} done", r + 1);

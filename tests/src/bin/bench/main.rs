@@ -1211,6 +1211,20 @@ fn timed(cmd: &mut Command) -> Result<(f64, f64)> {
     Ok((el, ru.ru_maxrss as f64))
 }
 
+/// `auditor diff` writing JSON to /dev/null (what figures 6 and E time).
+const DIFF_JSON: &[&str] = &["diff", "--format", "json", "--output", "/dev/null"];
+
+/// `auditor <args> --cluster <snap> --flows <flows>`: an offline command of figures 6 and E.
+fn offline(auditor: &Path, args: &[&str], snap: &Path, flows: &Path) -> Command {
+    let mut c = Command::new(auditor);
+    c.args(args)
+        .arg("--cluster")
+        .arg(snap)
+        .arg("--flows")
+        .arg(flows);
+    c
+}
+
 /// Figure 6: diff and suggest offline at scale, on the policy bench's generated files.
 fn fig_offline(
     env: &Env,
@@ -1246,20 +1260,7 @@ fn fig_offline(
     let sugg = env.tmp.join("suggest-out");
     let mut m: BTreeMap<&str, Vec<[f64; 2]>> = BTreeMap::new();
     for r in 0..reps {
-        let d = timed(
-            Command::new(&env.auditor)
-                .args([
-                    "diff",
-                    "--format",
-                    "json",
-                    "--output",
-                    "/dev/null",
-                    "--cluster",
-                ])
-                .arg(&snap)
-                .arg("--flows")
-                .arg(&flows),
-        )?;
+        let d = timed(&mut offline(&env.auditor, DIFF_JSON, &snap, &flows))?;
         m.entry("diff").or_default().push([d.0, d.1]);
         let _ = std::fs::remove_dir_all(&sugg);
         let sg = timed(

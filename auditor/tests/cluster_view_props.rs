@@ -265,7 +265,7 @@ fn kind_of(k: u32) -> Kind {
     // Pods and slices churn most, as in a live cluster.
     match k % 10 {
         0 => Kind::Namespace,
-        1 | 2 | 3 => Kind::Pod,
+        1..=3 => Kind::Pod,
         4 => Kind::Service,
         5 | 6 => Kind::Slice,
         7 | 8 => Kind::Policy,

@@ -18,7 +18,7 @@ fn distinct_flows_script(net: &NetPair, n: u32) -> String {
     )
 }
 
-fn ours<'a>(flows: &'a [Value], net: &NetPair) -> BTreeSet<(String, u64, u64)> {
+fn ours(flows: &[Value], net: &NetPair) -> BTreeSet<(String, u64, u64)> {
     flows
         .iter()
         .filter(|r| r["dst_ip"] == net.b4.as_str() && r["protocol"] == "UDP")

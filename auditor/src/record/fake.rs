@@ -240,7 +240,7 @@ fn churn(rig: &mut Rig, per_interval: u32, intervals: u32, drain_every: u32) -> 
         for _ in 0..per_interval {
             rig.kernel.touch(udp_key(n));
             n += 1;
-            if n % drain_every == 0 {
+            if n.is_multiple_of(drain_every) {
                 rig.drain();
             }
         }

@@ -379,7 +379,7 @@ fn write_items(
                 )
             }
         };
-        items.sort_by(|a, b| key(a).cmp(&key(b)));
+        items.sort_by_key(|a| key(a));
     }
     let mut buf: Vec<u8> = Vec::new();
     let mut in_buf = 0u64;

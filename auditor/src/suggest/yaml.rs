@@ -345,7 +345,7 @@ mod tests {
                 all.push_str(&document(header, node));
             }
             let read: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&all)
-                .map(|d| serde::Deserialize::deserialize(d))
+                .map(serde::Deserialize::deserialize)
                 .collect::<Result<_, _>>()
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{all}")))?;
             let want: Vec<serde_yaml::Value> =

@@ -105,6 +105,12 @@ pub enum VerdictFilter {
     Denied,
 }
 
+impl VerdictFilter {
+    fn keeps(self, allowed: bool) -> bool {
+        allowed == (self == VerdictFilter::Allowed)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
     #[error(transparent)]
@@ -169,12 +175,10 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
         None => None,
     };
     if let Some(ns) = &args.namespace {
-        if !engine.pods().iter().any(|p| &p.namespace == ns)
-            && !engine.namespace_names().any(|n| n == ns)
-        {
+        // The engine knows every namespace an object of the snapshot names, once each.
+        if !engine.namespace_names().any(|n| n == ns) {
             let mut known: Vec<&str> = engine.namespace_names().collect();
             known.sort_unstable();
-            known.dedup();
             return Err(DiffError::UnknownNamespace {
                 path: args.cluster.clone(),
                 namespace: ns.clone(),
@@ -192,12 +196,7 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
         };
         let by_pod = args.namespace.is_some() || selector.is_some();
         report.retain(args.namespace.as_deref(), |d| {
-            let verdict_ok = match args.verdict {
-                None => true,
-                Some(VerdictFilter::Allowed) => d.result.allowed,
-                Some(VerdictFilter::Denied) => !d.result.allowed,
-            };
-            verdict_ok
+            args.verdict.is_none_or(|v| v.keeps(d.result.allowed))
                 && (!by_pod
                     || d.result.targets.iter().any(|t| {
                         [&t.src, &t.dst]
@@ -492,9 +491,13 @@ impl<'a> Report<'a> {
 
     /// Rules in effect that allowed no observed flow, in policy order.
     pub fn unused_rules(&self) -> Vec<RuleRef> {
+        let computed;
         let (used, namespace) = match &self.filtered {
-            Some(f) => (f.used.clone(), f.namespace.as_deref()),
-            None => (self.used_rules(), None),
+            Some(f) => (&f.used, f.namespace.as_deref()),
+            None => {
+                computed = self.used_rules();
+                (&computed, None)
+            }
         };
         self.engine
             .all_rules()

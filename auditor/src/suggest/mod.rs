@@ -2300,14 +2300,10 @@ fn verify(
                 .map_err(|e| generated_error(e.to_string()))?;
             drop(generated);
             phase.done("check: built the engine of the suggested policies alone");
-            // Only the flows that passed the first check (a failure is reported once).
-            let passed: Vec<usize> = with_all
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| matches!(c, Some(None)))
-                .map(|(i, _)| i)
-                .collect();
-            let own_failures = par_map(&passed, |&i| -> Option<String> {
+            let own_failures = par_map(&flow_ids, |&i| -> Option<String> {
+                if !matches!(with_all[i], Some(None)) {
+                    return None; // not checked, or already failed with installed + suggested
+                }
                 let f = &flows[i];
                 let own = alone.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
                 let bad = own.targets.iter().any(|t| {
@@ -2321,16 +2317,11 @@ fn verify(
                     )
                 })
             });
-            // Failures in flow order, as before: each flow's first failed check.
-            let mut own_failures = passed.iter().zip(own_failures).peekable();
-            for (i, c) in with_all.into_iter().enumerate() {
+            // Failures in flow order: each flow's first failed check.
+            for (c, own) in with_all.into_iter().zip(own_failures) {
                 let Some(c) = c else { continue };
                 v.observed_checked += 1;
-                v.failures.extend(c);
-                if own_failures.peek().is_some_and(|(j, _)| **j == i) {
-                    let (_, own) = own_failures.next().expect("peeked");
-                    v.failures.extend(own);
-                }
+                v.failures.extend(c.or(own));
             }
             phase.done("check: observed flows with the suggested policies alone");
             sample_unobserved(ctx, &alone, flows, before, audited, plans, &mut v);

@@ -11,17 +11,20 @@
 //! saying so.
 use anyhow::{anyhow, Context as _};
 
-/// The object's file name in `OUT_DIR`: the eBPF crate's bin target.
-const OBJECT: &str = "auditor-probes";
+/// The objects' file names in `OUT_DIR`: the eBPF crate's bin targets (the recorder's
+/// programs, and the drill's, which alone can drop packets).
+const OBJECTS: [&str; 2] = ["auditor-probes", "auditor-drill"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
     if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
-        let placeholder = std::path::Path::new(&out_dir).join(OBJECT);
-        // Empty, also over an object of an earlier build: never a stale program.
-        std::fs::write(&placeholder, b"")
-            .with_context(|| format!("write {}", placeholder.display()))?;
+        for object in OBJECTS {
+            let placeholder = std::path::Path::new(&out_dir).join(object);
+            // Empty, also over an object of an earlier build: never a stale program.
+            std::fs::write(&placeholder, b"")
+                .with_context(|| format!("write {}", placeholder.display()))?;
+        }
         println!("cargo::warning=AYA_BUILD_SKIP is set: the eBPF programs are not built; this auditor cannot record");
         return Ok(());
     }

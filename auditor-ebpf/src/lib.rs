@@ -270,6 +270,95 @@ pub struct Config {
     pub _pad2: u32,
 }
 
+// ---------------------------------------------------------------- drill (auditor drill)
+//
+// The drill's programs live in their own object (`auditor-drill`, src/drill.rs): the
+// recorder's object holds no program that can drop a packet.
+
+/// Rule slots in the drill's `RULES` array.
+pub const DRILL_MAX_RULES: u32 = 16;
+/// `DrillRule::direction` bits.
+pub const DRILL_EGRESS: u8 = 1;
+pub const DRILL_INGRESS: u8 = 2;
+/// `DrillStats` slots per rule: one per direction (`rule * 2 + 0` egress, `+ 1` ingress).
+pub const DRILL_STATS_PER_RULE: u32 = 2;
+/// Entries of the map of other peers the target talked to.
+pub const DRILL_MAX_OTHERS: u32 = 1024;
+
+/// One peer the drill blocks: a prefix, optionally one protocol and a port range of the
+/// peer (destination port on egress, source port on ingress).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DrillRule {
+    /// `AF_INET` or `AF_INET6`; 0: an unused slot (the list ends there).
+    pub family: u16,
+    /// Prefix length in bits (0-32 or 0-128).
+    pub prefix_len: u8,
+    /// 0: any protocol; else `IPPROTO_TCP` or `IPPROTO_UDP` (with the port range).
+    pub protocol: u8,
+    /// Peer port range, host order; `0..=65535` for any port.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// `DRILL_EGRESS | DRILL_INGRESS` bits.
+    pub direction: u8,
+    pub _pad: [u8; 7],
+    /// Network order, the host bits zeroed; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// When the block holds, in `bpf_ktime_get_ns` time (CLOCK_MONOTONIC): packets matching
+/// a rule are dropped while `start_ns <= now < end_ns`, and only counted outside it. The
+/// kernel itself releases the block at `end_ns`, even if the drill process hangs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DrillWindow {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// What one rule saw in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DrillStats {
+    /// Matching packets before the window (passed).
+    pub before_packets: u64,
+    /// Matching packets dropped in the window, and their bytes.
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    /// Of those, TCP SYNs without ACK: connection attempts (the first and the retries).
+    pub dropped_syns: u64,
+    /// Matching packets after the window (passed), and their bytes.
+    pub after_packets: u64,
+    pub after_bytes: u64,
+    /// First and last dropped packet; first packet after the window; 0: none.
+    pub first_drop_ns: u64,
+    pub last_drop_ns: u64,
+    pub first_after_ns: u64,
+    /// TCP SYNs (without ACK) after the window: new connections to the peer.
+    pub after_syns: u64,
+}
+
+/// A peer the target talked to that no rule matched (egress), for "fell back to".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DrillPeer {
+    pub family: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+    /// Peer port, host order (0 for other protocols).
+    pub port: u16,
+    pub _pad2: u16,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DrillPeerStats {
+    pub packets: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -284,6 +373,11 @@ mod pod {
     unsafe impl aya::Pod for ConvKey {}
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for DrillRule {}
+    unsafe impl aya::Pod for DrillWindow {}
+    unsafe impl aya::Pod for DrillStats {}
+    unsafe impl aya::Pod for DrillPeer {}
+    unsafe impl aya::Pod for DrillPeerStats {}
 }
 
 // Layout checks: both sides compile these.
@@ -295,3 +389,8 @@ const _: () = assert!(core::mem::size_of::<DnsEvent>() == 16 + 8 + 8 + 32 + DNS_
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConvKey>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<DrillRule>() == 32);
+const _: () = assert!(core::mem::size_of::<DrillWindow>() == 16);
+const _: () = assert!(core::mem::size_of::<DrillStats>() == 80);
+const _: () = assert!(core::mem::size_of::<DrillPeer>() == 24);
+const _: () = assert!(core::mem::size_of::<DrillPeerStats>() == 24);

@@ -166,11 +166,7 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
                 input: s.clone(),
                 message,
             };
-            let parsed = crate::suggest::labels::parse_selector(s).map_err(|e| bad(e.message))?;
-            Some(
-                crate::policy::selector::Selector::compile(&parsed.to_k8s())
-                    .map_err(|e| bad(format!("{}: {}", e.field, e.message)))?,
-            )
+            Some(crate::policy::selector::Selector::from_kubectl(s).map_err(bad)?)
         }
         None => None,
     };

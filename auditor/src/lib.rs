@@ -12,6 +12,7 @@ pub mod collect;
 pub mod decode;
 pub mod diff;
 pub mod dns;
+pub mod drill;
 pub mod enrich;
 pub mod flowlog;
 pub mod kube;

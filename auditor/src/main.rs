@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///   auditor suggest --cluster snapshot.yaml --flows flows.jsonl --output suggested/
 ///   auditor report --cluster snapshot.yaml --flows flows.jsonl --output report/
 ///   auditor collect --since 1h --output flows.jsonl     (in a cluster, with kubectl's config)
+///   sudo auditor drill --cluster snapshot.yaml --pod media/packager-0 --peer svc/media/cdn --duration 5s --i-mean-it
 #[derive(Debug, Parser)]
 #[command(name = "auditor", version, about, verbatim_doc_comment)]
 struct Cli {
@@ -50,6 +51,7 @@ enum Command {
     Suggest(auditor::suggest::SuggestArgs),
     Report(auditor::report::ReportArgs),
     Collect(auditor::collect::CollectArgs),
+    Drill(auditor::drill::DrillArgs),
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
             .map(|c| c as u8)
             .map_err(Into::into),
         Command::Collect(args) => collect(&args),
+        Command::Drill(args) => drill(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -96,6 +99,13 @@ fn collect(args: &auditor::collect::CollectArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()?;
     Ok(rt.block_on(auditor::collect::run(args))? as u8)
+}
+
+fn drill(args: &auditor::drill::DrillArgs) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(auditor::drill::run(args))?)
 }
 
 fn record(args: auditor::record::RecordArgs) -> anyhow::Result<u8> {

@@ -166,7 +166,7 @@ fn seccomp_mode() -> String {
 }
 
 /// Classifies a failed load: EPERM with CAP_BPF held names seccomp (see `ProbeError::Seccomp`).
-fn load_error(source: aya::EbpfError) -> ProbeError {
+pub(crate) fn load_error(source: aya::EbpfError) -> ProbeError {
     let has_bpf = effective_caps().is_some_and(|c| c & (1 << CAP_BPF) != 0);
     if has_bpf && is_eperm(&source) {
         return ProbeError::Seccomp {
@@ -417,7 +417,7 @@ impl Probe {
     }
 }
 
-fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     let r = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
@@ -472,7 +472,7 @@ fn attach_ingress(ebpf: &mut Ebpf, cg: &std::fs::File) -> Result<(), String> {
 }
 
 /// The program `name` of the object as its type `T`.
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -483,7 +483,7 @@ where
 }
 
 /// An error with its sources, "outer: inner: innermost".
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

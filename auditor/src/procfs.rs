@@ -18,6 +18,32 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     cgroup2_mount_in(&std::fs::read_to_string("/proc/self/mounts").ok()?)
 }
 
+/// A cgroup v2 directory named on the command line, as the flow log prints cgroups
+/// (`/kubepods.slice`, from the cgroup v2 root), under the mount
+/// (`/sys/fs/cgroup/kubepods.slice`) or relative to it (`kubepods.slice`): its absolute
+/// path and its path from the cgroup v2 root (`/` for the root itself). `None` when it is
+/// no cgroup v2 directory.
+pub fn cgroup_dir(root: &Path, arg: &Path) -> Option<(PathBuf, String)> {
+    let abs = match arg.strip_prefix("/") {
+        Ok(_) if arg.starts_with(root) => arg.to_owned(),
+        Ok(rel) => root.join(rel),
+        Err(_) => root.join(arg),
+    };
+    let rel = abs.strip_prefix(root).ok()?;
+    if !abs.join("cgroup.procs").exists() {
+        return None;
+    }
+    let rel = format!("/{}", rel.display());
+    Some((
+        abs,
+        if rel == "/" {
+            rel
+        } else {
+            rel.trim_end_matches('/').to_owned()
+        },
+    ))
+}
+
 /// The cgroup v2 id of a directory (its inode number).
 pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())

@@ -199,6 +199,25 @@ pub struct ServicePort {
     order: usize,
 }
 
+impl PodInfo {
+    /// metadata.uid, as cgroup paths carry it.
+    pub fn uid(&self) -> Option<&str> {
+        self.uid.as_deref()
+    }
+
+    /// Not Succeeded or Failed.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+}
+
+impl ServicePort {
+    /// The Service's ClusterIPs.
+    pub fn vips(&self) -> &[IpAddr] {
+        &self.vips
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Backend {
     pub ip: IpAddr,

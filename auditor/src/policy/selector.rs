@@ -37,6 +37,13 @@ impl Selector {
         Self::default()
     }
 
+    /// Parses and compiles a selector in kubectl's `-l` syntax (`app=x,tier in (a,b),!canary`);
+    /// the error says what is wrong with it.
+    pub fn from_kubectl(input: &str) -> Result<Self, String> {
+        let parsed = crate::suggest::labels::parse_selector(input).map_err(|e| e.message)?;
+        Self::compile(&parsed.to_k8s()).map_err(|e| format!("{}: {}", e.field, e.message))
+    }
+
     /// Compiles a selector; an error names the offending field relative to the selector.
     pub fn compile(sel: &LabelSelector) -> Result<Self, SelectorError> {
         let mut reqs = Vec::new();

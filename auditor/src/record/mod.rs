@@ -341,30 +341,12 @@ pub async fn run(args: RecordArgs) -> Result<Summary, RecordError> {
     let root = procfs::cgroup2_mount();
     let (attach_cgroup, cgroup_prefix) = match (&root, &args.cgroup) {
         (Some(root), Some(cg)) => {
-            // `/kubepods.slice` as the flow log prints cgroups (from the cgroup v2 root),
-            // or `/sys/fs/cgroup/kubepods.slice`, or `kubepods.slice`.
-            let abs = match cg.strip_prefix("/") {
-                Ok(_) if cg.starts_with(root) => cg.clone(),
-                Ok(rel) => root.join(rel),
-                Err(_) => root.join(cg),
-            };
-            let rel = abs
-                .strip_prefix(root)
-                .map(|r| format!("/{}", r.display()))
-                .map_err(|_| RecordError::NotCgroup {
+            let (abs, rel) =
+                procfs::cgroup_dir(root, cg).ok_or_else(|| RecordError::NotCgroup {
                     path: cg.clone(),
                     root: root.display().to_string(),
                 })?;
-            if !abs.join("cgroup.procs").exists() {
-                return Err(RecordError::NotCgroup {
-                    path: cg.clone(),
-                    root: root.display().to_string(),
-                });
-            }
-            (
-                Some(abs),
-                Some(if rel == "/" { "/".to_string() } else { rel }),
-            )
+            (Some(abs), Some(rel))
         }
         (Some(root), None) => (Some(root.clone()), None),
         (None, Some(cg)) => {

@@ -16,11 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cluster::{read_snapshot, ClusterError};
+use crate::cluster::{ClusterError, ClusterSource};
+use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
-use crate::policy::{
-    Engine, Exception, FlowResult, Party, PodId, PolicyError, RuleRef, Side, Target,
-};
+use crate::policy::{Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side, Target};
 
 /// Output format of `auditor diff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -40,14 +39,13 @@ pub enum Format {
 /// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --format table
 ///
 /// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -n media --verdict denied
+///
+/// Example: auditor diff --context staging --flows flows.jsonl    (the live cluster, as kubectl reads it)
 #[derive(Debug, Default, clap::Args)]
 pub struct DiffArgs {
-    /// Cluster snapshot: a `kind: List` or multi-document YAML with Namespaces, Pods,
-    /// Services, EndpointSlices and NetworkPolicies (`-` for stdin).
-    ///
-    /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
-    #[arg(long, value_name = "SNAPSHOT")]
-    pub cluster: PathBuf,
+    // The cluster: a snapshot file (`--cluster`) or the live API server.
+    #[command(flatten)]
+    pub source: ClusterSource,
     /// Flow log: JSON lines with at least src_ip, dst_ip, dst_port and protocol; the
     /// recorder's flow log works as is (`-` for stdin).
     ///
@@ -69,47 +67,12 @@ pub struct DiffArgs {
     /// Example: --output diff.json
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Only flows from or to pods of this namespace, as kubectl's `-n` (the summary counts
-    /// only the flows shown; unused rules are those of this namespace's policies).
-    ///
-    /// Example: -n media
-    #[arg(
-        long,
-        short = 'n',
-        value_name = "NAMESPACE",
-        conflicts_with = "all_namespaces"
-    )]
-    pub namespace: Option<String>,
-    /// Flows of every namespace, as kubectl's `-A` (the default for a snapshot).
-    ///
-    /// Example: -A
-    #[arg(long, short = 'A')]
-    pub all_namespaces: bool,
-    /// Only flows from or to pods whose labels match this selector, as kubectl's `-l`
-    /// (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`).
-    ///
-    /// Example: -l 'app=packager,tier!=edge'
-    #[arg(long, short = 'l', value_name = "SELECTOR")]
-    pub selector: Option<String>,
-    /// Only the flows with this verdict.
-    ///
-    /// Example: --verdict denied
-    #[arg(long, value_enum, value_name = "VERDICT")]
-    pub verdict: Option<VerdictFilter>,
+    // -n/-A, -l, --verdict.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
-/// `--verdict`: which flows `diff` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum VerdictFilter {
-    Allowed,
-    Denied,
-}
-
-impl VerdictFilter {
-    fn keeps(self, allowed: bool) -> bool {
-        allowed == (self == VerdictFilter::Allowed)
-    }
-}
+pub use crate::filter::VerdictFilter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
@@ -119,14 +82,8 @@ pub enum DiffError {
     Policy { path: PathBuf, error: PolicyError },
     #[error(transparent)]
     Flows(#[from] FlowLogError),
-    #[error("{path}: -n {namespace}: the snapshot has no namespace {namespace:?} (namespaces of its objects: {known})")]
-    UnknownNamespace {
-        path: PathBuf,
-        namespace: String,
-        known: String,
-    },
-    #[error("-l {input:?}: {message} (expected a label selector, e.g. app=ffmpeg,tier in (worker,edge),!canary)")]
-    Selector { input: String, message: String },
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("cannot write {path}")]
     Output {
         path: PathBuf,
@@ -139,16 +96,26 @@ pub enum DiffError {
 ///
 /// The snapshot (YAML parsing dominates) and the flow log are read on two threads.
 pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
-    crate::cluster::check_inputs(&args.cluster, &args.flows)?;
+    args.source.check(&args.flows)?;
+    run_from(args, || args.source.read())
+}
+
+/// [`run`] with the cluster from `read_cluster` (tests pass one read from a faked API
+/// server); it runs beside the flow log's reading, on a thread of its own.
+pub fn run_from(
+    args: &DiffArgs,
+    read_cluster: impl FnOnce() -> Result<crate::cluster::Loaded, ClusterError> + Send,
+) -> Result<i32, DiffError> {
     let (built, input) = std::thread::scope(|scope| {
-        let cluster = scope.spawn(|| -> Result<(Vec<String>, Engine), DiffError> {
-            let snapshot = read_snapshot(&args.cluster)?;
+        let cluster = scope.spawn(|| -> Result<(Vec<String>, Engine, PathBuf), DiffError> {
+            let loaded = read_cluster()?;
+            let (snapshot, origin) = (loaded.snapshot, loaded.origin);
             let engine = Engine::build(&snapshot).map_err(|error| DiffError::Policy {
-                path: args.cluster.clone(),
+                path: origin.clone(),
                 error,
             })?;
-            crate::cluster::require_pods(&args.cluster, &snapshot)?;
-            Ok((snapshot.notes, engine))
+            crate::cluster::require_pods(&origin, &snapshot)?;
+            Ok((snapshot.notes, engine, origin))
         });
         let input = FlowInput::read(&args.flows, args.skip_invalid);
         let built = cluster
@@ -156,53 +123,14 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (built, input)
     });
-    let (mut notes, engine) = built?;
+    let (mut notes, engine, origin) = built?;
     let input = input?;
     notes.extend(engine.notes.iter().cloned());
     let mut report = Report::new(&engine, &input, notes);
-    let selector = match &args.selector {
-        Some(s) => {
-            let bad = |message: String| DiffError::Selector {
-                input: s.clone(),
-                message,
-            };
-            let parsed = crate::suggest::labels::parse_selector(s).map_err(|e| bad(e.message))?;
-            Some(
-                crate::policy::selector::Selector::compile(&parsed.to_k8s())
-                    .map_err(|e| bad(format!("{}: {}", e.field, e.message)))?,
-            )
-        }
-        None => None,
-    };
-    if let Some(ns) = &args.namespace {
-        // The engine knows every namespace an object of the snapshot names, once each.
-        if !engine.namespace_names().any(|n| n == ns) {
-            let mut known: Vec<&str> = engine.namespace_names().collect();
-            known.sort_unstable();
-            return Err(DiffError::UnknownNamespace {
-                path: args.cluster.clone(),
-                namespace: ns.clone(),
-                known: known.join(", "),
-            });
-        }
-    }
-    if args.namespace.is_some() || selector.is_some() || args.verdict.is_some() {
-        let pods = engine.pods();
-        let pod_ok = |p: PodId| {
-            args.namespace
-                .as_ref()
-                .is_none_or(|ns| &pods[p].namespace == ns)
-                && selector.as_ref().is_none_or(|s| s.matches(&pods[p].labels))
-        };
-        let by_pod = args.namespace.is_some() || selector.is_some();
-        report.retain(args.namespace.as_deref(), |d| {
-            args.verdict.is_none_or(|v| v.keeps(d.result.allowed))
-                && (!by_pod
-                    || d.result.targets.iter().any(|t| {
-                        [&t.src, &t.dst]
-                            .into_iter()
-                            .any(|x| matches!(x, Party::Pod(p) if pod_ok(*p)))
-                    }))
+    let filter = Filter::compile(&args.filter, &engine, &origin)?;
+    if !filter.is_empty() {
+        report.retain(filter.namespace.as_deref(), |d| {
+            filter.keeps(&engine, &d.result)
         });
     }
     let out_name = args

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod diff;
 pub mod dns;
 pub mod enrich;
+pub mod filter;
 pub mod flowlog;
 pub mod kube;
 pub mod policy;

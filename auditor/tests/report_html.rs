@@ -24,13 +24,14 @@ fn report_dir(name: &str) -> PathBuf {
     )
     .unwrap();
     let args = ReportArgs {
-        cluster: snapshot,
+        source: auditor::cluster::ClusterSource::file(snapshot),
         flows: Path::new(FIXTURES).join("flows.jsonl"),
         output: dir.join("out"),
         select: None,
         comm: vec!["ffmpeg".into(), "ffprobe".into()],
         max_prefix: 32,
         skip_invalid: false,
+        filter: Default::default(),
     };
     assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
     dir.join("out")

@@ -150,7 +150,7 @@ fn suggest_files(name: &str, cluster: &str, flows: &str, f: impl FnOnce(&mut Sug
     std::fs::write(dir.join("cluster.yaml"), cluster).unwrap();
     std::fs::write(dir.join("flows.jsonl"), flows).unwrap();
     let mut args = SuggestArgs {
-        cluster: dir.join("cluster.yaml"),
+        source: auditor::cluster::ClusterSource::file(dir.join("cluster.yaml")),
         flows: dir.join("flows.jsonl"),
         mode: Mode::Allowlist,
         select: None,
@@ -160,6 +160,7 @@ fn suggest_files(name: &str, cluster: &str, flows: &str, f: impl FnOnce(&mut Sug
         max_prefix_v6: 128,
         skip_invalid: false,
         output: dir.join("out"),
+        filter: Default::default(),
     };
     f(&mut args);
     let code = run(&args).map_err(|e| e.to_string());

@@ -167,6 +167,12 @@ fn collection_of(obj: &Value) -> Result<&'static str, String> {
         .ok_or_else(|| format!("no collection for apiVersion {api:?} kind {kind:?}"))
 }
 
+/// Whether the fake serves objects of this apiVersion and kind.
+#[cfg(test)]
+pub(crate) fn collection_for_tests(obj: &Value) -> bool {
+    collection_of(obj).is_ok()
+}
+
 fn list_kind(collection: &str) -> String {
     let kind = COLLECTIONS
         .iter()

@@ -31,12 +31,23 @@ pub enum Format {
     Table,
     /// The table as Markdown, for reports and pull requests.
     Markdown,
+    /// JSON lines: one object per flow record kept, the same object as in `json`'s
+    /// `flows` (the input record with `verdict`, `egress`, `ingress`, `service`), in input
+    /// order, and nothing else: no summary line, so every line is a flow for `jq` or
+    /// `grep`; the summary is in `json`, and the exit code still says whether a flow is
+    /// denied. Nothing kept: no output.
+    Jsonl,
 }
 
 /// Evaluate observed flows against the installed NetworkPolicies: for every flow, allow or
 /// deny and the policy and rule that decided. Exits 1 when a flow is denied.
 ///
-/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --format table
+/// `-o` is the output format, as kubectl's (`-o json`); `--output FILE` (no short form)
+/// is where it goes.
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -o table
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -o jsonl --verdict denied | jq .dst_ip
 ///
 /// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -n media --verdict denied
 ///
@@ -52,20 +63,28 @@ pub struct DiffArgs {
     /// Example: --flows flows.jsonl
     #[arg(long, value_name = "FLOWS")]
     pub flows: PathBuf,
-    /// Output format.
+    /// Output format, as kubectl's `-o` (also `--format`, `--output-format`).
     ///
-    /// Example: --format json
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    /// Example: -o json
+    #[arg(
+        short = 'o',
+        long = "format",
+        visible_alias = "output-format",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = Format::Table
+    )]
     pub format: Format,
     /// Count and skip invalid flow lines instead of failing on the first one.
     ///
     /// Example: --skip-invalid
     #[arg(long)]
     pub skip_invalid: bool,
-    /// Write the output to this file instead of stdout.
+    /// Write the output to this file instead of stdout (no short form: `-o` is the format,
+    /// as in kubectl).
     ///
     /// Example: --output diff.json
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     // -n/-A, -l, --verdict.
     #[command(flatten)]
@@ -528,14 +547,14 @@ impl<'a> Report<'a> {
     ) -> std::io::Result<()> {
         match format {
             Format::Json => self.write_json(input, w),
+            Format::Jsonl => self.write_jsonl(input, w),
             Format::Table => self.write_text(false, w),
             Format::Markdown => self.write_text(true, w),
         }
     }
 
-    fn write_json<W: Write>(&self, input: &FlowInput, w: &mut W) -> std::io::Result<()> {
-        // The verdict of a distinct flow is rendered once and spliced into each of its
-        // records' input line: `{...input...}` -> `{...input...,"verdict":...}`.
+    /// The verdict members of each distinct flow, rendered once, on two threads.
+    fn verdict_fragments(&self) -> Vec<String> {
         let names = JsonNames::new(self.engine);
         let half = self.distinct.len() / 2;
         let (first, second) = self.distinct.split_at(half);
@@ -544,7 +563,7 @@ impl<'a> Report<'a> {
                 .map(|d| self.verdict_fragment(&names, d))
                 .collect()
         };
-        let fragments: Vec<String> = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let a = scope.spawn(|| render(first));
             let b = render(second);
             let mut a = a
@@ -552,8 +571,19 @@ impl<'a> Report<'a> {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             a.extend(b);
             a
-        });
-        w.write_all(b"{\"flows\":[")?;
+        })
+    }
+
+    /// Each kept record of `input`, in input order, as its JSON object: the record's line
+    /// with the verdict members of its distinct flow spliced in before the closing brace
+    /// (`{...input...}` -> `{...input...,"verdict":...}`).
+    fn write_records<W: Write>(
+        &self,
+        input: &FlowInput,
+        w: &mut W,
+        separator: &[u8],
+    ) -> std::io::Result<usize> {
+        let fragments = self.verdict_fragments();
         let mut n = 0usize;
         for r in &input.records {
             let distinct = match &self.filtered {
@@ -563,7 +593,9 @@ impl<'a> Report<'a> {
                     _ => continue,
                 },
             };
-            w.write_all(if n == 0 { b"\n" } else { b",\n" })?;
+            if n > 0 {
+                w.write_all(separator)?;
+            }
             n += 1;
             // A record's trimmed line is a JSON object: drop its closing brace.
             let line = input
@@ -580,9 +612,23 @@ impl<'a> Report<'a> {
             )?;
             w.write_all(b"}")?;
         }
-        w.write_all(b"\n],\n\"summary\":")?;
+        Ok(n)
+    }
+
+    fn write_json<W: Write>(&self, input: &FlowInput, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b"{\"flows\":[\n")?;
+        let n = self.write_records(input, w, b",\n")?;
+        w.write_all(if n == 0 { b"],\n" } else { b"\n],\n" })?;
+        w.write_all(b"\"summary\":")?;
         serde_json::to_writer_pretty(&mut *w, &self.summary()).map_err(std::io::Error::other)?;
         w.write_all(b"}\n")
+    }
+
+    fn write_jsonl<W: Write>(&self, input: &FlowInput, w: &mut W) -> std::io::Result<()> {
+        if self.write_records(input, w, b"\n")? > 0 {
+            w.write_all(b"\n")?;
+        }
+        Ok(())
     }
 
     /// `"verdict":...,"egress":{...},"ingress":{...}[,"service":{...}]`: the members a

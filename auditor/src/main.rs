@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// Examples:
 ///   sudo auditor record --comm ffmpeg --output flows.jsonl --duration 5m
-///   auditor diff --cluster snapshot.yaml --flows flows.jsonl --format table
+///   auditor diff --cluster snapshot.yaml --flows flows.jsonl -o table       (-o: the format, as kubectl's)
 ///   auditor diff --context staging --flows flows.jsonl      (the live cluster, as kubectl reads it)
 ///   auditor suggest --cluster snapshot.yaml --flows flows.jsonl --output suggested/
 ///   auditor report --cluster snapshot.yaml --flows flows.jsonl --output report/

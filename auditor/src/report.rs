@@ -48,10 +48,12 @@ pub struct ReportArgs {
     /// Example: --flows flows.jsonl
     #[arg(long, value_name = "FLOWS")]
     pub flows: PathBuf,
-    /// Directory to write report.md, report.html, report.json, allowlist.yaml and fix.yaml into.
+    /// Directory to write report.md, report.html, report.json, allowlist.yaml and fix.yaml
+    /// into. No short form: kubectl users read `-o` as an output format
+    /// (`auditor diff -o json`), and the report writes every format at once.
     ///
     /// Example: --output report/
-    #[arg(long, short, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
     /// Audit the pods this label selector matches instead of those where `--comm` ran.
     ///

@@ -536,3 +536,125 @@ fn live_cluster_choice_and_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `-o jsonl`: one object per kept record, each the same as `-o json`'s (the input record
+/// and its verdict), in input order, no summary line, deterministic.
+#[test]
+fn jsonl_is_the_json_flows_one_a_line() {
+    let (code, json) = diff("jsonl-json", Format::Json, None, false);
+    let (jcode, jsonl) = diff("jsonl", Format::Jsonl, None, false);
+    assert_eq!((code, jcode), (Ok(1), Ok(1)));
+    let (_, again) = diff("jsonl-again", Format::Jsonl, None, false);
+    assert_eq!(jsonl, again, "deterministic");
+    let flows: Vec<Value> = serde_json::from_str::<Value>(&json).unwrap()["flows"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(jsonl.ends_with('\n'));
+    let lines: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line one JSON object"))
+        .collect();
+    assert_eq!(lines, flows);
+
+    // Filtered: only the denied records.
+    let dir = temp_dir("jsonl-filtered");
+    let out = dir.join("denied.jsonl");
+    let args = DiffArgs {
+        source: auditor::cluster::ClusterSource::file(snapshot(&dir)),
+        flows: Path::new(FIXTURES).join("flows.jsonl"),
+        format: Format::Jsonl,
+        output: Some(out.clone()),
+        filter: auditor::filter::FilterArgs {
+            verdict: Some(VerdictFilter::Denied),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(1));
+    let denied = std::fs::read_to_string(&out).unwrap();
+    let verdicts: Vec<String> = denied
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["verdict"].to_string())
+        .collect();
+    assert_eq!(verdicts, ["\"deny\"", "\"deny\""]);
+    // Each line is its input record with the verdict members added.
+    let input: Vec<Value> = std::fs::read_to_string(Path::new(FIXTURES).join("flows.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null)) // blank lines
+        .collect();
+    for (line, n) in denied.lines().zip([3usize, 7]) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        for (k, x) in input[n].as_object().unwrap() {
+            assert_eq!(&v[k], x, "line {} field {k}", n + 1);
+        }
+    }
+    let again = dir.join("again.jsonl");
+    // Nothing kept: no output at all (not even an empty line).
+    let args = DiffArgs {
+        flows: Path::new(FIXTURES).join("flows.jsonl"),
+        filter: auditor::filter::FilterArgs {
+            namespace: Some("monitoring".into()),
+            ..Default::default()
+        },
+        output: Some(again.clone()),
+        ..args
+    };
+    assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `-o` is the format, as kubectl's; `--format` and `--output-format` are the same flag;
+/// `--output` is the file; suggest and report have no `-o`.
+#[test]
+fn dash_o_is_the_format() {
+    let dir = temp_dir("dash-o");
+    let snap = snapshot(&dir);
+    let flows = Path::new(FIXTURES).join("flows.jsonl");
+    let auditor = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (s, f) = (snap.to_str().unwrap(), flows.to_str().unwrap());
+    let (code, by_o, _) = auditor(&["diff", "--cluster", s, "--flows", f, "-o", "jsonl"]);
+    assert_eq!(code, Some(1));
+    let (_, by_long, _) = auditor(&["diff", "--cluster", s, "--flows", f, "--format", "jsonl"]);
+    let (_, by_alias, _) = auditor(&[
+        "diff",
+        "--cluster",
+        s,
+        "--flows",
+        f,
+        "--output-format",
+        "jsonl",
+    ]);
+    assert_eq!(by_o, by_long);
+    assert_eq!(by_o, by_alias);
+    assert_eq!(by_o.lines().count(), 7);
+    // A file name after -o is not a format.
+    let (code, _, err) = auditor(&["diff", "--cluster", s, "--flows", f, "-o", "diff.json"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("invalid value 'diff.json' for '--format <FORMAT>'")
+            && err.contains("[possible values: json, table, markdown, jsonl]"),
+        "{err}"
+    );
+    for cmd in ["suggest", "report"] {
+        let (code, _, err) = auditor(&[cmd, "--cluster", s, "--flows", f, "-o", "out/"]);
+        assert_eq!(code, Some(2), "{cmd}");
+        assert!(
+            err.contains("unexpected argument '-o' found"),
+            "{cmd}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

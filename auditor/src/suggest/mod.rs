@@ -144,9 +144,11 @@ pub struct SuggestArgs {
     #[arg(long)]
     pub skip_invalid: bool,
     /// `-` for stdout, or a directory to write `<mode>.yaml` (`<mode>.cilium.yaml`) into.
+    /// No short form: kubectl users read `-o` as an output format (`auditor diff -o json`),
+    /// and suggest has one format, YAML.
     ///
     /// Example: --output suggested/
-    #[arg(long, short, value_name = "DIR|-", default_value = "-")]
+    #[arg(long, value_name = "DIR|-", default_value = "-")]
     pub output: PathBuf,
     // -n/-A and -l narrow the audited workloads (--verdict is refused).
     #[command(flatten)]

@@ -219,7 +219,8 @@ mod tests {
         assert_eq!(lists.len(), 6, "{lists:?}");
         assert!(lists.iter().all(|r| r.contains("limit=500")), "{lists:?}");
 
-        let filters: [(&str, fn(&mut DiffArgs)); 3] = [
+        type SetFilter = fn(&mut DiffArgs);
+        let filters: [(&str, SetFilter); 3] = [
             ("all", |_| {}),
             ("media-denied", |a| {
                 a.filter.namespace = Some("media".into());

@@ -80,7 +80,8 @@ fn default_kubeconfig_name() -> PathBuf {
 }
 
 /// Lists Namespaces, Pods, Services, EndpointSlices, NetworkPolicies and Nodes once, within
-/// `timeout` for the whole read; `server` names the API server in errors. Objects are
+/// `timeout` for the whole read; `server` names the API server in errors. Nodes the
+/// caller may not list (403) are a note, not an error. Objects are
 /// sorted (namespace, name), as [`super::ClusterWatch::snapshot`] gives them.
 pub async fn read_cluster(
     client: &Client,
@@ -94,9 +95,29 @@ pub async fn read_cluster(
             services: list(client, server, "services", trim_service).await?,
             endpoint_slices: list(client, server, "endpointslices", trim_endpoint_slice).await?,
             network_policies: list(client, server, "networkpolicies", trim_network_policy).await?,
-            nodes: list(client, server, "nodes", trim_node).await?,
-            notes: Vec::new(),
+            ..Snapshot::default()
         })
+    };
+    // Nodes are cluster-scoped, and a user who may read every namespace often may not
+    // list them: then node IPs are not known (as with a snapshot file without Nodes).
+    let nodes = async {
+        match list(client, server, "nodes", trim_node).await {
+            Err(KubeError::List {
+                source: ::kube::Error::Api(status),
+                ..
+            }) if status.code == 403 => Ok((
+                Vec::new(),
+                Some(format!("nodes not listed (forbidden by {server}): node and host-network addresses count as external")),
+            )),
+            other => other.map(|n| (n, None)),
+        }
+    };
+    let read = async {
+        let mut snap = read.await?;
+        let (nodes, note) = nodes.await?;
+        snap.nodes = nodes;
+        snap.notes.extend(note);
+        Ok::<_, KubeError>(snap)
     };
     tokio::time::timeout(timeout, read)
         .await
@@ -286,6 +307,23 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without the right to list Nodes the read goes on, and says so.
+    #[tokio::test]
+    async fn forbidden_nodes_are_a_note() {
+        let (fake, client) = FakeApi::start();
+        fake.apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "media"}}));
+        fake.with_state(|s| s.forbid_list.push("/api/v1/nodes"));
+        let snap = read_cluster(&client, SERVER, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(snap.namespaces.len(), 1);
+        assert!(snap.nodes.is_empty());
+        assert_eq!(
+            snap.notes,
+            ["nodes not listed (forbidden by https://fake-apiserver:6443/): node and host-network addresses count as external"]
+        );
     }
 
     #[tokio::test]

@@ -183,7 +183,7 @@ fn setup() -> (PathBuf, PathBuf) {
 
 fn args(snap: &Path, fl: &Path) -> DiffArgs {
     DiffArgs {
-        cluster: snap.to_owned(),
+        source: auditor::cluster::ClusterSource::file(snap.to_owned()),
         flows: fl.to_owned(),
         format: Format::Json,
         skip_invalid: false,

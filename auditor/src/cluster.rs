@@ -1,4 +1,5 @@
-//! Cluster snapshots: the objects the policy engine needs, read from files.
+//! Cluster snapshots: the objects the policy engine needs, read from files, or from the
+//! live API server ([`ClusterSource`], [`crate::kube::list`]).
 //!
 //! A snapshot is what `kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml`
 //! prints (one `kind: List` document), or multi-document YAML of plain manifests, or a mix
@@ -9,6 +10,7 @@
 //! Errors name the file, the document, the object (kind, namespace/name) and the field.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -66,6 +68,145 @@ pub enum ClusterError {
     Empty { path: PathBuf, message: String },
     #[error("--cluster and --flows are both `-`: only one of them can be read from standard input; write the other to a file")]
     BothStdin,
+    #[error("no cluster to evaluate against: pass --cluster SNAPSHOT (a file, e.g. from `kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml`) or --kubeconfig FILE / --context NAME (read the live API server; in a pod, the in-cluster service account is used without them)")]
+    NoSource,
+    #[error("--cluster {0} and --kubeconfig/--context both choose the cluster: pass one of them")]
+    BothSources(PathBuf),
+    #[error(transparent)]
+    Live(#[from] crate::kube::KubeError),
+}
+
+/// Where `diff`, `suggest` and `report` read the cluster from: a snapshot file
+/// (`--cluster`), or the live API server (`--kubeconfig`, `--context`, or in a pod the
+/// in-cluster service account). Exactly one of the two.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterSource {
+    /// Cluster snapshot: a `kind: List` or multi-document YAML with Namespaces, Pods,
+    /// Services, EndpointSlices and NetworkPolicies (`-` for stdin). Not with
+    /// --kubeconfig/--context.
+    ///
+    /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["kubeconfig", "context"])]
+    pub cluster: Option<PathBuf>,
+    /// Read the live cluster from the API server of this kubeconfig instead of a
+    /// `--cluster` file (Namespaces, Pods, Services, EndpointSlices, NetworkPolicies and
+    /// Nodes, listed once). In a pod, the in-cluster service account is used without it.
+    ///
+    /// Example: --kubeconfig ~/.kube/staging.yaml
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use, as kubectl's `--context` (default: its current
+    /// context). Without --kubeconfig, from `$KUBECONFIG` or `~/.kube/config`.
+    ///
+    /// Example: --context staging
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// How long the read of the live cluster may take in all before it fails.
+    ///
+    /// Example: --request-timeout 1m
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl Default for ClusterSource {
+    fn default() -> Self {
+        Self {
+            cluster: None,
+            kubeconfig: None,
+            context: None,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A snapshot and what names its source in messages: the file, or the API server.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    pub origin: PathBuf,
+}
+
+impl ClusterSource {
+    /// A snapshot file source.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            cluster: Some(path.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The snapshot file, if that is the source.
+    pub fn file_path(&self) -> Option<&Path> {
+        self.cluster.as_deref()
+    }
+
+    /// Which source the flags (and the environment: `KUBERNETES_SERVICE_HOST` in a pod)
+    /// choose; `Err(NoSource)` when none.
+    fn is_live(&self) -> Result<bool, ClusterError> {
+        if let Some(path) = &self.cluster {
+            if self.kubeconfig.is_some() || self.context.is_some() {
+                return Err(ClusterError::BothSources(path.clone()));
+            }
+            return Ok(false);
+        }
+        if self.kubeconfig.is_some()
+            || self.context.is_some()
+            || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        {
+            return Ok(true);
+        }
+        Err(ClusterError::NoSource)
+    }
+
+    /// Checks the source against the flow log's path before anything is read.
+    pub fn check(&self, flows: &Path) -> Result<(), ClusterError> {
+        if !self.is_live()? {
+            if let Some(c) = &self.cluster {
+                check_inputs(c, flows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the snapshot from the file or the live API server. The live read runs on a
+    /// runtime of its own: call it outside of any tokio runtime.
+    pub fn read(&self) -> Result<Loaded, ClusterError> {
+        match (&self.cluster, self.is_live()?) {
+            (Some(path), false) => Ok(Loaded {
+                snapshot: read_snapshot(path)?,
+                origin: path.clone(),
+            }),
+            _ => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(crate::kube::KubeError::Runtime)?;
+                Ok(rt.block_on(self.read_live())?)
+            }
+        }
+    }
+
+    async fn read_live(&self) -> Result<Loaded, crate::kube::KubeError> {
+        let config =
+            crate::kube::list::config_for(self.kubeconfig.as_deref(), self.context.as_deref())
+                .await?;
+        let server = config.cluster_url.to_string();
+        let client = crate::kube::client_from(config)?;
+        let snapshot =
+            crate::kube::list::read_cluster(&client, &server, self.request_timeout).await?;
+        Ok(Loaded {
+            snapshot,
+            origin: PathBuf::from(live_origin(&server, self.context.as_deref())),
+        })
+    }
+}
+
+/// How messages name a live cluster: `API server URL` (and the context when one was chosen).
+pub fn live_origin(server: &str, context: Option<&str>) -> String {
+    match context {
+        Some(c) => format!("API server {server} (context {c})"),
+        None => format!("API server {server}"),
+    }
 }
 
 /// Reads and parses a snapshot file (`-` is stdin). A snapshot without any object is an

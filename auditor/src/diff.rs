@@ -16,11 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cluster::{read_snapshot, ClusterError};
+use crate::cluster::{ClusterError, ClusterSource};
+use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
-use crate::policy::{
-    Engine, Exception, FlowResult, Party, PodId, PolicyError, RuleRef, Side, Target,
-};
+use crate::policy::{Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side, Target};
 
 /// Output format of `auditor diff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -32,84 +31,67 @@ pub enum Format {
     Table,
     /// The table as Markdown, for reports and pull requests.
     Markdown,
+    /// JSON lines: one object per flow record kept, the same object as in `json`'s
+    /// `flows` (the input record with `verdict`, `egress`, `ingress`, `service`), in input
+    /// order, and nothing else: no summary line, so every line is a flow for `jq` or
+    /// `grep`; the summary is in `json`, and the exit code still says whether a flow is
+    /// denied. Nothing kept: no output.
+    Jsonl,
 }
 
 /// Evaluate observed flows against the installed NetworkPolicies: for every flow, allow or
 /// deny and the policy and rule that decided. Exits 1 when a flow is denied.
 ///
-/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --format table
+/// `-o` is the output format, as kubectl's (`-o json`); `--output FILE` (no short form)
+/// is where it goes.
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -o table
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -o jsonl --verdict denied | jq .dst_ip
 ///
 /// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -n media --verdict denied
+///
+/// Example: auditor diff --context staging --flows flows.jsonl    (the live cluster, as kubectl reads it)
 #[derive(Debug, Default, clap::Args)]
 pub struct DiffArgs {
-    /// Cluster snapshot: a `kind: List` or multi-document YAML with Namespaces, Pods,
-    /// Services, EndpointSlices and NetworkPolicies (`-` for stdin).
-    ///
-    /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
-    #[arg(long, value_name = "SNAPSHOT")]
-    pub cluster: PathBuf,
+    // The cluster: a snapshot file (`--cluster`) or the live API server.
+    #[command(flatten)]
+    pub source: ClusterSource,
     /// Flow log: JSON lines with at least src_ip, dst_ip, dst_port and protocol; the
     /// recorder's flow log works as is (`-` for stdin).
     ///
     /// Example: --flows flows.jsonl
     #[arg(long, value_name = "FLOWS")]
     pub flows: PathBuf,
-    /// Output format.
+    /// Output format, as kubectl's `-o` (also `--format`, `--output-format`).
     ///
-    /// Example: --format json
-    #[arg(long, value_enum, default_value_t = Format::Table)]
+    /// Example: -o json
+    #[arg(
+        short = 'o',
+        long = "format",
+        visible_alias = "output-format",
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = Format::Table
+    )]
     pub format: Format,
     /// Count and skip invalid flow lines instead of failing on the first one.
     ///
     /// Example: --skip-invalid
     #[arg(long)]
     pub skip_invalid: bool,
-    /// Write the output to this file instead of stdout.
+    /// Write the output to this file instead of stdout (no short form: `-o` is the format,
+    /// as in kubectl).
     ///
     /// Example: --output diff.json
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Only flows from or to pods of this namespace, as kubectl's `-n` (the summary counts
-    /// only the flows shown; unused rules are those of this namespace's policies).
-    ///
-    /// Example: -n media
-    #[arg(
-        long,
-        short = 'n',
-        value_name = "NAMESPACE",
-        conflicts_with = "all_namespaces"
-    )]
-    pub namespace: Option<String>,
-    /// Flows of every namespace, as kubectl's `-A` (the default for a snapshot).
-    ///
-    /// Example: -A
-    #[arg(long, short = 'A')]
-    pub all_namespaces: bool,
-    /// Only flows from or to pods whose labels match this selector, as kubectl's `-l`
-    /// (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`).
-    ///
-    /// Example: -l 'app=packager,tier!=edge'
-    #[arg(long, short = 'l', value_name = "SELECTOR")]
-    pub selector: Option<String>,
-    /// Only the flows with this verdict.
-    ///
-    /// Example: --verdict denied
-    #[arg(long, value_enum, value_name = "VERDICT")]
-    pub verdict: Option<VerdictFilter>,
+    // -n/-A, -l, --verdict.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
-/// `--verdict`: which flows `diff` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum VerdictFilter {
-    Allowed,
-    Denied,
-}
-
-impl VerdictFilter {
-    fn keeps(self, allowed: bool) -> bool {
-        allowed == (self == VerdictFilter::Allowed)
-    }
-}
+pub use crate::filter::VerdictFilter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
@@ -119,14 +101,8 @@ pub enum DiffError {
     Policy { path: PathBuf, error: PolicyError },
     #[error(transparent)]
     Flows(#[from] FlowLogError),
-    #[error("{path}: -n {namespace}: the snapshot has no namespace {namespace:?} (namespaces of its objects: {known})")]
-    UnknownNamespace {
-        path: PathBuf,
-        namespace: String,
-        known: String,
-    },
-    #[error("-l {input:?}: {message} (expected a label selector, e.g. app=ffmpeg,tier in (worker,edge),!canary)")]
-    Selector { input: String, message: String },
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("cannot write {path}")]
     Output {
         path: PathBuf,
@@ -139,16 +115,26 @@ pub enum DiffError {
 ///
 /// The snapshot (YAML parsing dominates) and the flow log are read on two threads.
 pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
-    crate::cluster::check_inputs(&args.cluster, &args.flows)?;
+    args.source.check(&args.flows)?;
+    run_from(args, || args.source.read())
+}
+
+/// [`run`] with the cluster from `read_cluster` (tests pass one read from a faked API
+/// server); it runs beside the flow log's reading, on a thread of its own.
+pub fn run_from(
+    args: &DiffArgs,
+    read_cluster: impl FnOnce() -> Result<crate::cluster::Loaded, ClusterError> + Send,
+) -> Result<i32, DiffError> {
     let (built, input) = std::thread::scope(|scope| {
-        let cluster = scope.spawn(|| -> Result<(Vec<String>, Engine), DiffError> {
-            let snapshot = read_snapshot(&args.cluster)?;
+        let cluster = scope.spawn(|| -> Result<(Vec<String>, Engine, PathBuf), DiffError> {
+            let loaded = read_cluster()?;
+            let (snapshot, origin) = (loaded.snapshot, loaded.origin);
             let engine = Engine::build(&snapshot).map_err(|error| DiffError::Policy {
-                path: args.cluster.clone(),
+                path: origin.clone(),
                 error,
             })?;
-            crate::cluster::require_pods(&args.cluster, &snapshot)?;
-            Ok((snapshot.notes, engine))
+            crate::cluster::require_pods(&origin, &snapshot)?;
+            Ok((snapshot.notes, engine, origin))
         });
         let input = FlowInput::read(&args.flows, args.skip_invalid);
         let built = cluster
@@ -156,49 +142,14 @@ pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (built, input)
     });
-    let (mut notes, engine) = built?;
+    let (mut notes, engine, origin) = built?;
     let input = input?;
     notes.extend(engine.notes.iter().cloned());
     let mut report = Report::new(&engine, &input, notes);
-    let selector = match &args.selector {
-        Some(s) => {
-            let bad = |message: String| DiffError::Selector {
-                input: s.clone(),
-                message,
-            };
-            Some(crate::policy::selector::Selector::from_kubectl(s).map_err(bad)?)
-        }
-        None => None,
-    };
-    if let Some(ns) = &args.namespace {
-        // The engine knows every namespace an object of the snapshot names, once each.
-        if !engine.namespace_names().any(|n| n == ns) {
-            let mut known: Vec<&str> = engine.namespace_names().collect();
-            known.sort_unstable();
-            return Err(DiffError::UnknownNamespace {
-                path: args.cluster.clone(),
-                namespace: ns.clone(),
-                known: known.join(", "),
-            });
-        }
-    }
-    if args.namespace.is_some() || selector.is_some() || args.verdict.is_some() {
-        let pods = engine.pods();
-        let pod_ok = |p: PodId| {
-            args.namespace
-                .as_ref()
-                .is_none_or(|ns| &pods[p].namespace == ns)
-                && selector.as_ref().is_none_or(|s| s.matches(&pods[p].labels))
-        };
-        let by_pod = args.namespace.is_some() || selector.is_some();
-        report.retain(args.namespace.as_deref(), |d| {
-            args.verdict.is_none_or(|v| v.keeps(d.result.allowed))
-                && (!by_pod
-                    || d.result.targets.iter().any(|t| {
-                        [&t.src, &t.dst]
-                            .into_iter()
-                            .any(|x| matches!(x, Party::Pod(p) if pod_ok(*p)))
-                    }))
+    let filter = Filter::compile(&args.filter, &engine, &origin)?;
+    if !filter.is_empty() {
+        report.retain(filter.namespace.as_deref(), |d| {
+            filter.keeps(&engine, &d.result)
         });
     }
     let out_name = args
@@ -596,14 +547,14 @@ impl<'a> Report<'a> {
     ) -> std::io::Result<()> {
         match format {
             Format::Json => self.write_json(input, w),
+            Format::Jsonl => self.write_jsonl(input, w),
             Format::Table => self.write_text(false, w),
             Format::Markdown => self.write_text(true, w),
         }
     }
 
-    fn write_json<W: Write>(&self, input: &FlowInput, w: &mut W) -> std::io::Result<()> {
-        // The verdict of a distinct flow is rendered once and spliced into each of its
-        // records' input line: `{...input...}` -> `{...input...,"verdict":...}`.
+    /// The verdict members of each distinct flow, rendered once, on two threads.
+    fn verdict_fragments(&self) -> Vec<String> {
         let names = JsonNames::new(self.engine);
         let half = self.distinct.len() / 2;
         let (first, second) = self.distinct.split_at(half);
@@ -612,7 +563,7 @@ impl<'a> Report<'a> {
                 .map(|d| self.verdict_fragment(&names, d))
                 .collect()
         };
-        let fragments: Vec<String> = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let a = scope.spawn(|| render(first));
             let b = render(second);
             let mut a = a
@@ -620,8 +571,19 @@ impl<'a> Report<'a> {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             a.extend(b);
             a
-        });
-        w.write_all(b"{\"flows\":[")?;
+        })
+    }
+
+    /// Each kept record of `input`, in input order, as its JSON object: the record's line
+    /// with the verdict members of its distinct flow spliced in before the closing brace
+    /// (`{...input...}` -> `{...input...,"verdict":...}`).
+    fn write_records<W: Write>(
+        &self,
+        input: &FlowInput,
+        w: &mut W,
+        separator: &[u8],
+    ) -> std::io::Result<usize> {
+        let fragments = self.verdict_fragments();
         let mut n = 0usize;
         for r in &input.records {
             let distinct = match &self.filtered {
@@ -631,7 +593,9 @@ impl<'a> Report<'a> {
                     _ => continue,
                 },
             };
-            w.write_all(if n == 0 { b"\n" } else { b",\n" })?;
+            if n > 0 {
+                w.write_all(separator)?;
+            }
             n += 1;
             // A record's trimmed line is a JSON object: drop its closing brace.
             let line = input
@@ -648,9 +612,23 @@ impl<'a> Report<'a> {
             )?;
             w.write_all(b"}")?;
         }
-        w.write_all(b"\n],\n\"summary\":")?;
+        Ok(n)
+    }
+
+    fn write_json<W: Write>(&self, input: &FlowInput, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b"{\"flows\":[\n")?;
+        let n = self.write_records(input, w, b",\n")?;
+        w.write_all(if n == 0 { b"],\n" } else { b"\n],\n" })?;
+        w.write_all(b"\"summary\":")?;
         serde_json::to_writer_pretty(&mut *w, &self.summary()).map_err(std::io::Error::other)?;
         w.write_all(b"}\n")
+    }
+
+    fn write_jsonl<W: Write>(&self, input: &FlowInput, w: &mut W) -> std::io::Result<()> {
+        if self.write_records(input, w, b"\n")? > 0 {
+            w.write_all(b"\n")?;
+        }
+        Ok(())
     }
 
     /// `"verdict":...,"egress":{...},"ingress":{...}[,"service":{...}]`: the members a

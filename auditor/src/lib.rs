@@ -14,6 +14,7 @@ pub mod diff;
 pub mod dns;
 pub mod drill;
 pub mod enrich;
+pub mod filter;
 pub mod flowlog;
 pub mod kube;
 pub mod policy;

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cluster::{read_snapshot, ClusterError, Snapshot};
+use crate::cluster::{ClusterError, ClusterSource, Snapshot};
+use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{read_flow_log, Direction, FlowLogError};
 use crate::policy::{Engine, FlowResult, Party, PolicyError, RuleRef, Side};
 use crate::suggest::labels::{group_of, parse_selector, SelectorParseError};
@@ -29,22 +30,30 @@ use crate::suggest::{
 /// the suggested policies (allowlist and fix), into a directory.
 ///
 /// Example: auditor report --cluster cluster.yaml --flows flows.jsonl --output report/
+///
+/// Example: auditor report --kubeconfig ~/.kube/staging.yaml --flows flows.jsonl --output report/
+///
+/// Example: auditor report --cluster cluster.yaml --flows flows.jsonl -n media --output report/
+///
+/// `-n`, `-l` and `--verdict` keep the flows shown as `auditor diff` does (unused rules:
+/// those of `-n`'s namespace no flow used); `-n` and `-l` also choose whose policies are
+/// suggested, as `auditor suggest` does (`--verdict` does not change the suggestions).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// Cluster snapshot (as for `auditor diff`; `-` for stdin).
-    ///
-    /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
-    #[arg(long, value_name = "SNAPSHOT")]
-    pub cluster: PathBuf,
+    // The cluster: a snapshot file (`--cluster`) or the live API server.
+    #[command(flatten)]
+    pub source: ClusterSource,
     /// Flow log (JSON lines; the recorder's flow log works as is).
     ///
     /// Example: --flows flows.jsonl
     #[arg(long, value_name = "FLOWS")]
     pub flows: PathBuf,
-    /// Directory to write report.md, report.html, report.json, allowlist.yaml and fix.yaml into.
+    /// Directory to write report.md, report.html, report.json, allowlist.yaml and fix.yaml
+    /// into. No short form: kubectl users read `-o` as an output format
+    /// (`auditor diff -o json`), and the report writes every format at once.
     ///
     /// Example: --output report/
-    #[arg(long, short, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
     /// Audit the pods this label selector matches instead of those where `--comm` ran.
     ///
@@ -66,6 +75,9 @@ pub struct ReportArgs {
     /// Example: --skip-invalid
     #[arg(long)]
     pub skip_invalid: bool,
+    // -n/-A, -l, --verdict: the flows shown, and (-n, -l) whose policies are suggested.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +90,8 @@ pub enum ReportError {
     Flows(#[from] FlowLogError),
     #[error(transparent)]
     Select(#[from] SelectorParseError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("building the suggestion for the report")]
     Suggest(#[source] SuggestError),
     #[error("cannot write {path}")]
@@ -166,13 +180,14 @@ pub struct Report {
 
 /// Runs `auditor report`; returns the exit code (1 when a suggestion failed its check).
 pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
-    crate::cluster::check_inputs(&args.cluster, &args.flows)?;
-    let snapshot = read_snapshot(&args.cluster)?;
+    args.source.check(&args.flows)?;
+    let loaded = args.source.read()?;
+    let (snapshot, origin) = (loaded.snapshot, loaded.origin);
     let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy {
-        path: args.cluster.clone(),
+        path: origin.clone(),
         error,
     })?;
-    crate::cluster::require_pods(&args.cluster, &snapshot)?;
+    crate::cluster::require_pods(&origin, &snapshot)?;
     let log = read_flow_log(&args.flows, args.skip_invalid)?;
     let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
     let audit = match &args.select {
@@ -182,6 +197,7 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     let opts = Options {
         audit,
         max_prefix_v4: args.max_prefix,
+        pods: Filter::compile(&args.filter, &engine, &origin)?,
         ..Options::default()
     };
     let mut notes = snapshot.notes.clone();
@@ -253,11 +269,16 @@ impl Report {
         let mut by_workload: BTreeMap<String, Vec<FlowRow>> = BTreeMap::new();
         let mut blocked = Vec::new();
         let mut used: BTreeSet<RuleRef> = BTreeSet::new();
+        let mut shown: Vec<(&Observed, &FlowResult)> = Vec::with_capacity(flows.len());
         for (f, r) in flows.iter().zip(&results) {
             for t in &r.targets {
                 used.extend(t.egress.allowed_by.iter().copied());
                 used.extend(t.ingress.allowed_by.iter().copied());
             }
+            if !opts.pods.keeps(engine, r) {
+                continue; // -n, -l, --verdict: counted as used, not shown
+            }
+            shown.push((f, r));
             let row = flow_row(engine, f, r);
             let t = &r.targets[0];
             let mut owners = BTreeSet::new();
@@ -292,18 +313,24 @@ impl Report {
         let unused_rules: Vec<UnusedRule> = engine
             .all_rules()
             .filter(|r| !used.contains(r))
+            .filter(|r| {
+                opts.pods
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|ns| &engine.policies()[r.policy].namespace == ns)
+            })
             .map(|r| UnusedRule {
                 policy: engine.policy_name(r.policy),
                 direction: dir_str(r.direction),
                 rule: r.rule,
             })
             .collect();
-        let denied = results.iter().filter(|r| !r.allowed).count();
+        let denied = shown.iter().filter(|(_, r)| !r.allowed).count();
         Ok(Self {
             summary: Summary {
-                records: flows.iter().map(|f| f.records).sum(),
-                distinct_flows: flows.len(),
-                allowed_flows: flows.len() - denied,
+                records: shown.iter().map(|(f, _)| f.records).sum(),
+                distinct_flows: shown.len(),
+                allowed_flows: shown.len() - denied,
                 denied_flows: denied,
                 audited_workloads: audited,
                 unused_rules: unused_rules.len(),

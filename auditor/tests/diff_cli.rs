@@ -39,7 +39,7 @@ fn diff(
     };
     let out = dir.join("out");
     let args = DiffArgs {
-        cluster: snapshot(&dir),
+        source: auditor::cluster::ClusterSource::file(snapshot(&dir)),
         flows: flows_path,
         format,
         skip_invalid,
@@ -247,7 +247,7 @@ fn bad_snapshot_names_file_object_and_field() {
         let snap = dir.join("snap.yaml");
         std::fs::write(&snap, yaml).unwrap();
         let args = DiffArgs {
-            cluster: snap.clone(),
+            source: auditor::cluster::ClusterSource::file(snap.clone()),
             flows: flows.clone(),
             format: Format::Json,
             skip_invalid: false,
@@ -259,7 +259,7 @@ fn bad_snapshot_names_file_object_and_field() {
     }
     // Both inputs from stdin would race for it.
     let args = DiffArgs {
-        cluster: "-".into(),
+        source: auditor::cluster::ClusterSource::file("-"),
         flows: "-".into(),
         format: Format::Json,
         skip_invalid: false,
@@ -307,7 +307,7 @@ fn kubectl_filters() {
         let dir = temp_dir(name);
         let out = dir.join("out");
         let mut args = DiffArgs {
-            cluster: snapshot(&dir),
+            source: auditor::cluster::ClusterSource::file(snapshot(&dir)),
             flows: Path::new(FIXTURES).join("flows.jsonl"),
             format: Format::Json,
             output: Some(out.clone()),
@@ -334,7 +334,9 @@ fn kubectl_filters() {
             .collect()
     };
 
-    let (code, v) = run_with("denied", &|a| a.verdict = Some(VerdictFilter::Denied));
+    let (code, v) = run_with("denied", &|a| {
+        a.filter.verdict = Some(VerdictFilter::Denied)
+    });
     assert_eq!(code, Ok(1));
     assert_eq!(lines(&v), ["10.0.1.1 deny", "10.0.1.3 deny"]);
     assert_eq!(
@@ -345,13 +347,15 @@ fn kubectl_filters() {
         (Some(2), Some(2))
     );
 
-    let (code, v) = run_with("allowed", &|a| a.verdict = Some(VerdictFilter::Allowed));
+    let (code, v) = run_with("allowed", &|a| {
+        a.filter.verdict = Some(VerdictFilter::Allowed)
+    });
     assert_eq!(code, Ok(0), "no denied flow among those shown");
     assert_eq!(lines(&v).len(), 5);
     assert!(lines(&v).iter().all(|l| l.ends_with("allow")));
 
     // A flow is in a namespace when either end is a pod of it.
-    let (code, v) = run_with("ns", &|a| a.namespace = Some("cdn".into()));
+    let (code, v) = run_with("ns", &|a| a.filter.namespace = Some("cdn".into()));
     assert_eq!(code, Ok(0));
     assert_eq!(lines(&v), ["10.0.2.1 allow"]);
     assert_eq!(v["summary"]["distinct_flows"], 1);
@@ -362,8 +366,8 @@ fn kubectl_filters() {
     );
     // Unused rules are still those no flow of the whole log used (here: of media's policies).
     let (_, v) = run_with("ns-media-denied", &|a| {
-        a.namespace = Some("media".into());
-        a.verdict = Some(VerdictFilter::Denied);
+        a.filter.namespace = Some("media".into());
+        a.filter.verdict = Some(VerdictFilter::Denied);
     });
     assert_eq!(
         v["summary"]["unused_rules"][0]["policy"],
@@ -372,24 +376,285 @@ fn kubectl_filters() {
     assert_eq!(v["summary"]["unused_rules"].as_array().unwrap().len(), 1);
 
     let (code, v) = run_with("selector", &|a| {
-        a.selector = Some("app=ffmpeg".into());
-        a.verdict = Some(VerdictFilter::Denied);
+        a.filter.selector = Some("app=ffmpeg".into());
+        a.filter.verdict = Some(VerdictFilter::Denied);
     });
     assert_eq!(code, Ok(1));
     assert_eq!(lines(&v), ["10.0.1.1 deny"]);
     assert_eq!(v["flows"][0]["dst_ip"], "203.0.113.81");
 
-    let (code, _) = run_with("no-such-ns", &|a| a.namespace = Some("nosuch".into()));
+    let (code, _) = run_with("no-such-ns", &|a| {
+        a.filter.namespace = Some("nosuch".into())
+    });
     let err = code.unwrap_err();
     assert!(
-        err.contains("-n nosuch: the snapshot has no namespace \"nosuch\"")
+        err.contains("-n nosuch: the cluster has no namespace \"nosuch\"")
             && err.contains("cdn, kube-system, media, monitoring"),
         "{err}"
     );
-    let (code, _) = run_with("bad-selector", &|a| a.selector = Some("Bad Key=x".into()));
+    let (code, _) = run_with("bad-selector", &|a| {
+        a.filter.selector = Some("Bad Key=x".into())
+    });
     let err = code.unwrap_err();
     assert!(
         err.starts_with("-l \"Bad Key=x\":") && err.contains("expected a label selector"),
         "{err}"
     );
+}
+
+/// A kubeconfig with two contexts, `a` (current) and `b`, for API servers on these ports
+/// of 127.0.0.1.
+fn kubeconfig(dir: &Path, port_a: u16, port_b: u16) -> PathBuf {
+    let p = dir.join("kubeconfig.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: a
+  cluster: {{server: 'https://127.0.0.1:{port_a}', insecure-skip-tls-verify: true}}
+- name: b
+  cluster: {{server: 'https://127.0.0.1:{port_b}', insecure-skip-tls-verify: true}}
+users:
+- name: auditor
+  user: {{token: not-a-secret}}
+contexts:
+- name: a
+  context: {{cluster: a, user: auditor}}
+- name: b
+  context: {{cluster: b, user: auditor}}
+current-context: a
+"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn error_chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::from(e))
+}
+
+/// `--kubeconfig` / `--context`: the live API server instead of a snapshot file. (Reading
+/// one and diffing it as the file is checked against the faked API server in the
+/// library's tests, kube::list.) Here: which server is chosen, and what a user sees when
+/// it cannot be read.
+#[test]
+fn live_cluster_choice_and_errors() {
+    let dir = temp_dir("live");
+    let flows = Path::new(FIXTURES).join("flows.jsonl");
+    // Accepts connections (the kernel completes the handshake) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let down_port = closed_port();
+    let kc = kubeconfig(&dir, silent_port, down_port);
+    let run_live = |kubeconfig: Option<&Path>, context: Option<&str>| {
+        let args = DiffArgs {
+            source: auditor::cluster::ClusterSource {
+                kubeconfig: kubeconfig.map(Path::to_owned),
+                context: context.map(str::to_owned),
+                request_timeout: std::time::Duration::from_secs(1),
+                ..Default::default()
+            },
+            flows: flows.clone(),
+            output: Some(dir.join("out")),
+            ..Default::default()
+        };
+        let t = std::time::Instant::now();
+        let err = error_chain(run(&args).unwrap_err());
+        (err, t.elapsed())
+    };
+
+    // The current context's server never answers: bounded by --request-timeout.
+    let (err, took) = run_live(Some(&kc), None);
+    assert!(
+        err.contains(&format!(
+            "the API server https://127.0.0.1:{silent_port}/ did not answer within 1s"
+        )),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    // --context b: that context's server, which is down.
+    let (err, took) = run_live(Some(&kc), Some("b"));
+    assert!(
+        err.starts_with(&format!(
+            "list namespaces from the API server https://127.0.0.1:{down_port}/: "
+        )),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    // An unknown context names the file and the contexts it has.
+    let (err, _) = run_live(Some(&kc), Some("prod"));
+    assert!(
+        err.contains("kubeconfig.yaml has no context \"prod\" (its contexts: a, b)"),
+        "{err}"
+    );
+    // A kubeconfig that is not one names the file.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "clusters: 3\n").unwrap();
+    let (err, _) = run_live(Some(&bad), None);
+    assert!(
+        err.starts_with(&format!("read kubeconfig {}", bad.display())),
+        "{err}"
+    );
+    drop(silent);
+
+    // Neither a snapshot nor a kubeconfig (outside a pod): say how to choose.
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        let args = DiffArgs {
+            flows: flows.clone(),
+            ..Default::default()
+        };
+        let err = error_chain(run(&args).unwrap_err());
+        assert!(
+            err.starts_with("no cluster to evaluate against: pass --cluster SNAPSHOT"),
+            "{err}"
+        );
+    } else {
+        eprintln!("skipped the no-source case: KUBERNETES_SERVICE_HOST is set (in-cluster)");
+    }
+    // Both: the command line refuses it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+        .args(["diff", "--cluster", "c.yaml", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--flows")
+        .arg(&flows)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--cluster <SNAPSHOT>' cannot be used with '--kubeconfig <FILE>'"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `-o jsonl`: one object per kept record, each the same as `-o json`'s (the input record
+/// and its verdict), in input order, no summary line, deterministic.
+#[test]
+fn jsonl_is_the_json_flows_one_a_line() {
+    let (code, json) = diff("jsonl-json", Format::Json, None, false);
+    let (jcode, jsonl) = diff("jsonl", Format::Jsonl, None, false);
+    assert_eq!((code, jcode), (Ok(1), Ok(1)));
+    let (_, again) = diff("jsonl-again", Format::Jsonl, None, false);
+    assert_eq!(jsonl, again, "deterministic");
+    let flows: Vec<Value> = serde_json::from_str::<Value>(&json).unwrap()["flows"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(jsonl.ends_with('\n'));
+    let lines: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line one JSON object"))
+        .collect();
+    assert_eq!(lines, flows);
+
+    // Filtered: only the denied records.
+    let dir = temp_dir("jsonl-filtered");
+    let out = dir.join("denied.jsonl");
+    let args = DiffArgs {
+        source: auditor::cluster::ClusterSource::file(snapshot(&dir)),
+        flows: Path::new(FIXTURES).join("flows.jsonl"),
+        format: Format::Jsonl,
+        output: Some(out.clone()),
+        filter: auditor::filter::FilterArgs {
+            verdict: Some(VerdictFilter::Denied),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(1));
+    let denied = std::fs::read_to_string(&out).unwrap();
+    let verdicts: Vec<String> = denied
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["verdict"].to_string())
+        .collect();
+    assert_eq!(verdicts, ["\"deny\"", "\"deny\""]);
+    // Each line is its input record with the verdict members added.
+    let input: Vec<Value> = std::fs::read_to_string(Path::new(FIXTURES).join("flows.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null)) // blank lines
+        .collect();
+    for (line, n) in denied.lines().zip([3usize, 7]) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        for (k, x) in input[n].as_object().unwrap() {
+            assert_eq!(&v[k], x, "line {} field {k}", n + 1);
+        }
+    }
+    let again = dir.join("again.jsonl");
+    // Nothing kept: no output at all (not even an empty line).
+    let args = DiffArgs {
+        flows: Path::new(FIXTURES).join("flows.jsonl"),
+        filter: auditor::filter::FilterArgs {
+            namespace: Some("monitoring".into()),
+            ..Default::default()
+        },
+        output: Some(again.clone()),
+        ..args
+    };
+    assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `-o` is the format, as kubectl's; `--format` and `--output-format` are the same flag;
+/// `--output` is the file; suggest and report have no `-o`.
+#[test]
+fn dash_o_is_the_format() {
+    let dir = temp_dir("dash-o");
+    let snap = snapshot(&dir);
+    let flows = Path::new(FIXTURES).join("flows.jsonl");
+    let auditor = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditor"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (s, f) = (snap.to_str().unwrap(), flows.to_str().unwrap());
+    let (code, by_o, _) = auditor(&["diff", "--cluster", s, "--flows", f, "-o", "jsonl"]);
+    assert_eq!(code, Some(1));
+    let (_, by_long, _) = auditor(&["diff", "--cluster", s, "--flows", f, "--format", "jsonl"]);
+    let (_, by_alias, _) = auditor(&[
+        "diff",
+        "--cluster",
+        s,
+        "--flows",
+        f,
+        "--output-format",
+        "jsonl",
+    ]);
+    assert_eq!(by_o, by_long);
+    assert_eq!(by_o, by_alias);
+    assert_eq!(by_o.lines().count(), 7);
+    // A file name after -o is not a format.
+    let (code, _, err) = auditor(&["diff", "--cluster", s, "--flows", f, "-o", "diff.json"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("invalid value 'diff.json' for '--format <FORMAT>'")
+            && err.contains("[possible values: json, table, markdown, jsonl]"),
+        "{err}"
+    );
+    for cmd in ["suggest", "report"] {
+        let (code, _, err) = auditor(&[cmd, "--cluster", s, "--flows", f, "-o", "out/"]);
+        assert_eq!(code, Some(2), "{cmd}");
+        assert!(
+            err.contains("unexpected argument '-o' found"),
+            "{cmd}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,10 @@ use auditor::report::{run, ReportArgs};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn report_dir(name: &str) -> PathBuf {
+    report_dir_with(name, auditor::filter::FilterArgs::default())
+}
+
+fn report_dir_with(name: &str, filter: auditor::filter::FilterArgs) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("auditor-report-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -24,13 +28,14 @@ fn report_dir(name: &str) -> PathBuf {
     )
     .unwrap();
     let args = ReportArgs {
-        cluster: snapshot,
+        source: auditor::cluster::ClusterSource::file(snapshot),
         flows: Path::new(FIXTURES).join("flows.jsonl"),
         output: dir.join("out"),
         select: None,
         comm: vec!["ffmpeg".into(), "ffprobe".into()],
         max_prefix: 32,
         skip_invalid: false,
+        filter,
     };
     assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
     dir.join("out")
@@ -404,4 +409,56 @@ fn inflate_zlib(data: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `-n`, `-l`, `--verdict`: the flows shown as `diff` shows them, unused rules of `-n`'s
+/// namespace, and (`-n`, `-l`) whose policies are suggested.
+#[test]
+fn kubectl_filters_choose_the_flows_and_the_suggestions() {
+    let read = |out: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+    };
+    let all = read(&report_dir("unfiltered"));
+    let denied = read(&report_dir_with(
+        "denied",
+        auditor::filter::FilterArgs {
+            namespace: Some("media".into()),
+            verdict: Some(auditor::filter::VerdictFilter::Denied),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(denied["summary"]["distinct_flows"], 2);
+    assert_eq!(denied["summary"]["denied_flows"], 2);
+    assert_eq!(denied["summary"]["allowed_flows"], 0);
+    assert_eq!(denied["blocked"], all["blocked"]);
+    for w in denied["workloads"].as_array().unwrap() {
+        for f in w["flows"].as_array().unwrap() {
+            assert_eq!(f["verdict"], "deny", "{f}");
+        }
+    }
+    // --verdict does not change the suggestions.
+    assert_eq!(denied["suggestions"], all["suggestions"]);
+    let unused = denied["unused_rules"].as_array().unwrap();
+    assert!(!unused.is_empty());
+    assert!(
+        unused
+            .iter()
+            .all(|r| r["policy"].as_str().unwrap().starts_with("media/")),
+        "{unused:?}"
+    );
+
+    // -n cdn: only flows from or to cdn's pods, and no workload of cdn ran ffmpeg, so
+    // nothing is audited and no fix concerns it.
+    let cdn = read(&report_dir_with(
+        "cdn",
+        auditor::filter::FilterArgs {
+            namespace: Some("cdn".into()),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(cdn["summary"]["distinct_flows"], 1);
+    assert_eq!(cdn["summary"]["audited_workloads"], serde_json::json!([]));
+    assert_eq!(cdn["suggestions"][0]["policies"], 0);
+    assert_eq!(cdn["suggestions"][1]["policies"], 0);
+    assert_eq!(all["suggestions"][1]["policies"], 3);
 }

@@ -150,7 +150,7 @@ fn suggest_files(name: &str, cluster: &str, flows: &str, f: impl FnOnce(&mut Sug
     std::fs::write(dir.join("cluster.yaml"), cluster).unwrap();
     std::fs::write(dir.join("flows.jsonl"), flows).unwrap();
     let mut args = SuggestArgs {
-        cluster: dir.join("cluster.yaml"),
+        source: auditor::cluster::ClusterSource::file(dir.join("cluster.yaml")),
         flows: dir.join("flows.jsonl"),
         mode: Mode::Allowlist,
         select: None,
@@ -160,6 +160,7 @@ fn suggest_files(name: &str, cluster: &str, flows: &str, f: impl FnOnce(&mut Sug
         max_prefix_v6: 128,
         skip_invalid: false,
         output: dir.join("out"),
+        filter: Default::default(),
     };
     f(&mut args);
     let code = run(&args).map_err(|e| e.to_string());
@@ -581,4 +582,76 @@ fn each_address_keeps_its_own_dns_names() {
         "{ann}"
     );
     assert!(parts.contains(&"203.0.113.80/31=cdn.example.net"), "{ann}");
+}
+
+/// `-n`/`-l` choose whose policies are suggested (the audited workloads; in fix mode the
+/// denied flows from or to their pods); `--verdict` is refused with the reason.
+#[test]
+fn namespace_and_selector_choose_whose_policies() {
+    let cluster = format!(
+        "{}---\n{}",
+        std::fs::read_to_string(Path::new(FIXTURES).join("cluster.yaml")).unwrap(),
+        std::fs::read_to_string(Path::new(FIXTURES).join("policies.yaml")).unwrap()
+    );
+    let flows = std::fs::read_to_string(Path::new(FIXTURES).join("flows.jsonl")).unwrap();
+    let names = |yaml: &str| -> Vec<String> {
+        yaml.lines()
+            .filter_map(|l| l.strip_prefix("  name: "))
+            .map(|n| n.trim_matches('"').to_owned())
+            .collect()
+    };
+    let run_with =
+        |name: &str, f: &dyn Fn(&mut SuggestArgs)| suggest_files(name, &cluster, &flows, |a| f(a));
+
+    let out = run_with("ns-all", &|a| a.mode = Mode::Fix);
+    assert_eq!(out.code, Ok(0));
+    assert_eq!(
+        names(&out.yaml),
+        [
+            "ffmpeg-fix-egress",
+            "origin-fix-ingress",
+            "probe-fix-egress"
+        ]
+    );
+    // Only the denied flows of app=ffmpeg's pods are fixed.
+    let out = run_with("ns-l", &|a| {
+        a.mode = Mode::Fix;
+        a.filter.selector = Some("app=ffmpeg".into());
+    });
+    assert_eq!(out.code, Ok(0));
+    assert_eq!(names(&out.yaml), ["ffmpeg-fix-egress"]);
+    // cdn's pods have no denied flow.
+    let out = run_with("ns-cdn-fix", &|a| {
+        a.mode = Mode::Fix;
+        a.filter.namespace = Some("cdn".into());
+    });
+    assert_eq!(out.code, Ok(0));
+    assert!(names(&out.yaml).is_empty(), "{}", out.yaml);
+
+    let out = run_with("ns-media", &|a| a.filter.namespace = Some("media".into()));
+    assert_eq!(out.code, Ok(0));
+    assert_eq!(names(&out.yaml), ["ffmpeg-allowlist"]);
+    // No ffmpeg ran in cdn: nothing audited there, said as a gap (exit 1).
+    let out = run_with("ns-cdn", &|a| a.filter.namespace = Some("cdn".into()));
+    assert_eq!(out.code, Ok(1));
+    assert!(
+        out.yaml.contains("no audited workload found: no flow with comm ffmpeg/ffprobe from or to a pod of the snapshot that -n/-l keep"),
+        "{}",
+        out.yaml
+    );
+
+    let out = run_with("ns-bad", &|a| a.filter.namespace = Some("nosuch".into()));
+    let err = out.code.unwrap_err();
+    assert!(
+        err.contains("-n nosuch: the cluster has no namespace \"nosuch\" (namespaces of its objects: cdn, kube-system, media, monitoring)"),
+        "{err}"
+    );
+    let out = run_with("ns-verdict", &|a| {
+        a.filter.verdict = Some(auditor::filter::VerdictFilter::Denied)
+    });
+    let err = out.code.unwrap_err();
+    assert!(
+        err.starts_with("--verdict denied: suggest does not filter by verdict"),
+        "{err}"
+    );
 }

@@ -45,7 +45,7 @@ pub const HARD_MAX: Duration = Duration::from_secs(3600);
 /// Examples:
 ///   sudo auditor drill --cluster cluster.yaml --pod media/packager-0 --peer svc/media/cdn --duration 5s --i-mean-it
 ///   sudo auditor drill --cluster cluster.yaml -n media -l app=transcoder --peer 203.0.113.0/24 --port 443 --protocol tcp --duration 30s --i-mean-it
-///   sudo auditor drill --target-cgroup /kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice --peer 10.96.0.50 --duration 10s --i-mean-it --format json -o drill.json
+///   sudo auditor drill --target-cgroup /kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice --peer 10.96.0.50 --duration 10s --i-mean-it -o json --output drill.json
 #[derive(Debug, Clone, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct DrillArgs {
@@ -137,15 +137,15 @@ pub struct DrillArgs {
     /// Confirm that real traffic is to be blocked.
     #[arg(long)]
     pub i_mean_it: bool,
-    /// Output format of the result.
+    /// Output format of the result, as kubectl's `-o`.
     ///
-    /// Example: --format json
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    /// Example: -o json
+    #[arg(long, short = 'o', alias = "output-format", value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write the result to this file instead of stdout.
     ///
     /// Example: --output drill.json
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 

@@ -124,6 +124,9 @@ pub(crate) struct State {
     issued: u64,
     /// Token requests are refused with 403 (a caller without the grant, authn off).
     pub(crate) forbid_token_requests: bool,
+    /// Collections (e.g. `/api/v1/nodes`) whose lists and watches are answered 403, as
+    /// for a caller without the right to list them.
+    pub(crate) forbid_list: Vec<&'static str>,
 }
 
 #[cfg(test)]
@@ -165,6 +168,12 @@ fn collection_of(obj: &Value) -> Result<&'static str, String> {
         .find(|(a, k, _)| *a == api && *k == kind)
         .map(|c| c.2)
         .ok_or_else(|| format!("no collection for apiVersion {api:?} kind {kind:?}"))
+}
+
+/// Whether the fake serves objects of this apiVersion and kind.
+#[cfg(test)]
+pub(crate) fn collection_for_tests(obj: &Value) -> bool {
+    collection_of(obj).is_ok()
 }
 
 fn list_kind(collection: &str) -> String {
@@ -691,6 +700,17 @@ impl State {
                 }
             }
         };
+        if self.forbid_list.contains(&collection) {
+            let user = who.as_ref().map(|t| t.user.as_str()).unwrap_or("");
+            return Answer::Respond(json_response(
+                403,
+                &status(
+                    403,
+                    "Forbidden",
+                    &format!("User \"{user}\" cannot list resource {collection}"),
+                ),
+            ));
+        }
         let fields = selector(q.get("fieldSelector"));
         let labels = selector(q.get("labelSelector"));
         if q.get("watch").map(String::as_str) == Some("true") {

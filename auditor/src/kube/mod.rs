@@ -52,6 +52,7 @@ use crate::enrich::Cluster;
 
 #[cfg(any(test, feature = "fake-api"))]
 pub mod fake;
+pub mod list;
 pub mod review;
 #[cfg(test)]
 mod tests;
@@ -86,6 +87,31 @@ pub enum KubeError {
         #[source]
         source: ::kube::config::InferConfigError,
     },
+    #[error("{path} has no context {context:?} (its contexts: {known})")]
+    UnknownContext {
+        path: PathBuf,
+        context: String,
+        known: String,
+    },
+    #[error("use the in-cluster service account (pass --kubeconfig or --context outside a pod)")]
+    InCluster {
+        #[source]
+        source: ::kube::config::InClusterError,
+    },
+    #[error("list {what} from the API server {server}")]
+    List {
+        what: &'static str,
+        server: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("the API server {server} did not answer within {} (is it up and reachable? --request-timeout sets the wait)", humantime::format_duration(*timeout))]
+    Timeout {
+        server: String,
+        timeout: std::time::Duration,
+    },
+    #[error("start the runtime for the Kubernetes client")]
+    Runtime(#[source] std::io::Error),
     #[error("create the Kubernetes client for {cluster_url}")]
     Client {
         cluster_url: String,

@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use crate::cluster::{read_snapshot, ClusterError, Snapshot};
+use crate::cluster::{ClusterError, ClusterSource, Snapshot};
+use crate::filter::{Filter, FilterArgs, FilterError, VerdictFilter};
 use crate::flowlog::{read_input, visit_flow_log, Direction, FlowLogError, FlowRecord, Protocol};
 use crate::policy::{Engine, FlowResult, Party, PodId, PolicyError, PolicyId, Target};
 use labels::{dns_name_part, group_of, split_group, workload_labels, LabelSel, SelectorParseError};
@@ -82,14 +83,23 @@ pub enum Flavor {
 /// the policy engine before it is written. Exit code 0, or 1 when part of the input could
 /// not be covered (stated on stderr and in the YAML).
 ///
+/// `-n` and `-l` choose whose policies you get: only workloads with a pod in the
+/// namespace (matching the selector) are audited, among those `--comm` or `--select`
+/// finds. An audited workload's allowlist still carries every flow it had, also with
+/// peers elsewhere, and where such a flow also needs a peer's ingress (or egress) in
+/// another namespace, that policy is written too (a cross-namespace flow needs both
+/// sides). With `--mode fix`, only the denied flows from or to those pods are fixed.
+///
 /// Example: auditor suggest --cluster cluster.yaml --flows flows.jsonl --output suggested/
+///
+/// Example: auditor suggest --cluster cluster.yaml --flows flows.jsonl -n media -l app=packager
+///
+/// Example: auditor suggest --context staging --flows flows.jsonl    (the live cluster)
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuggestArgs {
-    /// Cluster snapshot (as for `auditor diff`; `-` for stdin).
-    ///
-    /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
-    #[arg(long, value_name = "SNAPSHOT")]
-    pub cluster: PathBuf,
+    // The cluster: a snapshot file (`--cluster`) or the live API server.
+    #[command(flatten)]
+    pub source: ClusterSource,
     /// Flow log (JSON lines; the recorder's flow log works as is).
     ///
     /// Example: --flows flows.jsonl
@@ -134,10 +144,15 @@ pub struct SuggestArgs {
     #[arg(long)]
     pub skip_invalid: bool,
     /// `-` for stdout, or a directory to write `<mode>.yaml` (`<mode>.cilium.yaml`) into.
+    /// No short form: kubectl users read `-o` as an output format (`auditor diff -o json`),
+    /// and suggest has one format, YAML.
     ///
     /// Example: --output suggested/
-    #[arg(long, short, value_name = "DIR|-", default_value = "-")]
+    #[arg(long, value_name = "DIR|-", default_value = "-")]
     pub output: PathBuf,
+    // -n/-A and -l narrow the audited workloads (--verdict is refused).
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +165,10 @@ pub enum SuggestError {
     Flows(#[from] FlowLogError),
     #[error(transparent)]
     Select(#[from] SelectorParseError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("--verdict {0}: suggest does not filter by verdict: an allowlist must carry every flow of its workloads, and --mode fix is already the suggestion for the denied flows")]
+    Verdict(&'static str),
     #[error("cannot write {path}")]
     Output {
         path: PathBuf,
@@ -182,6 +201,10 @@ pub struct Options {
     pub flavor: Flavor,
     pub max_prefix_v4: u8,
     pub max_prefix_v6: u8,
+    /// `-n`/`-l`: only workloads of pods this keeps are audited, and only flows from or to
+    /// them are considered (all of them: an audited workload's allowlist carries every flow
+    /// it had, and the peer-side policies those flows need are written where they are).
+    pub pods: Filter,
 }
 
 impl Default for Options {
@@ -192,6 +215,7 @@ impl Default for Options {
             flavor: Flavor::Kubernetes,
             max_prefix_v4: 32,
             max_prefix_v6: 128,
+            pods: Filter::default(),
         }
     }
 }
@@ -380,17 +404,24 @@ pub struct Suggestion {
 /// The snapshot (YAML parsing dominates) and the flow log (merged as it is parsed) are
 /// read on two threads.
 pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
-    crate::cluster::check_inputs(&args.cluster, &args.flows)?;
+    if let Some(v) = args.filter.verdict {
+        return Err(SuggestError::Verdict(match v {
+            VerdictFilter::Allowed => "allowed",
+            VerdictFilter::Denied => "denied",
+        }));
+    }
+    args.source.check(&args.flows)?;
     let mut phase = Phase::start();
     let (built, read) = std::thread::scope(|scope| {
-        let cluster = scope.spawn(|| -> Result<(Snapshot, Engine), SuggestError> {
-            let snapshot = read_snapshot(&args.cluster)?;
+        let cluster = scope.spawn(|| -> Result<(Snapshot, Engine, PathBuf), SuggestError> {
+            let loaded = args.source.read()?;
+            let (snapshot, origin) = (loaded.snapshot, loaded.origin);
             let engine = Engine::build(&snapshot).map_err(|error| SuggestError::Policy {
-                path: args.cluster.clone(),
+                path: origin.clone(),
                 error,
             })?;
-            crate::cluster::require_pods(&args.cluster, &snapshot)?;
-            Ok((snapshot, engine))
+            crate::cluster::require_pods(&origin, &snapshot)?;
+            Ok((snapshot, engine, origin))
         });
         let read = (|| -> Result<(Vec<Observed>, usize), FlowLogError> {
             let data = read_input(&args.flows).map_err(|source| FlowLogError::Io {
@@ -408,7 +439,8 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (built, read)
     });
-    let (snapshot, engine) = built?;
+    let (snapshot, engine, origin) = built?;
+    let pods = Filter::compile(&args.filter, &engine, &origin)?;
     let (flows, skipped_lines) = read?;
     phase.done("read the snapshot and the flow log, built the engine");
     let audit = match &args.select {
@@ -421,6 +453,7 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
         flavor: args.flavor,
         max_prefix_v4: args.max_prefix,
         max_prefix_v6: args.max_prefix_v6,
+        pods,
     };
     let sug = suggest(&snapshot, &engine, &flows, &opts)?;
     let out_path = if args.output.as_os_str() == "-" {
@@ -870,9 +903,29 @@ pub fn suggest(
     let ctx = Ctx::new(snapshot, engine);
     let mut gaps = Vec::new();
     let mut warnings = Vec::new();
-    let results: Vec<FlowResult> = par_map(flows, |f| {
+    let mut results: Vec<FlowResult> = par_map(flows, |f| {
         engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol)
     });
+    // -n/-l: the flows from or to the pods they keep.
+    let kept: Vec<Observed>;
+    let flows = if opts.pods.all_pods() {
+        flows
+    } else {
+        let keep: Vec<bool> = results
+            .iter()
+            .map(|r| opts.pods.keeps_pods_of(engine, r))
+            .collect();
+        kept = flows
+            .iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(f, _)| f.clone())
+            .collect();
+        let mut k = keep.iter();
+        results.retain(|_| k.next().copied().unwrap_or(false));
+        &kept[..]
+    };
+    let in_scope = |p: PodId| opts.pods.keeps_pod(engine, p);
 
     // Audited workloads.
     let mut audited: BTreeSet<GroupId> = BTreeSet::new();
@@ -885,7 +938,9 @@ pub fn suggest(
                 }
                 match engine.classify(f.local_ip()) {
                     Party::Pod(p) => {
-                        audited.insert(ctx.group_of[p]);
+                        if in_scope(p) {
+                            audited.insert(ctx.group_of[p]);
+                        }
                     }
                     _ => {
                         let e = missing
@@ -903,19 +958,21 @@ pub fn suggest(
             }
             if audited.is_empty() && opts.mode == Mode::Allowlist {
                 gaps.push(format!(
-                    "no audited workload found: no flow with comm {} from or to a pod of the snapshot; pass --select with a label selector, or --comm",
-                    comms.join("/")
+                    "no audited workload found: no flow with comm {} from or to a pod of the snapshot{}; pass --select with a label selector, or --comm",
+                    comms.join("/"),
+                    if opts.pods.all_pods() { "" } else { " that -n/-l keep" }
                 ));
             }
         }
         Audit::Selector(sel) => {
             for (i, p) in engine.pods().iter().enumerate() {
-                if !p.host_network && sel.matches(&p.labels) {
+                if !p.host_network && sel.matches(&p.labels) && in_scope(i) {
                     audited.insert(ctx.group_of[i]);
                 }
             }
             if audited.is_empty() && opts.mode == Mode::Allowlist {
-                gaps.push("no audited workload found: --select matches no pod of the snapshot (hostNetwork pods are out of scope)".to_owned());
+                gaps.push(format!("no audited workload found: --select matches no pod of the snapshot{} (hostNetwork pods are out of scope)",
+                    if opts.pods.all_pods() { "" } else { " that -n/-l keep" }));
             }
         }
     }

@@ -559,6 +559,18 @@ async fn one_warning_per_outage_and_one_line_when_it_is_over() {
         .finish();
     // The test runtime is single-threaded: every watcher task logs through this.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing caches each callsite's interest for the whole process. While only one
+    // dispatcher exists, a callsite first hit on another test's thread (no subscriber
+    // there) is cached as "never", and this test would miss its warning (seen for the
+    // second outage's, whose callsite other kube tests reach first). A second live
+    // dispatcher makes every rebuild ask all of them; the rebuild applies that now.
+    let _anchor = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish(),
+    );
+    tracing::callsite::rebuild_interest_cache();
     let text = || String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     let count = |needle: &str| text().matches(needle).count();
 

@@ -35,6 +35,8 @@ use crate::suggest::{
 ///
 /// Example: auditor report --cluster cluster.yaml --flows flows.jsonl -n media --output report/
 ///
+/// Example: auditor report --cluster cluster.yaml --flows flows.jsonl --drill cdn-drill.json --output report/
+///
 /// `-n`, `-l` and `--verdict` keep the flows shown as `auditor diff` does (unused rules:
 /// those of `-n`'s namespace no flow used); `-n` and `-l` also choose whose policies are
 /// suggested, as `auditor suggest` does (`--verdict` does not change the suggestions).
@@ -78,6 +80,12 @@ pub struct ReportArgs {
     // -n/-A, -l, --verdict: the flows shown, and (-n, -l) whose policies are suggested.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// A failover drill's result, as `auditor drill -o json --output FILE` wrote it
+    /// (repeatable): shown per drill with its outcome and evidence.
+    ///
+    /// Example: --drill cdn-drill.json
+    #[arg(long = "drill", value_name = "FILE")]
+    pub drills: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +100,8 @@ pub enum ReportError {
     Select(#[from] SelectorParseError),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    Drill(#[from] crate::drill::summary::ReadError),
     #[error("building the suggestion for the report")]
     Suggest(#[source] SuggestError),
     #[error("cannot write {path}")]
@@ -176,11 +186,20 @@ pub struct Report {
     pub unused_rules: Vec<UnusedRule>,
     pub suggestions: Vec<SuggestionSection>,
     pub notes: Vec<String>,
+    /// Failover drills given with `--drill`, as they were written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<crate::drill::DrillReport>,
 }
 
 /// Runs `auditor report`; returns the exit code (1 when a suggestion failed its check).
 pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     args.source.check(&args.flows)?;
+    // Drill files first: a wrong one fails before the cluster is read.
+    let drills = args
+        .drills
+        .iter()
+        .map(|p| crate::drill::summary::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let loaded = args.source.read()?;
     let (snapshot, origin) = (loaded.snapshot, loaded.origin);
     let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy {
@@ -202,7 +221,8 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     };
     let mut notes = snapshot.notes.clone();
     notes.extend(engine.notes.iter().cloned());
-    let report = Report::build(&snapshot, &engine, &flows, &opts, log.skipped.len(), notes)?;
+    let mut report = Report::build(&snapshot, &engine, &flows, &opts, log.skipped.len(), notes)?;
+    report.drills = drills;
     let write = |name: &str, text: &str| {
         let path = args.output.join(name);
         std::fs::write(&path, text).map_err(|source| ReportError::Output { path, source })
@@ -230,6 +250,12 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
         report.summary.unused_rules,
         args.output.display()
     );
+    if !report.drills.is_empty() {
+        eprintln!(
+            "auditor report: failover drills: {}",
+            crate::drill::summary::tally(&report.drills)
+        );
+    }
     for s in &report.suggestions {
         eprintln!("auditor report: {} suggestion: {}", s.mode, s.verification);
         for g in &s.gaps {
@@ -341,6 +367,7 @@ impl Report {
             unused_rules,
             suggestions,
             notes,
+            drills: Vec::new(),
         })
     }
 }
@@ -517,12 +544,20 @@ pub fn render_markdown(r: &Report) -> String {
     if s.skipped_lines > 0 {
         let _ = writeln!(out, "- invalid flow lines skipped: {}", s.skipped_lines);
     }
+    if !r.drills.is_empty() {
+        let _ = writeln!(
+            out,
+            "- failover drills: {}",
+            crate::drill::summary::tally(&r.drills)
+        );
+    }
     out.push_str("\n## Blocked flows\n\n");
     if r.blocked.is_empty() {
         out.push_str("None.\n");
     } else {
         flow_table_md(&mut out, &r.blocked, true);
     }
+    out.push_str(&crate::drill::summary::markdown(&r.drills));
     out.push_str("\n## Flows per workload\n");
     for w in &r.workloads {
         let _ = writeln!(
@@ -806,6 +841,7 @@ pub fn render_html(r: &Report) -> String {
     } else {
         flow_table_html(&mut out, &r.blocked, true);
     }
+    out.push_str(&crate::drill::summary::html(&r.drills, esc));
     out.push_str("<h2>Flows per workload</h2>\n");
     for w in &r.workloads {
         let _ = writeln!(

@@ -36,6 +36,7 @@ fn report_dir_with(name: &str, filter: auditor::filter::FilterArgs) -> PathBuf {
         max_prefix: 32,
         skip_invalid: false,
         filter,
+        drills: vec![],
     };
     assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
     dir.join("out")

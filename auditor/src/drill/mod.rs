@@ -10,12 +10,13 @@
 
 pub mod kernel;
 pub mod plan;
+pub mod summary;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attribute::{parse_cgroup_path, CgroupOwner};
 use crate::cluster;
@@ -210,7 +211,7 @@ pub enum DrillError {
 }
 
 /// A target pod cgroup on this node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Target {
     /// `namespace/name` when the snapshot knows it, else the pod UID.
     pub pod: String,
@@ -221,7 +222,7 @@ pub struct Target {
 }
 
 /// What the drill did and saw; times in milliseconds from the start of the block.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillReport {
     pub outcome: Outcome,
     pub why: String,
@@ -242,7 +243,7 @@ pub struct DrillReport {
     pub processes: Processes,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Traffic {
     /// Packets to (or from) the peer before the block: whether the dependency was in use.
     pub before_packets: u64,
@@ -260,7 +261,7 @@ pub struct Traffic {
     pub resumed_after_release_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleReport {
     pub peer: String,
     pub rule: String,
@@ -268,14 +269,14 @@ pub struct RuleReport {
     pub after_packets: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OtherPeer {
     pub peer: String,
     pub packets: u64,
     pub first_ms: i64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Processes {
     /// `pid (comm)` of the processes in the target cgroups when the block began.
     pub at_start: Vec<String>,

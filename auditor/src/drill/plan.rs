@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::flowlog::Protocol;
 use crate::policy::Engine;
@@ -100,7 +100,7 @@ pub fn parse_ports(input: &str) -> Result<(u16, u16), String> {
 }
 
 /// Which way the block applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Packets from the target to the peer (the target calls the peer: the usual dependency).
@@ -262,7 +262,7 @@ pub fn rules(
 }
 
 /// The outcome of a drill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The workload kept running and came back to the peer within the bound.

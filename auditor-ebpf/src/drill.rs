@@ -44,12 +44,12 @@ static OTHERS: LruHashMap<DrillPeer, DrillPeerStats> =
 /// flags fit.
 const HDR: usize = 128;
 
-#[cgroup_skb]
+#[cgroup_skb(egress)]
 pub fn drill_egress(ctx: SkBuffContext) -> i32 {
     decide(&ctx, DRILL_EGRESS)
 }
 
-#[cgroup_skb]
+#[cgroup_skb(ingress)]
 pub fn drill_ingress(ctx: SkBuffContext) -> i32 {
     decide(&ctx, DRILL_INGRESS)
 }
@@ -64,7 +64,12 @@ struct Packet {
     peer: [u8; 16],
 }
 
-/// 1 (pass) unless the packet matches a rule inside the window: 0 (drop).
+/// 1 (pass) unless the packet matches a rule inside the window: then a drop that looks
+/// like loss on the path. On egress that is 2, "drop and notify congestion": the kernel
+/// turns it into NET_XMIT_DROP, so a UDP sendto still succeeds (a lost datagram) and TCP
+/// retransmits, where 0 would fail the sender's call with EPERM, which no network does.
+/// Egress programs may return 2 as their expected attach type is set (the section
+/// `cgroup_skb/egress`). On ingress, 0: the packet never arrives.
 #[inline(always)]
 fn decide(ctx: &SkBuffContext, dir: u8) -> i32 {
     let Some(p) = parse(ctx, dir) else {
@@ -99,7 +104,11 @@ fn decide(ctx: &SkBuffContext, dir: u8) -> i32 {
                 (*s).first_drop_ns = now;
             }
             (*s).last_drop_ns = now;
-            0
+            if dir == DRILL_EGRESS {
+                2
+            } else {
+                0
+            }
         } else {
             add(&raw mut (*s).after_packets, 1);
             add(&raw mut (*s).after_bytes, len);

@@ -434,3 +434,98 @@ fn ffmpeg_that_waits_out_the_block_is_graceful_and_one_with_a_short_timeout_fail
         "names the process: {r}"
     );
 }
+
+/// A block looks like loss on the path, not like a local error: a UDP sender in the target
+/// pod keeps getting success from sendto while its datagrams are dropped (as when a
+/// network drops them), and none reaches the receiver during the window.
+#[test]
+fn a_blocked_udp_sender_sees_no_error_and_its_datagrams_are_lost() {
+    let Some(()) = privileged("drill udp") else {
+        return;
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut node, dir, snap) = node("dr4");
+    let packager = node.pod("media", "packager").clone();
+    let origin = node.pod("storage", "origin").clone();
+    // The receiver counts datagrams by the second they arrived in, from its start.
+    let rx = dir.join("rx.txt");
+    node.spawn_in(
+        &origin,
+        &format!(
+            "python3 -c \"import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',5004))\nf=open('{}','w')\nwhile True:\n  s.recv(2048); f.write('%.3f\\n' % time.monotonic()); f.flush()\"",
+            rx.display()
+        ),
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // The sender: 100 datagrams a second for 6 s, counting failed sendto calls.
+    let sent = dir.join("tx.txt");
+    let sender = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} python3 -c \"import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nok=err=0\nlast=''\nfor i in range(600):\n  try:\n    s.sendto(b'x'*1000,('{}',5004)); ok+=1\n  except OSError as e:\n    err+=1; last=str(e)\n  time.sleep(0.01)\nopen('{}','w').write('%d %d %s' % (ok,err,last))\"",
+            node.in_pod(&packager),
+            origin.ip,
+            sent.display()
+        ))
+        .spawn()
+        .expect("sender");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = dir.join("drill-udp.json");
+    let drill = Drill::start(
+        &dir,
+        &[
+            "--cluster",
+            snap.to_str().unwrap(),
+            "--pod",
+            "media/packager",
+            "--peer",
+            "pod/storage/origin",
+            "--port",
+            "5004",
+            "--protocol",
+            "udp",
+            "--duration",
+            "3s",
+            "--baseline",
+            "1s",
+            "--observe",
+            "1s",
+            "--recover-within",
+            "1s",
+            "--i-mean-it",
+            "--format",
+            "json",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    let (code, _, stderr) = drill.wait(Duration::from_secs(15));
+    let mut sender = sender;
+    assert!(sender.wait().expect("sender").success());
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("drill-udp.json: {e}\n{stderr}")),
+    )
+    .expect("json");
+    let tx = std::fs::read_to_string(&sent).expect("sender result");
+    let mut it = tx.split(' ');
+    let ok: u64 = it.next().unwrap().parse().unwrap();
+    let err: u64 = it.next().unwrap().parse().unwrap();
+    let received = std::fs::read_to_string(&rx)
+        .unwrap_or_default()
+        .lines()
+        .count() as u64;
+    let t = &r["traffic"];
+    let dropped = t["dropped_packets"].as_u64().unwrap();
+    eprintln!("sendto ok {ok}, failed {err} ({tx}); received {received}; drill exit {code}: {t}");
+    assert_eq!(err, 0, "sendto never failed during the block: {tx}");
+    assert_eq!(ok, 600);
+    // About 300 of the 600 fell in the 3 s window; every one is either dropped or received.
+    assert!((200..=400).contains(&dropped), "{t}");
+    assert_eq!(
+        received + dropped,
+        600,
+        "each datagram arrived or was dropped: {t}"
+    );
+    assert_eq!((code, r["outcome"].as_str()), (0, Some("graceful")), "{r}");
+}

@@ -17,6 +17,11 @@
 //! The installed policies start too tight in three ways seen in production: the
 //! `transcode` namespace forgot DNS, storage egress is missing, and the UDP port range to
 //! ingest covers 5000 but not 5001.
+//!
+//! After the allowlist round, a drill round (`auditor drill`) blocks one dependency of the
+//! transcoder at a time for 5 s while its pipeline runs: the ingest's backup port 5001/UDP
+//! during the live push, then the storage gateway during HLS packaging. The report shows
+//! whether each pipeline degraded gracefully, with the evidence.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -643,6 +648,105 @@ impl Demo {
         round
     }
 
+    /// The drill round: each drill blocks one dependency of the transcoder for 5 s while a
+    /// pipeline that uses it runs (under the policies of the last round), and says whether
+    /// the pipeline degraded gracefully.
+    pub fn drill_round(&mut self, snapshot: &Path) -> Vec<DrillRun> {
+        crate::node::check_interrupted();
+        let dir = self.opts.out.join("round4-drill");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs")).expect("round dir");
+        let tc = self
+            .node
+            .pod("transcode", "transcoder-7d9f8c6b4-k8s2n")
+            .clone();
+        // Each pipeline runs 12 s (the 4 s clip three times, in real time): longer than its
+        // drill (2 s baseline + 5 s block + 3 s observation), so a process that is gone at
+        // the end died of the block.
+        let drills = [
+            (
+                "ingest-backup",
+                "the live push (origin -> ingest :5000 and :5001) with the ingest's backup port 5001/UDP blocked",
+                "-re -stream_loop 2 -i http://origin.media.svc.cluster.local/source.ts \
+                 -map 0 -c copy -f mpegts 'udp://ingest.ingest.svc.cluster.local:5000?pkt_size=1316' \
+                 -map 0 -c copy -f mpegts 'udp://ingest.ingest.svc.cluster.local:5001?pkt_size=1316'",
+                ["svc/ingest/ingest", "--port", "5001", "--protocol", "udp"],
+            ),
+            (
+                "storage",
+                "HLS packaging (origin -> HTTP PUT to the storage gateway, a segment a second) with the gateway blocked",
+                "-re -stream_loop 2 -i http://origin.media.svc.cluster.local/source.ts \
+                 -c:v mpeg2video -b:v 500k -an -f hls -hls_time 1 -hls_list_size 0 -method PUT \
+                 http://gateway.storage.svc.cluster.local/drill/index.m3u8",
+                ["svc/storage/gateway", "--port", "80", "--protocol", "tcp"],
+            ),
+        ];
+        let mut runs = Vec::new();
+        for (name, what, ffmpeg_args, peer) in drills {
+            say(
+                &self.opts,
+                &format!("drill {name}: {what} for 5 s (auditor drill --i-mean-it)"),
+            );
+            let log = dir.join("logs").join(format!("{name}.err"));
+            let pipeline = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "{} ffmpeg -hide_banner -loglevel warning -nostdin -y -rw_timeout 4000000 {ffmpeg_args}",
+                    self.node.in_pod(&tc)
+                ))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .expect("ffmpeg");
+            std::thread::sleep(Duration::from_millis(500));
+            let out = dir.join(format!("drill-{name}.json"));
+            let drill = self
+                .auditor()
+                .arg("drill")
+                .arg("--cluster")
+                .arg(snapshot)
+                .arg("--cgroup")
+                .arg(&self.node.cgroup_root)
+                .args(["--pod", "transcode/transcoder-7d9f8c6b4-k8s2n", "--peer"])
+                .args(peer)
+                .args(["--duration", "5s", "--baseline", "2s", "--observe", "3s"])
+                .args(["--i-mean-it", "-o", "json", "--output"])
+                .arg(&out)
+                .stderr(std::fs::File::create(dir.join(format!("drill-{name}.log"))).expect("log"))
+                .status()
+                .expect("auditor drill");
+            let pipeline_ok = wait_child(pipeline, Duration::from_secs(20));
+            let report: Value = std::fs::read_to_string(&out)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "auditor drill ({drill}) wrote no result: {}",
+                        std::fs::read_to_string(dir.join(format!("drill-{name}.log")))
+                            .unwrap_or_default()
+                    )
+                });
+            say(
+                &self.opts,
+                &format!(
+                    "drill {name}: {} (exit {}): {}",
+                    report["outcome"].as_str().unwrap_or("?").to_uppercase(),
+                    drill.code().unwrap_or(-1),
+                    report["why"].as_str().unwrap_or("")
+                ),
+            );
+            runs.push(DrillRun {
+                name: name.into(),
+                file: out,
+                exit_code: drill.code(),
+                report,
+                pipeline_ok,
+                pipeline_log: std::fs::read_to_string(&log).unwrap_or_default(),
+            });
+        }
+        runs
+    }
+
     /// A connection the pipelines never make: from the transcoder to the storage gateway's port 22.
     /// The origin pod also listens on 9000 (an admin port); nothing in the pipelines uses it.
     pub fn probe_unobserved(&self) -> bool {
@@ -678,19 +782,20 @@ impl Demo {
         yaml
     }
 
-    /// `auditor report` into `out/report`.
-    pub fn report(&self, snapshot: &Path, flows: &Path) -> PathBuf {
+    /// `auditor report` into `out/report`, with the drills' results.
+    pub fn report(&self, snapshot: &Path, flows: &Path, drills: &[DrillRun]) -> PathBuf {
         let dir = self.opts.out.join("report");
-        let o = self
-            .auditor()
-            .args(["report", "--cluster"])
+        let mut cmd = self.auditor();
+        cmd.args(["report", "--cluster"])
             .arg(snapshot)
             .arg("--flows")
             .arg(flows)
             .arg("--output")
-            .arg(&dir)
-            .output()
-            .expect("auditor report");
+            .arg(&dir);
+        for d in drills {
+            cmd.arg("--drill").arg(&d.file);
+        }
+        let o = cmd.output().expect("auditor report");
         assert!(
             o.status.success(),
             "auditor report failed: {}",
@@ -725,9 +830,24 @@ fn wait_child(mut c: std::process::Child, limit: Duration) -> bool {
     }
 }
 
-/// The whole demo: too tight -> fix -> allowlist, each round recorded and diffed.
+/// One drill of the drill round.
+#[derive(Debug)]
+pub struct DrillRun {
+    pub name: String,
+    /// What `auditor drill -o json` wrote.
+    pub file: PathBuf,
+    pub exit_code: Option<i32>,
+    pub report: Value,
+    /// The pipeline under the drill exited 0 within its time.
+    pub pipeline_ok: bool,
+    pub pipeline_log: String,
+}
+
+/// The whole demo: too tight -> fix -> allowlist, each round recorded and diffed, then
+/// the drills.
 pub struct Outcome {
     pub rounds: Vec<Round>,
+    pub drills: Vec<DrillRun>,
     pub unobserved_probe_connected: bool,
     pub report_dir: Option<PathBuf>,
 }
@@ -762,7 +882,8 @@ pub fn run(opts: Options) -> Outcome {
     let r3 = demo.round("round3-allowlist", &allow);
     say(&demo.opts, "probe: a connection the pipelines never made (transcoder -> origin:9000) must be denied by the allowlist");
     let probe = demo.probe_unobserved();
-    let report_dir = Some(demo.report(&snap2, &r2.dir.join("flows.jsonl")));
+    let drills = demo.drill_round(&r3.dir.join("cluster.yaml"));
+    let report_dir = Some(demo.report(&snap2, &r2.dir.join("flows.jsonl"), &drills));
     say(
         &demo.opts,
         &format!(
@@ -773,6 +894,7 @@ pub fn run(opts: Options) -> Outcome {
     );
     Outcome {
         rounds: vec![r1, r2, r3],
+        drills,
         unobserved_probe_connected: probe,
         report_dir,
     }

@@ -145,6 +145,67 @@ fn media_pipelines_recorded_diffed_fixed_and_verified() {
         "a connection nobody needed is denied by the allowlist"
     );
 
+    // The drill round: the live push survives 5 s without the ingest's backup port (UDP
+    // datagrams lost, nothing fails: the sender never sees an error), and the HLS packager
+    // dies when the storage gateway is blocked for 5 s (its segment PUT times out).
+    let [backup, storage] = &o.drills[..] else {
+        panic!("two drills: {:?}", o.drills)
+    };
+    let t = &backup.report["traffic"];
+    assert_eq!(
+        (backup.exit_code, backup.report["outcome"].as_str()),
+        (Some(0), Some("graceful")),
+        "{}",
+        backup.report
+    );
+    assert!(
+        backup.pipeline_ok,
+        "the live push finished: {}",
+        backup.pipeline_log
+    );
+    assert!(t["before_packets"].as_u64().unwrap() > 0, "{t}");
+    // About 90 datagrams a second for 5 s.
+    assert!(t["dropped_packets"].as_u64().unwrap() > 200, "{t}");
+    assert!(
+        t["resumed_after_release_ms"].as_u64().unwrap() < 1000,
+        "{t}"
+    );
+    assert!(
+        backup.report["other_peers"]
+            .to_string()
+            .contains("10.96.2.40:5000/UDP"),
+        "the primary port kept flowing: {}",
+        backup.report
+    );
+    assert_eq!(
+        (storage.exit_code, storage.report["outcome"].as_str()),
+        (Some(1), Some("failed")),
+        "{}",
+        storage.report
+    );
+    assert!(!storage.pipeline_ok, "the packager died of the block");
+    assert!(
+        storage.pipeline_log.contains("Connection timed out"),
+        "{}",
+        storage.pipeline_log
+    );
+    assert!(
+        storage.report["why"]
+            .as_str()
+            .unwrap()
+            .contains("(ffmpeg) exited during the drill"),
+        "{}",
+        storage.report
+    );
+    assert!(
+        storage.report["traffic"]["dropped_connection_attempts"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{}",
+        storage.report
+    );
+
     // The report.
     let report = o.report_dir.expect("report written");
     for f in ["report.md", "report.html", "report.json"] {
@@ -159,5 +220,20 @@ fn media_pipelines_recorded_diffed_fixed_and_verified() {
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
             .expect("report.json is JSON");
     assert!(json.is_object());
+    assert_eq!(
+        json["drills"].as_array().map(Vec::len),
+        Some(2),
+        "drills in report.json"
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(
+        md.contains("- failover drills: 1 graceful, 1 failed\n"),
+        "{md}"
+    );
+    assert!(md.contains("### GRACEFUL: 10.96.2.40/32:5001/UDP, 10.244.1.40/32:5001/UDP blocked for 5.0 s (egress) from transcode/transcoder-7d9f8c6b4-k8s2n"), "{md}");
+    assert!(
+        html.contains("<div class=\"drill\" data-outcome=\"failed\">"),
+        "HTML drill section"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

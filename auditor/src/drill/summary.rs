@@ -120,13 +120,24 @@ fn facts(d: &DrillReport) -> Facts {
             }
         ),
     ];
+    // Other peers: in use already (first seen before the block), or new since it began,
+    // where a pipeline falls back to.
     for p in &d.other_peers {
-        lines.push(format!(
-            "fell back to {}: {} packets, the first at {}",
-            p.peer,
-            p.packets,
-            secs(p.first_ms.max(0) as u64)
-        ));
+        lines.push(if p.first_ms < 0 {
+            format!(
+                "also sent to {}: {} packets (in use before the block, first seen {} before it)",
+                p.peer,
+                p.packets,
+                secs(p.first_ms.unsigned_abs())
+            )
+        } else {
+            format!(
+                "also sent to {}: {} packets (new: first at {}, a fallback?)",
+                p.peer,
+                p.packets,
+                secs(p.first_ms as u64)
+            )
+        });
     }
     if !d.processes.exited.is_empty() {
         lines.push(format!("exited: {}", d.processes.exited.join(", ")));

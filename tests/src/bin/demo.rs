@@ -70,6 +70,37 @@ fn main() -> ExitCode {
             last.dir.display()
         );
     }
+    println!();
+    println!(
+        "{:<18} {:>9} {:>8} {:>14} {:>9}",
+        "drill (5 s)", "outcome", "dropped", "back after", "pipeline"
+    );
+    for d in &o.drills {
+        let t = &d.report["traffic"];
+        println!(
+            "{:<18} {:>9} {:>8} {:>14} {:>9}",
+            d.name,
+            d.report["outcome"].as_str().unwrap_or("?"),
+            t["dropped_packets"].as_u64().unwrap_or(0),
+            t["resumed_after_release_ms"]
+                .as_u64()
+                .map_or("never".to_owned(), |ms| format!(
+                    "{:.1} s",
+                    ms as f64 / 1000.0
+                )),
+            if d.pipeline_ok { "ok" } else { "failed" }
+        );
+        // A drill that tested nothing, or judged against what the pipeline did, is a
+        // broken demo: a graceful drill with a dead pipeline, or the reverse.
+        let outcome = d.report["outcome"].as_str();
+        if outcome == Some("untested") || (outcome == Some("graceful")) != d.pipeline_ok {
+            ok = false;
+            println!(
+                "  the drill's judgement does not match the pipeline: see {}",
+                d.file.display()
+            );
+        }
+    }
     if o.unobserved_probe_connected {
         ok = false;
         println!("\na connection nobody needed got through the allowlist");

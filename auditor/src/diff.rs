@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::cluster::{ClusterError, ClusterSource};
 use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
+use crate::observed::{Facts, Finding};
 use crate::policy::{Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side, Target};
 
 /// Output format of `auditor diff`.
@@ -193,6 +194,7 @@ struct DistinctInput {
     key: FlowKey,
     first_line: usize,
     records: u64,
+    facts: Facts,
 }
 
 impl FlowInput {
@@ -218,11 +220,13 @@ impl FlowInput {
                     key,
                     first_line: line,
                     records: 0,
+                    facts: Facts::default(),
                 });
                 u32::try_from(distinct.len() - 1).unwrap_or(u32::MAX)
             });
             if let Some(d) = distinct.get_mut(i as usize) {
                 d.records += 1;
+                d.facts.add(&r);
             }
             records.push(InputRecord {
                 distinct: i,
@@ -275,6 +279,15 @@ pub struct Distinct {
     pub result: FlowResult,
     pub first_line: usize,
     pub records: u64,
+    /// What the kernel saw of it, over its records.
+    pub facts: Facts,
+}
+
+impl Distinct {
+    /// Where the kernel's facts and the verdict disagree.
+    pub fn finding(&self) -> Option<Finding> {
+        self.facts.finding(self.result.allowed)
+    }
 }
 
 /// The evaluated flow log.
@@ -308,8 +321,27 @@ struct Summary {
     skipped: Vec<SkippedLine>,
     workloads: Vec<WorkloadCount>,
     denied_flows: Vec<DeniedFlow>,
+    /// Every policy in the snapshot allows them, yet the kernel dropped them or their
+    /// connections timed out.
+    blocked_although_allowed: Vec<FindingFlow>,
+    /// The snapshot's policies deny them, yet they went through.
+    denied_but_passed: Vec<FindingFlow>,
     unused_rules: Vec<UnusedRule>,
     notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FindingFlow {
+    src_ip: IpAddr,
+    dst_ip: IpAddr,
+    dst_port: u16,
+    protocol: Protocol,
+    source: String,
+    destination: String,
+    records: u64,
+    first_line: usize,
+    observed: String,
+    likely_cause: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -355,6 +387,7 @@ impl<'a> Report<'a> {
             result: engine.evaluate(d.key.src_ip, d.key.dst_ip, d.key.dst_port, d.key.protocol),
             first_line: d.first_line,
             records: d.records,
+            facts: d.facts.clone(),
         };
         let half = input.distinct.len() / 2;
         let (first, second) = input.distinct.split_at(half);
@@ -508,6 +541,24 @@ impl<'a> Report<'a> {
                 why: self.why(&d.result, d.key.protocol),
             })
             .collect();
+        let findings = |want: Finding| -> Vec<FindingFlow> {
+            self.distinct
+                .iter()
+                .filter(|d| d.finding() == Some(want))
+                .map(|d| FindingFlow {
+                    src_ip: d.key.src_ip,
+                    dst_ip: d.key.dst_ip,
+                    dst_port: d.key.dst_port,
+                    protocol: d.key.protocol,
+                    source: self.party_text(&d.result.targets[0].src, d.key.src_ip),
+                    destination: self.destination_text(d),
+                    records: d.records,
+                    first_line: d.first_line,
+                    observed: d.facts.text(),
+                    likely_cause: d.facts.likely_cause(want),
+                })
+                .collect()
+        };
         let unused_rules = self
             .unused_rules()
             .into_iter()
@@ -533,6 +584,8 @@ impl<'a> Report<'a> {
                 .collect(),
             workloads: self.workloads(),
             denied_flows,
+            blocked_although_allowed: findings(Finding::BlockedAlthoughAllowed),
+            denied_but_passed: findings(Finding::DeniedButPassed),
             unused_rules,
             notes: self.notes.clone(),
         }
@@ -675,6 +728,11 @@ impl<'a> Report<'a> {
             }
             o.push_str("]}");
         }
+        o.push_str(",\"observed\":");
+        o.push_str(&serde_json::to_string(&d.facts).unwrap_or_else(|_| "null".to_owned()));
+        if let Some(f) = d.finding() {
+            let _ = write!(o, ",\"finding\":\"{}\"", f.as_str());
+        }
         o
     }
 
@@ -808,9 +866,10 @@ impl<'a> Report<'a> {
             "DESTINATION",
             "PORT",
             "VERDICT",
+            "OBSERVED",
             "WHY",
         ];
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<[String; 8]> = self
             .distinct
             .iter()
             .map(|d| {
@@ -820,7 +879,14 @@ impl<'a> Report<'a> {
                     self.party_text(&d.result.targets[0].src, d.key.src_ip),
                     self.destination_text(d),
                     format!("{}/{}", d.key.dst_port, d.key.protocol),
-                    if d.result.allowed { "allow" } else { "DENY" }.to_owned(),
+                    match (d.result.allowed, d.finding()) {
+                        (true, Some(_)) => "allow!",
+                        (true, None) => "allow",
+                        (false, Some(_)) => "DENY!",
+                        (false, None) => "DENY",
+                    }
+                    .to_owned(),
+                    d.facts.text(),
                     self.why(&d.result, d.key.protocol),
                 ]
             })
@@ -838,6 +904,31 @@ impl<'a> Report<'a> {
             )?;
             writeln!(w, "## Flows\n")?;
             write_markdown_table(w, &header, &rows)?;
+            for (title, list) in [
+                (
+                    "Blocked although every policy allows them",
+                    &summary.blocked_although_allowed,
+                ),
+                ("Denied, yet they went through", &summary.denied_but_passed),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
+                writeln!(w, "\n## {title}\n")?;
+                for f in list {
+                    writeln!(
+                        w,
+                        "- line {}: {} -> {} {}/{}: {}. Likely: {}",
+                        f.first_line,
+                        md_escape(&f.source),
+                        md_escape(&f.destination),
+                        f.dst_port,
+                        f.protocol,
+                        f.observed,
+                        md_escape(&f.likely_cause)
+                    )?;
+                }
+            }
             writeln!(w, "\n## Workloads\n")?;
             write_markdown_table(w, &WORKLOAD_HEADER, &workload_rows(&summary.workloads))?;
             writeln!(w, "\n## Unused rules\n")?;
@@ -874,6 +965,35 @@ impl<'a> Report<'a> {
                 summary.denied_records,
                 summary.skipped_lines
             )?;
+            for (title, list) in [
+                (
+                    "blocked although every policy allows them (allow!)",
+                    &summary.blocked_although_allowed,
+                ),
+                (
+                    "denied, yet they went through (DENY!)",
+                    &summary.denied_but_passed,
+                ),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
+                writeln!(w, "{title}:")?;
+                for f in list {
+                    writeln!(
+                        w,
+                        "  line {}: {} -> {} {}/{}: {}\n    likely: {}",
+                        f.first_line,
+                        f.source,
+                        f.destination,
+                        f.dst_port,
+                        f.protocol,
+                        f.observed,
+                        f.likely_cause
+                    )?;
+                }
+                writeln!(w)?;
+            }
             write_aligned(w, &WORKLOAD_HEADER, &workload_rows(&summary.workloads))?;
             if summary.unused_rules.is_empty() {
                 writeln!(w, "\nunused rules: none")?;

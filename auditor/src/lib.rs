@@ -17,6 +17,7 @@ pub mod enrich;
 pub mod filter;
 pub mod flowlog;
 pub mod kube;
+pub mod observed;
 pub mod policy;
 pub mod probe;
 pub mod procfs;

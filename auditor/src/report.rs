@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::cluster::{ClusterError, ClusterSource, Snapshot};
 use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{read_flow_log, Direction, FlowLogError};
+use crate::observed::Finding;
 use crate::policy::{Engine, FlowResult, Party, PolicyError, RuleRef, Side};
 use crate::suggest::labels::{group_of, parse_selector, SelectorParseError};
 use crate::suggest::{
@@ -127,10 +128,17 @@ pub struct FlowRow {
     pub records: u64,
     pub count: u64,
     pub drops: u64,
+    /// What the kernel saw: "36 dropped (NETFILTER_DROP), 2 timed out", "-" for nothing.
+    pub observed: String,
     pub verdict: &'static str,
     /// Why it is denied (empty when allowed).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub why: String,
+    /// Where the kernel's facts and the verdict disagree, and the likely cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<Finding>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub likely_cause: String,
     /// Source and destination nodes of the picture.
     #[serde(skip)]
     src_node: String,
@@ -175,6 +183,10 @@ pub struct Summary {
     pub audited_workloads: Vec<String>,
     pub unused_rules: usize,
     pub skipped_lines: usize,
+    /// Flows every policy allows that the kernel dropped or whose connections timed out.
+    pub blocked_although_allowed: usize,
+    /// Flows the policies deny that went through.
+    pub denied_but_passed: usize,
 }
 
 /// The report's content.
@@ -183,6 +195,9 @@ pub struct Report {
     pub summary: Summary,
     pub workloads: Vec<WorkloadSection>,
     pub blocked: Vec<FlowRow>,
+    /// The flows of the two findings (see [`crate::observed`]), in flow order.
+    pub blocked_although_allowed: Vec<FlowRow>,
+    pub denied_but_passed: Vec<FlowRow>,
     pub unused_rules: Vec<UnusedRule>,
     pub suggestions: Vec<SuggestionSection>,
     pub notes: Vec<String>,
@@ -294,6 +309,7 @@ impl Report {
         let audited_set: BTreeSet<&str> = audited.iter().map(String::as_str).collect();
         let mut by_workload: BTreeMap<String, Vec<FlowRow>> = BTreeMap::new();
         let mut blocked = Vec::new();
+        let (mut unexplained, mut passed) = (Vec::new(), Vec::new());
         let mut used: BTreeSet<RuleRef> = BTreeSet::new();
         let mut shown: Vec<(&Observed, &FlowResult)> = Vec::with_capacity(flows.len());
         for (f, r) in flows.iter().zip(&results) {
@@ -321,6 +337,11 @@ impl Report {
             }
             for o in owners {
                 by_workload.entry(o).or_default().push(row.clone());
+            }
+            match row.finding {
+                Some(Finding::BlockedAlthoughAllowed) => unexplained.push(row.clone()),
+                Some(Finding::DeniedButPassed) => passed.push(row.clone()),
+                None => {}
             }
             if !r.allowed {
                 blocked.push(row);
@@ -361,7 +382,11 @@ impl Report {
                 audited_workloads: audited,
                 unused_rules: unused_rules.len(),
                 skipped_lines,
+                blocked_although_allowed: unexplained.len(),
+                denied_but_passed: passed.len(),
             },
+            blocked_although_allowed: unexplained,
+            denied_but_passed: passed,
             workloads,
             blocked,
             unused_rules,
@@ -466,9 +491,16 @@ fn flow_row(engine: &Engine, f: &Observed, r: &FlowResult) -> FlowRow {
         dns_names: f.dns_names.iter().cloned().collect(),
         records: f.records,
         count: f.count,
-        drops: f.drops,
+        drops: f.facts.drops,
+        observed: f.facts.text(),
         verdict: if r.allowed { "allow" } else { "deny" },
         why: why.join("; "),
+        finding: f.facts.finding(r.allowed),
+        likely_cause: f
+            .facts
+            .finding(r.allowed)
+            .map(|x| f.facts.likely_cause(x))
+            .unwrap_or_default(),
         src_node: picture_node(engine, &t.src, f.src_ip, &BTreeSet::new()),
         dst_node: picture_node(engine, &t.dst, t.dst_ip, &f.dns_names),
     }
@@ -477,16 +509,32 @@ fn flow_row(engine: &Engine, f: &Observed, r: &FlowResult) -> FlowRow {
 // ---------------------------------------------------------------------------------------
 // Markdown.
 
+/// The finding sections that have flows, with their titles.
+fn findings(r: &Report) -> Vec<(&'static str, &[FlowRow])> {
+    [
+        (
+            "Blocked although every policy allows them",
+            &r.blocked_although_allowed[..],
+        ),
+        ("Denied, yet they went through", &r.denied_but_passed[..]),
+    ]
+    .into_iter()
+    .filter(|(_, rows)| !rows.is_empty())
+    .collect()
+}
+
 fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
 fn flow_table_md(out: &mut String, rows: &[FlowRow], with_why: bool) {
-    out.push_str("| verdict | source | destination | port | processes | DNS name | records |");
+    out.push_str(
+        "| verdict | source | destination | port | processes | DNS name | records | observed |",
+    );
     out.push_str(if with_why {
-        " why |\n|---|---|---|---|---|---|---|---|\n"
+        " why |\n|---|---|---|---|---|---|---|---|---|\n"
     } else {
-        "\n|---|---|---|---|---|---|---|\n"
+        "\n|---|---|---|---|---|---|---|---|\n"
     });
     for r in rows {
         let dst = match &r.service {
@@ -495,7 +543,7 @@ fn flow_table_md(out: &mut String, rows: &[FlowRow], with_why: bool) {
         };
         let _ = write!(
             out,
-            "| {} | {} | {} | {}/{} | {} | {} | {} |",
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {} |",
             r.verdict,
             md_cell(&r.source),
             md_cell(&dst),
@@ -503,7 +551,8 @@ fn flow_table_md(out: &mut String, rows: &[FlowRow], with_why: bool) {
             r.protocol,
             md_cell(&r.processes.join(", ")),
             md_cell(&r.dns_names.join(", ")),
-            r.records
+            r.records,
+            md_cell(&r.observed)
         );
         if with_why {
             let _ = write!(out, " {} |", md_cell(&r.why));
@@ -544,6 +593,13 @@ pub fn render_markdown(r: &Report) -> String {
     if s.skipped_lines > 0 {
         let _ = writeln!(out, "- invalid flow lines skipped: {}", s.skipped_lines);
     }
+    if s.blocked_although_allowed + s.denied_but_passed > 0 {
+        let _ = writeln!(
+            out,
+            "- the kernel disagrees with the policies: **{} blocked although every policy allows them**, {} denied yet went through",
+            s.blocked_although_allowed, s.denied_but_passed
+        );
+    }
     if !r.drills.is_empty() {
         let _ = writeln!(
             out,
@@ -556,6 +612,22 @@ pub fn render_markdown(r: &Report) -> String {
         out.push_str("None.\n");
     } else {
         flow_table_md(&mut out, &r.blocked, true);
+    }
+    for (title, rows) in findings(r) {
+        let _ = writeln!(out, "\n## {title}\n");
+        for f in rows {
+            let _ = writeln!(
+                out,
+                "- {} -> {} {}/{} ({}): {}. Likely: {}",
+                md_cell(&f.source),
+                md_cell(&f.destination),
+                f.port,
+                f.protocol,
+                f.verdict,
+                md_cell(&f.observed),
+                md_cell(&f.likely_cause)
+            );
+        }
     }
     out.push_str(&crate::drill::summary::markdown(&r.drills));
     out.push_str("\n## Flows per workload\n");
@@ -643,7 +715,7 @@ svg{background:#fff;border-radius:8px;box-shadow:0 1px 2px #0002;max-width:100%;
 svg text{font-family:system-ui,sans-serif}";
 
 fn flow_table_html(out: &mut String, rows: &[FlowRow], with_why: bool) {
-    out.push_str("<table><tr><th>verdict</th><th>source</th><th>destination</th><th>port</th><th>processes</th><th>DNS name</th><th>records</th>");
+    out.push_str("<table><tr><th>verdict</th><th>source</th><th>destination</th><th>port</th><th>processes</th><th>DNS name</th><th>records</th><th>observed</th>");
     if with_why {
         out.push_str("<th>why</th>");
     }
@@ -655,7 +727,7 @@ fn flow_table_html(out: &mut String, rows: &[FlowRow], with_why: bool) {
         };
         let _ = write!(
             out,
-            "<tr class=\"{}\"><td class=\"v-{}\">{}</td><td>{}</td><td>{dst}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            "<tr class=\"{}\"><td class=\"v-{}\">{}</td><td>{}</td><td>{dst}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
             r.verdict,
             r.verdict,
             r.verdict,
@@ -664,7 +736,8 @@ fn flow_table_html(out: &mut String, rows: &[FlowRow], with_why: bool) {
             r.protocol,
             esc(&r.processes.join(", ")),
             esc(&r.dns_names.join(", ")),
-            r.records
+            r.records,
+            esc(&r.observed)
         );
         if with_why {
             let _ = write!(out, "<td>{}</td>", esc(&r.why));
@@ -840,6 +913,23 @@ pub fn render_html(r: &Report) -> String {
         out.push_str("<p class=\"ok\">None.</p>\n");
     } else {
         flow_table_html(&mut out, &r.blocked, true);
+    }
+    for (title, rows) in findings(r) {
+        let _ = write!(out, "<h2 class=\"finding\">{}</h2><ul>", esc(title));
+        for f in rows {
+            let _ = write!(
+                out,
+                "<li class=\"bad\">{} &rarr; {} {}/{} ({}): <b>{}</b>. Likely: {}</li>",
+                esc(&f.source),
+                esc(&f.destination),
+                f.port,
+                f.protocol,
+                f.verdict,
+                esc(&f.observed),
+                esc(&f.likely_cause)
+            );
+        }
+        out.push_str("</ul>\n");
     }
     out.push_str(&crate::drill::summary::html(&r.drills, esc));
     out.push_str("<h2>Flows per workload</h2>\n");

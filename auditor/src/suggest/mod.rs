@@ -230,11 +230,10 @@ pub struct Observed {
     pub direction: Option<Direction>,
     pub comms: BTreeSet<String>,
     pub dns_names: BTreeSet<String>,
-    pub drop_reasons: BTreeSet<String>,
     pub records: u64,
     pub count: u64,
-    pub drops: u64,
-    pub timed_out: u64,
+    /// What the kernel saw of it: drops and their reasons, timeouts, refusals.
+    pub facts: crate::observed::Facts,
     pub first_line: usize,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
@@ -278,11 +277,9 @@ impl FlowMerger {
                 direction: r.direction,
                 comms: BTreeSet::new(),
                 dns_names: BTreeSet::new(),
-                drop_reasons: BTreeSet::new(),
                 records: 0,
                 count: 0,
-                drops: 0,
-                timed_out: 0,
+                facts: Default::default(),
                 first_line: line,
                 first_seen: None,
                 last_seen: None,
@@ -292,8 +289,7 @@ impl FlowMerger {
         let o = &mut self.flows[i];
         o.records += 1;
         o.count += r.count;
-        o.drops += r.drops;
-        o.timed_out += r.timed_out;
+        o.facts.add(r);
         o.direction = o.direction.or(r.direction);
         fn add_new(set: &mut BTreeSet<String>, v: &str) {
             if !set.contains(v) {
@@ -308,9 +304,6 @@ impl FlowMerger {
                 &mut o.dns_names,
                 &n.trim_end_matches('.').to_ascii_lowercase(),
             );
-        }
-        if let Some(d) = &r.drop_reason {
-            add_new(&mut o.drop_reasons, d);
         }
         if let Some(f) = &r.first_seen {
             if o.first_seen.as_ref().is_none_or(|x| f < x) {

@@ -42,6 +42,11 @@ pub struct Alert {
     /// The policy verdict, when the recorder knows the cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// Set when every NetworkPolicy of the cluster view allows the flow, yet the kernel
+    /// dropped it or its connections timed out: the likely cause (see
+    /// [`crate::observed`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_although_allowed: Option<String>,
     /// Set on an overflow alert (`peer` `*`, `port` 0): this many alerts of streams past
     /// the deduplicator's limit ([`MAX_OPEN_STREAMS`] open at once) were added up here,
     /// per workload, process and reason, instead of one alert per peer.
@@ -57,6 +62,13 @@ pub const MAX_OPEN_STREAMS: usize = 4096;
 impl Alert {
     /// The alerts a flow record calls for (drops and connect timeouts), without dedup.
     pub fn from_record(r: &FlowRecord, verdict: Option<String>) -> Vec<Alert> {
+        let allowed = verdict.as_deref().is_some_and(|v| !v.starts_with("denied"));
+        let mut facts = crate::observed::Facts::default();
+        facts.add(r);
+        let blocked_although_allowed = facts
+            .finding(allowed)
+            .filter(|f| *f == crate::observed::Finding::BlockedAlthoughAllowed)
+            .map(|f| facts.likely_cause(f));
         let (me, peer_ep, peer_ip) = match r.direction {
             Some(Direction::Ingress) => (r.dst.as_ref(), r.src.as_ref(), r.src_ip),
             _ => (r.src.as_ref(), r.dst.as_ref(), r.dst_ip),
@@ -93,6 +105,7 @@ impl Alert {
             first_seen: r.first_seen.clone(),
             last_seen: r.last_seen.clone(),
             verdict: verdict.clone(),
+            blocked_although_allowed: blocked_although_allowed.clone(),
             folded: None,
         };
         let mut out = Vec::new();
@@ -153,8 +166,13 @@ impl Alert {
         } else {
             self.port.to_string()
         };
+        let finding = self
+            .blocked_although_allowed
+            .as_deref()
+            .map(|c| format!("; BLOCKED ALTHOUGH ALLOWED: {c}"))
+            .unwrap_or_default();
         format!(
-            "{}: {who}{process} {arrow} {peer} {port}/{}: {} x{}{verdict}",
+            "{}: {who}{process} {arrow} {peer} {port}/{}: {} x{}{verdict}{finding}",
             self.kind, self.protocol, self.reason, self.count
         )
     }
@@ -342,6 +360,32 @@ mod tests {
         );
         assert_eq!(a[1].reason, "connect timed out after 2 SYN retransmits");
         assert!(Alert::from_record(&record(0, 0), None).is_empty());
+    }
+
+    #[test]
+    fn a_drop_every_policy_allows_names_the_finding() {
+        let a = Alert::from_record(
+            &record(3, 0),
+            Some("allowed by transcode/transcoder-egress egress[1]".into()),
+        );
+        let cause = a[0].blocked_although_allowed.as_deref().expect("finding");
+        assert!(
+            cause.starts_with("dropped by netfilter on this node"),
+            "{cause}"
+        );
+        assert!(
+            a[0].sentence().ends_with(&format!(
+                "NETFILTER_DROP x3; allowed by transcode/transcoder-egress egress[1]; BLOCKED ALTHOUGH ALLOWED: {cause}"
+            )),
+            "{}",
+            a[0].sentence()
+        );
+        // Denied, or no cluster view: nothing to add.
+        for verdict in [Some("denied: x".to_owned()), None] {
+            let a = Alert::from_record(&record(3, 0), verdict);
+            assert_eq!(a[0].blocked_although_allowed, None);
+            assert!(!a[0].sentence().contains("BLOCKED ALTHOUGH"));
+        }
     }
 
     #[test]

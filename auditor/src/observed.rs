@@ -25,6 +25,10 @@ pub struct Facts {
     pub timed_out: u64,
     /// Packets the kernel dropped.
     pub drops: u64,
+    /// Of those, the ones nobody was told of: all but a TCP SYN to a port nobody listens
+    /// on (NO_SOCKET), which the kernel answers with a reset (a refusal, not a block).
+    #[serde(skip)]
+    pub silent_drops: u64,
     pub drop_reasons: BTreeSet<String>,
     /// UDP datagrams that reached a socket of the receiving pod (ingress records).
     pub received: u64,
@@ -61,6 +65,9 @@ impl Facts {
         self.refused += r.refused;
         self.timed_out += r.timed_out;
         self.drops += r.drops;
+        if !(r.protocol == Protocol::Tcp && r.drop_reason.as_deref() == Some("NO_SOCKET")) {
+            self.silent_drops += r.drops;
+        }
         if r.drops > 0 {
             if let Some(reason) = &r.drop_reason {
                 if !self.drop_reasons.contains(reason) {
@@ -76,9 +83,9 @@ impl Facts {
         }
     }
 
-    /// Something stopped it on the way: drops, or connections that timed out.
+    /// Something stopped it on the way: silent drops, or connections that timed out.
     pub fn blocked(&self) -> bool {
-        self.drops > 0 || self.timed_out > 0
+        self.silent_drops > 0 || self.timed_out > 0
     }
 
     /// It got through at least once.
@@ -217,5 +224,13 @@ mod tests {
         );
         assert_eq!(udp_out.finding(false), None);
         assert_eq!(udp_out.finding(true), None);
+
+        // A SYN to a closed port: dropped as NO_SOCKET and answered with a reset.
+        let mut closed = Facts::default();
+        closed.add(&record(&format!(
+            r#"{{{base},"state":"refused","count":1,"refused":1,"drops":1,"drop_reason":"NO_SOCKET"}}"#
+        )));
+        assert_eq!(closed.text(), "1 dropped (NO_SOCKET), 1 refused");
+        assert_eq!(closed.finding(true), None, "a refusal, not a block");
     }
 }

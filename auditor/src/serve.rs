@@ -106,6 +106,8 @@ pub struct Metrics {
     pub flows: Family<FlowLabels, Counter>,
     pub drops: Family<DropLabels, Counter>,
     pub connect_timeouts: Family<WorkloadLabels, Counter>,
+    /// Flows every NetworkPolicy of the cluster view allows that were dropped or timed out.
+    pub blocked_although_allowed: Family<WorkloadLabels, Counter>,
     pub lost: Family<KindLabels, Counter>,
     pub up: Gauge<i64, AtomicI64>,
     /// Flushes of the flow log done (the loop's progress under load).
@@ -126,6 +128,7 @@ impl Default for Metrics {
         let flows = Family::<FlowLabels, Counter>::default();
         let drops = Family::<DropLabels, Counter>::default();
         let connect_timeouts = Family::<WorkloadLabels, Counter>::default();
+        let blocked_although_allowed = Family::<WorkloadLabels, Counter>::default();
         let lost = Family::<KindLabels, Counter>::default();
         let up = Gauge::<i64, AtomicI64>::default();
         let flushes = Counter::default();
@@ -149,6 +152,11 @@ impl Default for Metrics {
             "connect_timeouts",
             "Connection attempts that gave up after SYN retransmits",
             connect_timeouts.clone(),
+        );
+        registry.register(
+            "flows_blocked_although_allowed",
+            "Flows every NetworkPolicy allows that were dropped or timed out",
+            blocked_although_allowed.clone(),
         );
         registry.register(
             "events_lost",
@@ -215,6 +223,7 @@ impl Default for Metrics {
             flows,
             drops,
             connect_timeouts,
+            blocked_although_allowed,
             lost,
             up,
             flushes,
@@ -1129,6 +1138,7 @@ mod tests {
             workload: "w".into(),
         };
         m.connect_timeouts.get_or_create(&w).inc();
+        m.blocked_although_allowed.get_or_create(&w).inc();
         m.drops
             .get_or_create(&DropLabels {
                 namespace: "n".into(),

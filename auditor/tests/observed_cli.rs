@@ -194,21 +194,34 @@ fn report_shows_the_kernels_facts_and_both_findings() {
         .arg(&out)
         .output()
         .expect("auditor report");
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("- the kernel disagrees with the policies: **2 blocked although every policy allows them**, 1 denied yet went through\n"), "{md}");
-    let section = &md[md.find("## Blocked although every policy allows them\n").expect("section")..];
+    let section = &md[md
+        .find("## Blocked although every policy allows them\n")
+        .expect("section")..];
     assert!(section.contains("\n- media/ffmpeg-7c9d8b6f5-x2k4q -> media/origin-0 8080/TCP (allow): 4 dropped (NETFILTER_DROP), 2 timed out, 1 connected. Likely: dropped by netfilter on this node"), "{section}");
     assert!(section.contains("\n- media/ffmpeg-7c9d8b6f5-x2k4q -> 203.0.113.80 443/TCP (allow): 1 timed out. Likely: connections timed out with no drop seen on this node"), "{section}");
     assert!(md.contains("## Denied, yet they went through\n\n- media/probe -> media/origin-0 8080/TCP (deny): 1 connected. Likely: the snapshot's policies deny it, yet it went through"), "{md}");
     // The observed column of the flow tables, drop reasons included.
     assert!(md.contains("| records | observed | why |"), "{md}");
-    assert!(md.contains("| 2 dropped (NETFILTER_DROP), 1 timed out |"), "{md}");
+    assert!(
+        md.contains("| 2 dropped (NETFILTER_DROP), 1 timed out |"),
+        "{md}"
+    );
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["summary"]["blocked_although_allowed"], 2);
     assert_eq!(json["summary"]["denied_but_passed"], 1);
-    assert_eq!(json["blocked_although_allowed"][0]["finding"], "blocked_although_allowed");
+    assert_eq!(
+        json["blocked_although_allowed"][0]["finding"],
+        "blocked_although_allowed"
+    );
     assert_eq!(json["denied_but_passed"][0]["source"], "media/probe");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<h2 class=\"finding\">Blocked although every policy allows them</h2><ul><li class=\"bad\">"), "html");

@@ -164,7 +164,14 @@ fn chromium_renders_workloads_and_verdicts() {
     // The verdict colours are on screen: green (#2e7d32) allowed, red (#c62828) denied,
     // and the audited workload's blue border (#1565c0).
     let near = |c: [u8; 3], p: &[u8]| c.iter().zip(p).all(|(a, b)| a.abs_diff(*b) <= 24);
-    let count = |c: [u8; 3]| pixels.chunks_exact(3).filter(|p| near(c, p)).count();
+    let count = |c: [u8; 3]| {
+        pixels
+            .as_chunks::<3>()
+            .0
+            .iter()
+            .filter(|p| near(c, &p[..]))
+            .count()
+    };
     let (green, red, blue) = (
         count([0x2e, 0x7d, 0x32]),
         count([0xc6, 0x28, 0x28]),

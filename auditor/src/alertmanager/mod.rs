@@ -211,6 +211,9 @@ pub fn postable(
     if let Some(v) = &a.verdict {
         annotations.insert("verdict".into(), v.clone());
     }
+    if let Some(c) = &a.blocked_although_allowed {
+        annotations.insert("blocked_although_allowed".into(), c.clone());
+    }
     for (k, v) in [("first_seen", &a.first_seen), ("last_seen", &a.last_seen)] {
         if let Some(v) = v {
             annotations.insert(k.into(), v.clone());
@@ -310,6 +313,7 @@ mod tests {
             first_seen: Some("2026-11-28T10:00:00.000Z".into()),
             last_seen: None,
             verdict: Some("denied: x".into()),
+            blocked_although_allowed: None,
             folded: None,
         };
         let v = postable(

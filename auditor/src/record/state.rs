@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use auditor_ebpf as abi;
 
-use super::table::{FlowTable, Ident, Meta, COUNTED, FROM_MAP, KEEP, WRITTEN};
+use super::table::{FlowTable, Ident, Meta, BLOCKED_COUNTED, COUNTED, FROM_MAP, KEEP, WRITTEN};
 use super::Summary;
 use crate::decode::{self, Event, Flow};
 use crate::dns;
@@ -352,10 +352,25 @@ impl State {
         if r.timed_out > 0 {
             m.connect_timeouts
                 .get_or_create(&crate::serve::WorkloadLabels {
+                    namespace: namespace.clone(),
+                    workload: workload.clone(),
+                })
+                .inc_by(r.timed_out);
+        }
+        // Once per flow: the kernel stopped a flow every policy of the view allows.
+        let allowed = verdict.is_some_and(|v| !v.starts_with("denied"));
+        let mut facts = crate::observed::Facts::default();
+        facts.add(r);
+        if facts.finding(allowed) == Some(crate::observed::Finding::BlockedAlthoughAllowed)
+            && self.flows.meta_mut(i).flags & BLOCKED_COUNTED == 0
+        {
+            self.flows.meta_mut(i).flags |= BLOCKED_COUNTED;
+            m.blocked_although_allowed
+                .get_or_create(&crate::serve::WorkloadLabels {
                     namespace,
                     workload,
                 })
-                .inc_by(r.timed_out);
+                .inc();
         }
     }
 

@@ -33,6 +33,8 @@ pub const WRITTEN: u8 = 16;
 /// `Meta::flags`: the current incarnation was found in the kernel map without its
 /// new-flow event (the event was lost, or is still in the ring buffer).
 pub const FROM_MAP: u8 = 32;
+/// `Meta::flags`: already counted in `auditor_flows_blocked_although_allowed_total`.
+pub const BLOCKED_COUNTED: u8 = 64;
 /// `Meta::flags`: the slot is free (the flow left the table).
 pub const FREE: u8 = 128;
 

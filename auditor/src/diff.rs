@@ -332,20 +332,15 @@ struct Summary {
 
 #[derive(Debug, Serialize)]
 struct FindingFlow {
-    src_ip: IpAddr,
-    dst_ip: IpAddr,
-    dst_port: u16,
-    protocol: Protocol,
-    source: String,
-    destination: String,
-    records: u64,
-    first_line: usize,
+    #[serde(flatten)]
+    flow: FlowRef,
     observed: String,
     likely_cause: String,
 }
 
+/// A distinct flow as the summary lists it.
 #[derive(Debug, Serialize)]
-struct DeniedFlow {
+struct FlowRef {
     src_ip: IpAddr,
     dst_ip: IpAddr,
     dst_port: u16,
@@ -354,6 +349,12 @@ struct DeniedFlow {
     destination: String,
     records: u64,
     first_line: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct DeniedFlow {
+    #[serde(flatten)]
+    flow: FlowRef,
     why: String,
 }
 
@@ -522,6 +523,19 @@ impl<'a> Report<'a> {
             .collect()
     }
 
+    fn flow_ref(&self, d: &Distinct) -> FlowRef {
+        FlowRef {
+            src_ip: d.key.src_ip,
+            dst_ip: d.key.dst_ip,
+            dst_port: d.key.dst_port,
+            protocol: d.key.protocol,
+            source: self.party_text(&d.result.targets[0].src, d.key.src_ip),
+            destination: self.destination_text(d),
+            records: d.records,
+            first_line: d.first_line,
+        }
+    }
+
     fn summary(&self) -> Summary {
         let records = self.records;
         let e = self.engine;
@@ -530,14 +544,7 @@ impl<'a> Report<'a> {
             .iter()
             .filter(|d| !d.result.allowed)
             .map(|d| DeniedFlow {
-                src_ip: d.key.src_ip,
-                dst_ip: d.key.dst_ip,
-                dst_port: d.key.dst_port,
-                protocol: d.key.protocol,
-                source: self.party_text(&d.result.targets[0].src, d.key.src_ip),
-                destination: self.destination_text(d),
-                records: d.records,
-                first_line: d.first_line,
+                flow: self.flow_ref(d),
                 why: self.why(&d.result, d.key.protocol),
             })
             .collect();
@@ -546,14 +553,7 @@ impl<'a> Report<'a> {
                 .iter()
                 .filter(|d| d.finding() == Some(want))
                 .map(|d| FindingFlow {
-                    src_ip: d.key.src_ip,
-                    dst_ip: d.key.dst_ip,
-                    dst_port: d.key.dst_port,
-                    protocol: d.key.protocol,
-                    source: self.party_text(&d.result.targets[0].src, d.key.src_ip),
-                    destination: self.destination_text(d),
-                    records: d.records,
-                    first_line: d.first_line,
+                    flow: self.flow_ref(d),
                     observed: d.facts.text(),
                     likely_cause: d.facts.likely_cause(want),
                 })
@@ -919,11 +919,11 @@ impl<'a> Report<'a> {
                     writeln!(
                         w,
                         "- line {}: {} -> {} {}/{}: {}. Likely: {}",
-                        f.first_line,
-                        md_escape(&f.source),
-                        md_escape(&f.destination),
-                        f.dst_port,
-                        f.protocol,
+                        f.flow.first_line,
+                        md_escape(&f.flow.source),
+                        md_escape(&f.flow.destination),
+                        f.flow.dst_port,
+                        f.flow.protocol,
                         f.observed,
                         md_escape(&f.likely_cause)
                     )?;
@@ -983,11 +983,11 @@ impl<'a> Report<'a> {
                     writeln!(
                         w,
                         "  line {}: {} -> {} {}/{}: {}\n    likely: {}",
-                        f.first_line,
-                        f.source,
-                        f.destination,
-                        f.dst_port,
-                        f.protocol,
+                        f.flow.first_line,
+                        f.flow.source,
+                        f.flow.destination,
+                        f.flow.dst_port,
+                        f.flow.protocol,
                         f.observed,
                         f.likely_cause
                     )?;

@@ -160,6 +160,36 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Whether `a` is an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    let head = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    head == 0 && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff
+}
+
+/// A dual-stack socket (AF_INET6, not V6ONLY) talking to an IPv4 peer has v4-mapped
+/// addresses. Keys hold such a conversation as IPv4, as the packet hooks (which read the
+/// IP version from the packet) and every reader of the flow log see it. Returns the
+/// family to key with; the addresses are rewritten in place.
+#[inline(always)]
+fn unmap(family: u16, remote: &mut [u8; 16], local: &mut [u8; 16]) -> u16 {
+    if family != AF_INET6 || !is_v4_mapped(remote) {
+        return family;
+    }
+    let r = [remote[12], remote[13], remote[14], remote[15]];
+    *remote = [0; 16];
+    remote[..4].copy_from_slice(&r);
+    // An unbound local address (::) becomes 0.0.0.0.
+    let l = if is_v4_mapped(local) {
+        [local[12], local[13], local[14], local[15]]
+    } else {
+        [0; 4]
+    };
+    *local = [0; 16];
+    local[..4].copy_from_slice(&l);
+    AF_INET
+}
+
 #[inline(always)]
 fn comm() -> [u8; 16] {
     bpf_get_current_comm().unwrap_or([0; 16])
@@ -328,6 +358,7 @@ unsafe fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
                 ..Default::default()
             };
             read_addrs(ctx, &o, family, &mut tk.local_addr, &mut tk.remote_addr);
+            tk.family = unmap(family, &mut tk.remote_addr, &mut tk.local_addr);
             accepted(&tk);
         }
     }
@@ -354,6 +385,7 @@ fn connect_started(
         ..Default::default()
     };
     addrs(&mut key);
+    key.family = unmap(family, &mut key.dst_addr, &mut key.src_addr);
     touch_flow(&key, src_port, STATE_CONNECTING, pid_tgid as u32, comm);
     SockState {
         key,
@@ -445,7 +477,15 @@ fn accepted(tk: &TupleKey) {
         family: tk.family,
         _pad: [0; 4],
     };
-    let (tgid, c) = match LISTENERS.get_ptr(&lk) {
+    // An IPv4 client of a dual-stack listener: the listener is keyed AF_INET6.
+    let l = match LISTENERS.get_ptr(&lk) {
+        None if tk.family == AF_INET => LISTENERS.get_ptr(&ListenKey {
+            family: AF_INET6,
+            ..lk
+        }),
+        l => l,
+    };
+    let (tgid, c) = match l {
         Some(l) => unsafe { ((*l).tgid, (*l).comm) },
         None => (0, [0u8; 16]),
     };
@@ -578,6 +618,7 @@ unsafe fn try_sockops(ctx: &SockOpsContext) {
                     ..Default::default()
                 };
                 ops_addrs(ctx, family, &mut tk.local_addr, &mut tk.remote_addr);
+                tk.family = unmap(family, &mut tk.remote_addr, &mut tk.local_addr);
                 accepted(&tk);
             }
             _ => listening(ctx, family, local_port),
@@ -677,10 +718,12 @@ unsafe fn udp_flow(ctx: &SockAddrContext, family: u16) {
                 src_port = (*sk).src_port as u16;
             }
         }
+        // A dual-stack socket sending to an IPv4 peer (a v4-mapped destination).
+        key.family = unmap(family, &mut key.dst_addr, &mut key.src_addr);
         if src_port != 0 {
             let conv = ConvKey {
                 cgroup_id: key.cgroup_id,
-                family,
+                family: key.family,
                 local_port: src_port,
                 remote_port: key.dst_port,
                 _pad: [0; 2],
@@ -762,7 +805,8 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
             }
         }
     }
-    let family = unsafe { (*skb).family };
+    // The IP version comes from the packet, not the socket: a dual-stack (AF_INET6)
+    // socket receives IPv4 packets too.
     // The headers in one helper call (up to 128 bytes, fewer for a short packet), then
     // parsed on the stack: one copy per packet instead of a load per field.
     let len = ctx.len() as usize;
@@ -785,12 +829,10 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     }
     // Decide from the protocol (and, for TCP, the flags) before anything else: only
     // SYNs and UDP matter here.
-    let (proto, l4) = if family == AF_INET as u32 {
-        if h[0] >> 4 != 4 {
-            return Ok(());
-        }
+    let v4 = h[0] >> 4 == 4;
+    let (proto, l4) = if v4 {
         (h[9], ((h[0] & 0x0f) as usize * 4) & 0x3c)
-    } else if family == AF_INET6 as u32 {
+    } else if h[0] >> 4 == 6 {
         (h[6], 40usize)
     } else {
         return Ok(());
@@ -802,7 +844,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     } else if proto != IPPROTO_UDP || l4 + 8 > n {
         return Ok(());
     }
-    let (fam, local, remote) = if family == AF_INET as u32 {
+    let (fam, local, remote) = if v4 {
         let mut local = [0u8; 16];
         let mut remote = [0u8; 16];
         local[..4].copy_from_slice(&h[16..20]);

@@ -1,6 +1,7 @@
 //! Host lookups: the cgroup v2 mount, cgroup id -> path, and process names.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -147,26 +148,69 @@ pub fn proc_info(tgid: u32) -> ProcInfo {
     }
 }
 
+/// An address of a `/proc/net/{tcp,udp}[6]` table ("0100007F:1F90"): 32-bit words in
+/// hex, each printed in host byte order.
+pub fn proc_net_addr(field: &str) -> Option<(IpAddr, u16)> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::from(word(0)?),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::from(b)
+        }
+        _ => return None,
+    };
+    Some((ip.to_canonical(), port))
+}
+
 /// Socket inodes bound to local `port` in a `/proc/<pid>/net/{tcp,udp}[6]` table, in the
-/// states that receive new peers: LISTEN (0A) for TCP, unconnected (07) for UDP.
-pub fn sockets_on_port(table: &str, port: u16, tcp: bool) -> Vec<u64> {
+/// states that receive new peers: LISTEN (0A) for TCP, unconnected (07) for UDP. With
+/// `peer`, also a TCP connection from that address and port to `port` (an accepted
+/// socket whose listener is closed: `ffmpeg -listen 1` closes it right after the accept).
+pub fn sockets_on_port(table: &str, port: u16, tcp: bool, peer: Option<(IpAddr, u16)>) -> Vec<u64> {
     let want_state = if tcp { "0A" } else { "07" };
     table
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let local = f.get(1)?;
-            let p = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            (p == port && f.get(3) == Some(&want_state)).then(|| f.get(9)?.parse().ok())?
+            let (_, p) = proc_net_addr(f.get(1)?)?;
+            if p != port {
+                return None;
+            }
+            let state = *f.get(3)?;
+            let wanted = state == want_state
+                || (tcp
+                    && state != "06"
+                    && peer.is_some_and(|(ip, pp)| {
+                        proc_net_addr(f[2]).is_some_and(|r| r == (ip.to_canonical(), pp))
+                    }));
+            wanted.then(|| f.get(9)?.parse().ok())?
         })
         .collect()
 }
 
 /// The process in cgroup directory `cgroup_dir` that owns the socket receiving on `port`
-/// (a TCP listener or a UDP socket): the owner of an accepted connection or inbound UDP
-/// flow whose listener started before the recorder did.
-pub fn receiver_in_cgroup(cgroup_dir: &Path, port: u16, tcp: bool) -> Option<u32> {
+/// (a TCP listener or a UDP socket) or, for TCP with `peer`, the connection accepted
+/// from `peer`: the owner of an accepted connection or inbound UDP flow whose listener
+/// started before the recorder did.
+pub fn receiver_in_cgroup(
+    cgroup_dir: &Path,
+    port: u16,
+    tcp: bool,
+    peer: Option<(IpAddr, u16)>,
+) -> Option<u32> {
     let procs = std::fs::read_to_string(cgroup_dir.join("cgroup.procs")).ok()?;
     let pids: Vec<u32> = procs
         .split_whitespace()
@@ -187,7 +231,7 @@ pub fn receiver_in_cgroup(cgroup_dir: &Path, port: u16, tcp: bool) -> Option<u32
             ["udp", "udp6"]
         } {
             if let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{t}")) {
-                inodes.extend(sockets_on_port(&table, port, tcp));
+                inodes.extend(sockets_on_port(&table, port, tcp, peer));
             }
         }
     }
@@ -264,13 +308,40 @@ mod tests {
     fn socket_tables() {
         let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
         assert_eq!(
-            sockets_on_port(tcp, 8080, true),
+            sockets_on_port(tcp, 8080, true, None),
             vec![12345],
             "only the LISTEN socket on 8080"
         );
-        assert!(sockets_on_port(tcp, 8081, true).is_empty());
+        assert!(sockets_on_port(tcp, 8081, true, None).is_empty());
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            sockets_on_port(tcp, 8080, true, Some((peer, 0xD431))),
+            vec![12345, 777],
+            "and the connection accepted from 127.0.0.1:54321"
+        );
+        assert_eq!(
+            sockets_on_port(tcp, 8080, true, Some((peer, 0xD432))),
+            vec![12345],
+            "not one from another port"
+        );
         let udp = "  sl  local_address rem_address   st\n 1: 00000000:1388 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2\n";
-        assert_eq!(sockets_on_port(udp, 5000, false), vec![4242]);
+        assert_eq!(sockets_on_port(udp, 5000, false, None), vec![4242]);
+        // A dual-stack socket's IPv4 peer in tcp6: v4-mapped, read as IPv4.
+        let tcp6 = "  sl  local_address rem_address st\n 0: 0000000000000000FFFF00000200C80A:238C 0000000000000000FFFF00000100C80A:A000 01 00000000:00000000 00:00000000 00000000     0        0 99 1\n";
+        let b: IpAddr = "10.200.0.1".parse().unwrap();
+        assert_eq!(
+            sockets_on_port(tcp6, 9100, true, Some((b, 0xA000))),
+            vec![99]
+        );
+        assert_eq!(
+            proc_net_addr("0000000000000000FFFF00000200C80A:238C"),
+            Some(("10.200.0.2".parse().unwrap(), 9100))
+        );
+        assert_eq!(
+            proc_net_addr("000080FE00000000FF0000000100FEFF:0050"),
+            Some(("fe80::ff:fffe:1".parse().unwrap(), 80))
+        );
+        assert_eq!(proc_net_addr("garbage"), None);
     }
 
     #[test]
@@ -287,7 +358,7 @@ mod tests {
             return;
         }
         assert_eq!(
-            receiver_in_cgroup(&dir, port, true),
+            receiver_in_cgroup(&dir, port, true, None),
             Some(std::process::id())
         );
     }

@@ -787,3 +787,142 @@ fn udp_replies_are_not_flows_of_their_own() {
         "no flows for the replies (to ephemeral ports): {udp:?}"
     );
 }
+
+/// Issue 15 point 1: an ffmpeg SRT listener on `[::]` (a dual-stack socket) fed over IPv4
+/// by an ffmpeg caller outside the audited cgroup, and a dual-stack TCP listener accepting
+/// an IPv4 client. The inbound flows are IPv4 flows from the caller, and the listener's
+/// replies to the caller's ephemeral port are not flows of their own.
+#[test]
+fn dual_stack_listeners_fed_over_ipv4_are_inbound_ipv4_flows() {
+    let Some(()) = privileged("dual-stack listeners") else {
+        return;
+    };
+    let net = NetPair::new("ds");
+    let cg = Cgroup::new("ds");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    let _srt = spawn(&format!(
+        "{} ffmpeg -hide_banner -loglevel error -i srt://[::]:9000?mode=listener -f null -",
+        cg.exec_in(&net.a)
+    ));
+    let _tcp = spawn(&format!(
+        "{} python3 -c \"import socket;s=socket.socket(socket.AF_INET6);s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('::',8443));s.listen();c,_=s.accept();c.recv(10);c.close()\"",
+        cg.exec_in(&net.a)
+    ));
+    wait_tcp(&net.b, &net.a4, 8443);
+    must(&format!(
+        "ip netns exec {} ffmpeg -hide_banner -loglevel error -re -f lavfi -i testsrc=duration=3:size=160x120:rate=25 -c:v mpeg2video -f mpegts srt://{}:9000?mode=caller",
+        net.b, net.a4
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (flows, _) = rec.stop();
+    eprintln!("flows: {flows:#?}");
+    let srt = find(
+        &flows,
+        &[
+            ("direction", json!("ingress")),
+            ("protocol", json!("UDP")),
+            ("dst_port", json!(9000)),
+        ],
+    );
+    assert!(sum(&srt, "count") > 10, "the stream's datagrams: {flows:?}");
+    for r in &srt {
+        // One flow, written once per flush with the datagrams since the last one.
+        assert_eq!(
+            r["src_ip"],
+            json!(net.b4),
+            "an IPv4 caller, not a v4-mapped or garbled address: {r}"
+        );
+        assert_eq!(r["dst_ip"], json!(net.a4));
+        assert_eq!(r["comm"], "ffmpeg");
+        assert_eq!(r["src_port"], srt[0]["src_port"], "one caller");
+    }
+    let acc = find(
+        &flows,
+        &[
+            ("direction", json!("ingress")),
+            ("protocol", json!("TCP")),
+            ("dst_port", json!(8443)),
+        ],
+    );
+    assert_eq!(
+        sum(&acc, "count"),
+        1,
+        "one accept on the dual-stack listener: {flows:?}"
+    );
+    assert_eq!(acc[0]["src_ip"], json!(net.b4));
+    assert_eq!(acc[0]["dst_ip"], json!(net.a4));
+    assert_eq!(acc[0]["comm"], "python3", "the listener's process");
+    let egress_udp: Vec<&Value> = flows
+        .iter()
+        .filter(|r| r["protocol"] == "UDP" && r["direction"] == "egress")
+        .collect();
+    assert!(
+        egress_udp.is_empty(),
+        "the listener's replies to the caller's ephemeral port are not egress flows: {egress_udp:?}"
+    );
+    for r in &flows {
+        let (s, d) = (
+            r["src_ip"].as_str().unwrap_or(""),
+            r["dst_ip"].as_str().unwrap_or(""),
+        );
+        assert!(
+            !s.starts_with("::ffff:") && !d.starts_with("::ffff:"),
+            "v4-mapped address in {r}"
+        );
+    }
+}
+
+/// Issue 15 point 1: `ffmpeg -listen 1` started before the recorder closes its listening
+/// socket right after the accept; the accept is still attributed to ffmpeg (its socket is
+/// found by its 4-tuple), so `--comm ffmpeg` keeps it.
+#[test]
+fn accept_of_an_ffmpeg_listener_older_than_the_recorder_is_attributed() {
+    let Some(()) = privileged("listener before recorder") else {
+        return;
+    };
+    let net = NetPair::new("pl");
+    let cg = Cgroup::new("pl");
+    let _ff = spawn(&format!(
+        "{} ffmpeg -hide_banner -loglevel error -f mpegts -i tcp://{}:9100?listen=1 -f null -",
+        cg.exec_in(&net.a),
+        net.a4
+    ));
+    // The listener is up before the recorder starts (ss in the namespace, no connection).
+    let mut up = false;
+    for _ in 0..100 {
+        if must(&format!("ip netns exec {} ss -Hltn sport = :9100", net.a)).contains("9100") {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(up, "ffmpeg listens on 9100");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap(), "--comm", "ffmpeg"]);
+    must(&format!(
+        "ip netns exec {} ffmpeg -hide_banner -loglevel error -re -f lavfi -i testsrc=duration=2:size=160x120:rate=25 -c:v mpeg2video -f mpegts tcp://{}:9100",
+        net.b, net.a4
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (flows, summary) = rec.stop();
+    eprintln!("flows: {flows:#?}\nsummary: {summary}");
+    let acc = find(
+        &flows,
+        &[
+            ("direction", json!("ingress")),
+            ("protocol", json!("TCP")),
+            ("dst_port", json!(9100)),
+        ],
+    );
+    assert_eq!(
+        sum(&acc, "count"),
+        1,
+        "the accept, kept by --comm ffmpeg: {flows:?}"
+    );
+    assert_eq!(acc[0]["comm"], "ffmpeg");
+    assert!(
+        acc[0]["pid"].as_u64().is_some_and(|p| p > 0),
+        "with its pid: {:?}",
+        acc[0]
+    );
+    assert_eq!(acc[0]["src_ip"], json!(net.b4));
+}

@@ -153,7 +153,7 @@ fn scan_flows(
     let mut idle = Vec::new();
     k.for_each_flow(limits.scan_max, &mut |key, s| {
         let Ok(flow) = decode::flow(key) else { return };
-        let idx = state.meta_for(&flow, || Some(procfs::comm_str(&s.comm)));
+        let idx = state.meta_for(&flow, s.src_port, || Some(procfs::comm_str(&s.comm)));
         if state.flows.entry(idx).meta.incarnation_ns != s.first_seen_ns {
             // An incarnation whose new-flow event has not been seen: lost, or late.
             state.new_incarnation(idx, s.first_seen_ns);

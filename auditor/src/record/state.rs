@@ -179,7 +179,14 @@ impl State {
 
     /// The flow's index in the table, adding it (named from /proc, filtered) when it is
     /// new; `thread_comm` (the kernel's thread name) is only asked for then.
-    pub fn meta_for(&mut self, flow: &Flow, thread_comm: impl FnOnce() -> Option<String>) -> u32 {
+    /// `src_port` is the peer's port of an inbound flow (its accepted socket is found by
+    /// its 4-tuple when the listener is gone).
+    pub fn meta_for(
+        &mut self,
+        flow: &Flow,
+        src_port: u16,
+        thread_comm: impl FnOnce() -> Option<String>,
+    ) -> u32 {
         if let Some(i) = self.flows.get(flow) {
             return i;
         }
@@ -196,6 +203,7 @@ impl State {
                     &root.join(path.trim_start_matches('/')),
                     flow.dst_port,
                     flow.protocol == Protocol::Tcp,
+                    (src_port != 0).then_some((flow.src_ip, src_port)),
                 );
             }
         }
@@ -432,7 +440,7 @@ impl State {
     pub fn on_event(&mut self, ev: Event) {
         match ev {
             Event::NewFlow(fe) | Event::Outcome(fe) => {
-                let i = self.meta_for(&fe.flow, || Some(fe.comm.clone()));
+                let i = self.meta_for(&fe.flow, fe.src_port, || Some(fe.comm.clone()));
                 if fe.kind == abi::EVENT_NEW_FLOW {
                     let m = self.flows.meta_mut(i);
                     if m.incarnation_ns == fe.ts_ns && m.flags & FROM_MAP != 0 {

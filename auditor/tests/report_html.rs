@@ -37,6 +37,7 @@ fn report_dir_with(name: &str, filter: auditor::filter::FilterArgs) -> PathBuf {
         skip_invalid: false,
         filter,
         drills: vec![],
+        what_if: Default::default(),
     };
     assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
     dir.join("out")

@@ -6,7 +6,9 @@
 //! denied flows, and installed rules that allowed no observed flow.
 //!
 //! Exit code: 0 when every flow is allowed, 1 when at least one is denied (like `diff`);
-//! errors are reported by the caller.
+//! errors are reported by the caller (2). With `--policies` the exit code is the what-if's
+//! ([`crate::whatif`]): 0 when nothing would break, 4 when a flow would break, 5 (only with
+//! `--fail-on change`) when nothing would break but a flow would be unblocked.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -34,15 +36,28 @@ pub enum Format {
     /// The table as Markdown, for reports and pull requests.
     Markdown,
     /// JSON lines: one object per flow record kept, the same object as in `json`'s
-    /// `flows` (the input record with `verdict`, `egress`, `ingress`, `service`), in input
-    /// order, and nothing else: no summary line, so every line is a flow for `jq` or
-    /// `grep`; the summary is in `json`, and the exit code still says whether a flow is
-    /// denied. Nothing kept: no output.
+    /// `flows` (the input record with `verdict`, `egress`, `ingress`, `service`, and with
+    /// `--policies` `what_if`), in input order, and nothing else: no summary line, so every
+    /// line is a flow for `jq` or `grep`; the summary is in `json`, and the exit code still
+    /// says whether a flow is denied (or, with `--policies`, would break). Nothing kept: no
+    /// output.
     Jsonl,
 }
 
 /// Evaluate observed flows against the installed NetworkPolicies: for every flow, allow or
 /// deny and the policy and rule that decided. Exits 1 when a flow is denied.
+///
+/// What-if: `--policies FILE` evaluates every flow shown again under proposed policies
+/// (applied to the installed ones as `kubectl apply` would; with `--replace`, instead of
+/// them) and lists the flows that would break (allowed today, denied by the proposal) and
+/// those that would be unblocked (denied today, allowed). Table and markdown end with that
+/// section, `-o json` has a `what_if` object (files, counts, `broken` and `unblocked`), and
+/// every record of `-o json`/`-o jsonl` carries a `what_if` member (`verdict`, `change`:
+/// `break`, `unblock` or `none`, `why`).
+///
+/// Exit codes: 0 every flow allowed, 1 a flow denied, 2 an error. With --policies, the
+/// what-if's instead: 0 nothing would break, 4 a flow would break, 5 nothing would break
+/// but a flow would be unblocked (only with `--fail-on change`); `--fail-on none`: 0.
 ///
 /// `-o` is the output format, as kubectl's (`-o json`); `--output FILE` (no short form)
 /// is where it goes.
@@ -54,6 +69,10 @@ pub enum Format {
 /// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -n media --verdict denied
 ///
 /// Example: auditor diff --context staging --flows flows.jsonl    (the live cluster, as kubectl reads it)
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --policies proposed.yaml    (CI: exit 4 if it breaks a flow)
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --policies allowlist.yaml --replace --fail-on change -o json
 #[derive(Debug, Default, clap::Args)]
 pub struct DiffArgs {
     // The cluster: a snapshot file (`--cluster`) or the live API server.

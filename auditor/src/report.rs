@@ -38,6 +38,8 @@ use crate::suggest::{
 ///
 /// Example: auditor report --cluster cluster.yaml --flows flows.jsonl --drill cdn-drill.json --output report/
 ///
+/// Example: auditor report --cluster cluster.yaml --flows flows.jsonl --policies proposed.yaml --output report/
+///
 /// `-n`, `-l` and `--verdict` keep the flows shown as `auditor diff` does (unused rules:
 /// those of `-n`'s namespace no flow used); `-n` and `-l` also choose whose policies are
 /// suggested, as `auditor suggest` does (`--verdict` does not change the suggestions).

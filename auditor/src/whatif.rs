@@ -89,7 +89,7 @@ pub enum WhatIfError {
         kind: String,
         object: String,
     },
-    #[error("--policies {path}: {at}: NetworkPolicy {object}: field metadata.{field}: missing (expected a {field}: without a cluster to ask there is no current namespace to default to, so a proposed policy must name its namespace and name)")]
+    #[error("--policies {path}: {at}: NetworkPolicy {object}: field metadata.{field}: missing (expected {})", expected_meta(field))]
     MissingMeta {
         path: PathBuf,
         at: ObjectId,
@@ -110,6 +110,14 @@ pub enum WhatIfError {
     Stdin(&'static str),
     #[error("--policies - is given twice: standard input can be read once")]
     StdinTwice,
+}
+
+fn expected_meta(field: &str) -> &'static str {
+    if field == "namespace" {
+        "the namespace the policy goes to: offline there is no current context for kubectl's default, so a proposed policy names its namespace"
+    } else {
+        "the policy's name: it decides whether the policy replaces an installed one"
+    }
 }
 
 /// One proposed policy and where it came from.

@@ -363,14 +363,15 @@ pub fn visit_objects<E: From<ClusterError>>(
                 }
             }
             Some(other) => {
-                return Err(at(None).error(
-                    path,
-                    format!(
-                        "field items: expected a sequence, found {}",
-                        type_name(&other)
-                    ),
-                )
-                .into())
+                return Err(at(None)
+                    .error(
+                        path,
+                        format!(
+                            "field items: expected a sequence, found {}",
+                            type_name(&other)
+                        ),
+                    )
+                    .into())
             }
         }
     }
@@ -543,6 +544,42 @@ mod tests {
         let docs = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: media}\n---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {}}\n";
         let s = parse(docs).unwrap();
         assert_eq!((s.pods.len(), s.network_policies.len()), (1, 1));
+    }
+
+    /// Documents are numbered as the file has them, empty ones included.
+    #[test]
+    fn visit_objects_gives_each_object_its_place() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- {kind: Pod, metadata: {name: p, namespace: a}}\n- {kind: Service, metadata: {name: s, namespace: a}}\n";
+        let mut seen = Vec::new();
+        visit_objects(
+            Path::new("f.yaml"),
+            text.as_bytes(),
+            |at, v| -> Result<(), ClusterError> {
+                let h = Header::of(&v).unwrap();
+                seen.push(format!("{at}: {} {}", h.kind, h.object));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "document 1: Namespace a",
+                "document 3, item 0: Pod a/p",
+                "document 3, item 1: Service a/s"
+            ]
+        );
+        let err = visit_objects(
+            Path::new("f.yaml"),
+            b"kind: List\nitems: [1]\n",
+            |_, _| -> Result<(), ClusterError> { Ok(()) },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "f.yaml: document 1, item 0: expected a Kubernetes object (a mapping), found a number"
+        );
     }
 
     #[test]

@@ -710,7 +710,11 @@ impl<'a> Report<'a> {
                 .enumerate()
                 .map(|(i, d)| {
                     let mut f = self.verdict_fragment(&names, d);
-                    if let Some(m) = self.what_if.as_ref().and_then(|x| x.members.get(offset + i)) {
+                    if let Some(m) = self
+                        .what_if
+                        .as_ref()
+                        .and_then(|x| x.members.get(offset + i))
+                    {
                         f.push(',');
                         f.push_str(m);
                     }

@@ -187,7 +187,10 @@ pub fn read_proposal(args: &WhatIfArgs) -> Result<Option<Proposal>, WhatIfError>
 
 /// Parses proposal files already read (`(path, bytes)` each); the pure core of
 /// [`read_proposal`].
-pub fn parse_proposal(files: &[(PathBuf, Vec<u8>)], replace: bool) -> Result<Proposal, WhatIfError> {
+pub fn parse_proposal(
+    files: &[(PathBuf, Vec<u8>)],
+    replace: bool,
+) -> Result<Proposal, WhatIfError> {
     let mut proposal = Proposal {
         files: files.iter().map(|(p, _)| p.clone()).collect(),
         policies: Vec::new(),
@@ -591,7 +594,12 @@ impl WhatIf {
 
     /// `"what_if":{...}`: the member each record of `diff -o json`/`-o jsonl` carries with
     /// `--policies`: the proposed verdict, the change (`break`, `unblock` or `none`) and why.
-    pub fn record_member(proposed_engine: &Engine, proposed: &FlowResult, change: Option<Change>, protocol: Protocol) -> String {
+    pub fn record_member(
+        proposed_engine: &Engine,
+        proposed: &FlowResult,
+        change: Option<Change>,
+        protocol: Protocol,
+    ) -> String {
         let mut o = String::with_capacity(256);
         let _ = write!(
             o,
@@ -645,7 +653,12 @@ impl WhatIf {
             esc(&self.sentence())
         );
         for (title, meaning, list) in self.sections() {
-            let _ = writeln!(out, "<h3>{} <small>({})</small></h3>", esc(title), esc(meaning));
+            let _ = writeln!(
+                out,
+                "<h3>{} <small>({})</small></h3>",
+                esc(title),
+                esc(meaning)
+            );
             if list.is_empty() {
                 out.push_str("<p>None.</p>\n");
                 continue;
@@ -671,5 +684,246 @@ impl WhatIf {
             out.push_str("</table>\n");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn np(ns: &str, name: &str, spec: &str) -> String {
+        format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+    }
+
+    fn proposal(files: &[(&str, &str)], replace: bool) -> Result<Proposal, WhatIfError> {
+        let files: Vec<(PathBuf, Vec<u8>)> = files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.as_bytes().to_vec()))
+            .collect();
+        parse_proposal(&files, replace)
+    }
+
+    fn installed(text: &str) -> Vec<NetworkPolicy> {
+        crate::cluster::parse_snapshot(Path::new("snap.yaml"), text.as_bytes())
+            .unwrap()
+            .network_policies
+    }
+
+    fn names(set: &[&NetworkPolicy]) -> Vec<String> {
+        set.iter()
+            .map(|p| {
+                let (ns, n) = key_of(p);
+                format!(
+                    "{ns}/{n}:{}",
+                    p.spec
+                        .as_ref()
+                        .map_or(0, |s| s.egress.as_ref().map_or(0, Vec::len))
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn apply_replaces_same_name_and_adds_the_rest() {
+        let have = installed(&format!(
+            "{}---\n{}",
+            np("media", "a", "{podSelector: {}}"),
+            np("media", "b", "{podSelector: {}}")
+        ));
+        let p = proposal(
+            &[(
+                "p.yaml",
+                &format!(
+                    "{}---\n{}",
+                    np("media", "b", "{podSelector: {}, egress: [{}]}"),
+                    np("cdn", "b", "{podSelector: {}}")
+                ),
+            )],
+            false,
+        )
+        .unwrap();
+        let (set, replaced) = p.apply(&have);
+        assert_eq!(replaced, 1);
+        assert_eq!(names(&set), ["media/a:0", "media/b:1", "cdn/b:0"]);
+        let p = Proposal { replace: true, ..p };
+        let (set, replaced) = p.apply(&have);
+        assert_eq!(replaced, 0);
+        assert_eq!(names(&set), ["media/b:1", "cdn/b:0"]);
+    }
+
+    #[test]
+    fn change_and_exit_codes() {
+        assert_eq!(Change::of(true, false), Some(Change::Break));
+        assert_eq!(Change::of(false, true), Some(Change::Unblock));
+        assert_eq!(Change::of(true, true), None);
+        assert_eq!(Change::of(false, false), None);
+        let with = |broken, unblocked| WhatIf {
+            counts: Counts {
+                broken,
+                unblocked,
+                ..Counts::default()
+            },
+            ..WhatIf::default()
+        };
+        let table = [
+            ((0, 0), [0, 0, 0]),
+            ((1, 0), [4, 4, 0]),
+            ((0, 1), [0, 5, 0]),
+            ((2, 3), [4, 4, 0]),
+        ];
+        for ((b, u), want) in table {
+            let w = with(b, u);
+            let got = [FailOn::Break, FailOn::Change, FailOn::None].map(|f| w.exit_code(f));
+            assert_eq!(got, want, "broken {b}, unblocked {u}");
+        }
+    }
+
+    #[test]
+    fn refused_inputs() {
+        let ok = np("media", "a", "{podSelector: {}}");
+        let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+            (vec![("e.yaml", String::new())], "--policies e.yaml: contains no NetworkPolicy"),
+            (
+                vec![("l.yaml", "apiVersion: v1\nkind: List\nitems:\n".into())],
+                "--policies l.yaml: contains no NetworkPolicy",
+            ),
+            (
+                vec![("s.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: media}\n".into())],
+                "--policies s.yaml: document 1: Service media/s: field kind: a proposal holds NetworkPolicies only",
+            ),
+            (
+                vec![("k.yaml", "metadata: {name: x}\n".into())],
+                "k.yaml: document 1: the object has no kind",
+            ),
+            (
+                vec![("n.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: ''}\n".into())],
+                "--policies n.yaml: document 1: NetworkPolicy /a: field metadata.namespace: missing",
+            ),
+            (
+                vec![("a.yaml", ok.clone()), ("b.yaml", format!("{}---\n{ok}", np("media", "z", "{podSelector: {}}")))],
+                "--policies b.yaml: document 2: NetworkPolicy media/a: proposed twice (first in a.yaml document 1)",
+            ),
+            (
+                vec![("x.yaml", np("media", "a", "{podSelector: {matchLabels: {'bad key!': x}}}"))],
+                "--policies x.yaml: NetworkPolicy media/a: field spec.podSelector",
+            ),
+        ];
+        for (files, want) in cases {
+            let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+            let err = proposal(&files, false).unwrap_err().to_string();
+            assert!(err.contains(want), "{files:?}\n got: {err}\nwant: {want}");
+        }
+        let p = proposal(&[("a.yaml", &ok)], false).unwrap();
+        assert_eq!(p.policies.len(), 1);
+        assert_eq!(
+            p.policies[0].at,
+            ObjectId {
+                document: 1,
+                item: None
+            }
+        );
+    }
+
+    #[test]
+    fn stdin_is_read_once() {
+        let args = |p: &[&str]| WhatIfArgs {
+            policies: p.iter().map(PathBuf::from).collect(),
+            replace: false,
+        };
+        let flows = Path::new("flows.jsonl");
+        assert!(check_stdin(&args(&["-"]), Some(Path::new("c.yaml")), flows).is_ok());
+        assert!(check_stdin(&args(&["a.yaml"]), Some(Path::new("-")), Path::new("-")).is_ok());
+        let err = |a: &[&str], c: &str, f: &str| {
+            check_stdin(&args(a), Some(Path::new(c)), Path::new(f))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["-"], "-", "f").contains("already the cluster snapshot"));
+        assert!(err(&["-"], "c", "-").contains("already the flow log"));
+        assert!(err(&["-", "-"], "c", "f").contains("given twice"));
+    }
+
+    #[test]
+    fn checker_lists_breaks_and_unblocks_with_both_verdicts() {
+        let snap_text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: media}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: media, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.0.0.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: media, labels: {app: b}}\nspec: {containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.0.0.2}\n---\n".to_owned()
+            + &np("media", "deny-b", "{podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}");
+        let snap =
+            crate::cluster::parse_snapshot(Path::new("s.yaml"), snap_text.as_bytes()).unwrap();
+        let today = Engine::build(&snap).unwrap();
+        // Lets a -> b in, isolates a's egress except to b.
+        let p = proposal(
+            &[(
+                "p.yaml",
+                &format!(
+                    "{}---\n{}",
+                    np("media", "deny-b", "{podSelector: {matchLabels: {app: b}}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}"),
+                    np("media", "a-out", "{podSelector: {matchLabels: {app: a}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: b}}}]}]}")
+                ),
+            )],
+            false,
+        )
+        .unwrap();
+        let (proposed, replaced) = p.engine(&snap).unwrap();
+        assert_eq!(replaced, 1);
+        let mut c = Checker::new(&p, 1, replaced, &today, &proposed);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let flow = |dst: &str, line| FlowId {
+            src_ip: ip("10.0.0.1"),
+            dst_ip: ip(dst),
+            dst_port: 80,
+            protocol: Protocol::Tcp,
+            records: 2,
+            first_line: line,
+        };
+        for (f, want) in [
+            (flow("10.0.0.2", 1), Some(Change::Unblock)),
+            (flow("192.0.2.7", 2), Some(Change::Break)),
+        ] {
+            let r = today.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+            let (_, change) = c.check(f, &r);
+            assert_eq!(change, want);
+        }
+        let w = c.finish();
+        assert_eq!(
+            (w.counts.checked, w.counts.broken, w.counts.unblocked),
+            (2, 1, 1)
+        );
+        let b = &w.broken[0];
+        assert_eq!((b.today, b.proposed, b.first_line), ("allow", "deny", 2));
+        assert_eq!(b.destination, "192.0.2.7 (external)");
+        assert!(
+            b.why_proposed
+                .contains("egress DENIED: isolated by media/a-out"),
+            "{}",
+            b.why_proposed
+        );
+        let u = &w.unblocked[0];
+        assert_eq!(
+            (u.source.as_str(), u.destination.as_str()),
+            ("media/a", "media/b")
+        );
+        assert!(
+            u.why_today
+                .contains("ingress DENIED: isolated by media/deny-b"),
+            "{}",
+            u.why_today
+        );
+        assert!(
+            u.why_proposed
+                .contains("ingress allowed by media/deny-b ingress[0]"),
+            "{}",
+            u.why_proposed
+        );
+        assert!(w.sentence().starts_with("2 proposed NetworkPolicies from p.yaml, applied to the 1 installed NetworkPolicies (1 replaced): of 2 observed flows, 1 would break, 1 would be unblocked"), "{}", w.sentence());
+        let md = w.markdown();
+        assert!(
+            md.contains("### Would break (allowed today, denied by the proposal)\n\n| source |"),
+            "{md}"
+        );
+        let html = w.html(|s| s.replace('<', "&lt;"));
+        assert!(
+            html.contains("<h2 id=\"what-if\">") && html.contains("<td class=\"v-deny\">deny</td>"),
+            "{html}"
+        );
     }
 }

@@ -80,7 +80,9 @@ fn what_if_text(out: &str) -> &str {
 
 /// The rows of one section of the table output (`would break` or `would unblock`).
 fn section_rows<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
-    let start = text.find(title).unwrap_or_else(|| panic!("{title} in {text}"));
+    let start = text
+        .find(title)
+        .unwrap_or_else(|| panic!("{title} in {text}"));
     text[start..]
         .lines()
         .skip(2) // the title and the header
@@ -120,9 +122,14 @@ fn tightening_breaks_the_https_flow_exit_4() {
     // Breaks come first.
     assert!(w.find("would break").unwrap() < w.find("would unblock").unwrap());
     // The diff itself is unchanged above it.
-    assert!(r.stdout.contains("7 records, 6 distinct flows, 2 records denied"));
+    assert!(r
+        .stdout
+        .contains("7 records, 6 distinct flows, 2 records denied"));
     // --fail-on none: the same output, exit 0.
-    let r = run("tighten-none", &["--policies", &tighten, "--fail-on", "none"]);
+    let r = run(
+        "tighten-none",
+        &["--policies", &tighten, "--fail-on", "none"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("1 would break"));
 }
@@ -167,13 +174,19 @@ fn opening_unblocks_the_rtmp_push_exit_0_or_5() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     let w = what_if_text(&r.stdout);
     assert!(w.contains("2 proposed NetworkPolicies from "), "{w}");
-    assert!(w.contains("(1 replaced): of 6 observed flows, 1 would break, 1 would be unblocked"), "{w}");
+    assert!(
+        w.contains("(1 replaced): of 6 observed flows, 1 would break, 1 would be unblocked"),
+        "{w}"
+    );
 }
 
 #[test]
 fn replace_swaps_out_every_installed_policy() {
     let tighten = fixture("whatif-tighten.yaml");
-    let r = run("replace", &["--policies", &tighten, "--replace", "-o", "json"]);
+    let r = run(
+        "replace",
+        &["--policies", &tighten, "--replace", "-o", "json"],
+    );
     assert_eq!(r.code, 4, "{}", r.stderr);
     let v: Value = serde_json::from_str(&r.stdout).expect("valid JSON");
     let w = &v["what_if"];
@@ -192,7 +205,10 @@ fn replace_swaps_out_every_installed_policy() {
     assert_eq!(u["dst_port"], 8080);
     assert_eq!(u["today"], "deny");
     assert_eq!(u["proposed"], "allow");
-    assert_eq!(u["why_proposed"], "egress not isolated; ingress not isolated");
+    assert_eq!(
+        u["why_proposed"],
+        "egress not isolated; ingress not isolated"
+    );
     assert!(u["why_today"]
         .as_str()
         .unwrap()
@@ -244,7 +260,14 @@ fn json_carries_the_what_if_object_and_a_member_per_record() {
         } else {
             ("none", f["verdict"].as_str().unwrap())
         };
-        assert_eq!((m["change"].as_str().unwrap(), m["verdict"].as_str().unwrap()), want, "{f}");
+        assert_eq!(
+            (
+                m["change"].as_str().unwrap(),
+                m["verdict"].as_str().unwrap()
+            ),
+            want,
+            "{f}"
+        );
         assert!(m["why"].as_str().is_some_and(|s| !s.is_empty()));
     }
     // The summary is diff's own.
@@ -297,7 +320,12 @@ fn markdown_has_a_what_if_section() {
         .unwrap();
     assert!(b < u);
     let broken = &md[b..u];
-    assert!(broken.contains("| LINE | RECORDS | SOURCE | DESTINATION | PORT | TODAY | PROPOSED | WHY (PROPOSED) |"), "{broken}");
+    assert!(
+        broken.contains(
+            "| LINE | RECORDS | SOURCE | DESTINATION | PORT | TODAY | PROPOSED | WHY (PROPOSED) |"
+        ),
+        "{broken}"
+    );
     assert!(
         broken.contains("| 3 | 1 | media/ffmpeg-7c9d8b6f5-x2k4q | 203.0.113.80 (external) | 443/TCP | allow | DENY | egress DENIED"),
         "{broken}"
@@ -362,7 +390,11 @@ fn proposal_on_stdin_and_stdin_conflicts() {
         Some(&text),
     );
     assert_eq!(r.code, 5, "{}", r.stderr);
-    assert!(r.stdout.contains("proposed NetworkPolicy from -, added to"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("proposed NetworkPolicy from -, added to"),
+        "{}",
+        r.stdout
+    );
     let r = run_with(
         "stdin-both",
         &["--cluster", "-", "--policies", "-"],
@@ -370,13 +402,22 @@ fn proposal_on_stdin_and_stdin_conflicts() {
     );
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("--policies -: standard input is already the cluster snapshot (--cluster -)"),
+        r.stderr
+            .contains("--policies -: standard input is already the cluster snapshot (--cluster -)"),
         "{}",
         r.stderr
     );
-    let r = run_with("stdin-twice", &["--policies", "-", "--policies", "-"], Some(&text));
+    let r = run_with(
+        "stdin-twice",
+        &["--policies", "-", "--policies", "-"],
+        Some(&text),
+    );
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("--policies - is given twice"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--policies - is given twice"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -421,7 +462,10 @@ fn bad_proposals_are_refused_naming_file_object_and_field() {
     let not_yaml = write("not-yaml.yaml", "kind: List\nitems: [\n");
     let dup = write(
         "dup.yaml",
-        &np("{name: ffmpeg-ingest, namespace: media}", "{podSelector: {}}"),
+        &np(
+            "{name: ffmpeg-ingest, namespace: media}",
+            "{podSelector: {}}",
+        ),
     );
     let bad_field = fixture("whatif-bad-field.yaml");
     let unblock = fixture("whatif-unblock.yaml");
@@ -480,7 +524,11 @@ fn bad_proposals_are_refused_naming_file_object_and_field() {
         let r = run("bad-case", &args);
         assert_eq!(r.code, 2, "{files:?}: {}", r.stderr);
         assert!(r.stdout.is_empty(), "no output on error: {}", r.stdout);
-        assert!(r.stderr.contains(&want), "{files:?}\n got: {}\nwant: {want}", r.stderr);
+        assert!(
+            r.stderr.contains(&want),
+            "{files:?}\n got: {}\nwant: {want}",
+            r.stderr
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -136,13 +136,19 @@ pub enum DiffError {
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]
-    WhatIf(#[from] WhatIfError),
+    WhatIf(Box<WhatIfError>),
     #[error("cannot write {path}")]
     Output {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<WhatIfError> for DiffError {
+    fn from(e: WhatIfError) -> Self {
+        Self::WhatIf(Box::new(e))
+    }
 }
 
 /// Runs `auditor diff`; returns the process exit code.

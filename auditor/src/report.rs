@@ -109,7 +109,7 @@ pub enum ReportError {
     #[error(transparent)]
     Drill(#[from] crate::drill::summary::ReadError),
     #[error(transparent)]
-    WhatIf(#[from] crate::whatif::WhatIfError),
+    WhatIf(Box<crate::whatif::WhatIfError>),
     #[error("building the suggestion for the report")]
     Suggest(#[source] SuggestError),
     #[error("cannot write {path}")]
@@ -118,6 +118,12 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<crate::whatif::WhatIfError> for ReportError {
+    fn from(e: crate::whatif::WhatIfError) -> Self {
+        Self::WhatIf(Box::new(e))
+    }
 }
 
 /// One observed flow in the report.

@@ -444,9 +444,7 @@ fn bad_proposals_are_refused_naming_file_object_and_field() {
     let no_ns = write("no-ns.yaml", &np("{name: a}", "{podSelector: {}}"));
     let no_name = write(
         "no-name.yaml",
-        &format!(
-            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {{namespace: media}}\n"
-        ),
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {namespace: media}\n",
     );
     let bad_type = write(
         "bad-type.yaml",

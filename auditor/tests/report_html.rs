@@ -542,6 +542,24 @@ fn what_the_proposed_policies_would_change() {
     let section = &html[i..];
     assert!(section.contains("<td>203.0.113.80 (external)</td><td>443/TCP</td><td>1</td><td class=\"v-allow\">allow</td><td class=\"v-deny\">deny</td>"), "{section}");
 
+    // --replace: the tightened policy alone; the probe's call to origin is let through.
+    let replaced = report_dir_full(
+        "whatif-replace",
+        Default::default(),
+        auditor::whatif::WhatIfArgs {
+            policies: vec![Path::new(FIXTURES).join("whatif-tighten.yaml")],
+            replace: true,
+        },
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(replaced.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["what_if"]["mode"], "replace");
+    assert_eq!(json["what_if"]["policies"]["in_effect"], 1);
+    assert_eq!(json["what_if"]["unblocked"][0]["source"], "media/probe");
+    let md = std::fs::read_to_string(replaced.join("report.md")).unwrap();
+    assert!(md.contains("replacing all 3 installed NetworkPolicies: of 6 observed flows, 1 would break, 1 would be unblocked."), "{md}");
+
     // Without --policies: no section, no summary counts.
     let plain = report_dir("no-whatif");
     let md = std::fs::read_to_string(plain.join("report.md")).unwrap();

@@ -268,6 +268,53 @@ pub fn check_inputs(cluster: &Path, flows: &Path) -> Result<(), ClusterError> {
 /// Parses snapshot bytes; `path` only names the source in errors.
 pub fn parse_snapshot(path: &Path, data: &[u8]) -> Result<Snapshot, ClusterError> {
     let mut snap = Snapshot::default();
+    visit_objects(path, data, |id, value| -> Result<(), ClusterError> {
+        add_object(&mut snap, path, value, |m| id.error(path, m))
+    })?;
+    Ok(snap)
+}
+
+/// Where an object sits in a YAML file: its document (from 1) and, inside a `kind: List`,
+/// its item (from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectId {
+    pub document: usize,
+    pub item: Option<usize>,
+}
+
+impl ObjectId {
+    /// A [`ClusterError::Shape`] about the object at this place.
+    pub fn error(&self, path: &Path, message: String) -> ClusterError {
+        ClusterError::Shape {
+            path: path.to_owned(),
+            document: self.document,
+            item: self.item.map(|n| format!(", item {n}")).unwrap_or_default(),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "document {}", self.document)?;
+        if let Some(n) = self.item {
+            write!(f, ", item {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Calls `visit` with every object of YAML (or JSON) bytes, in file order: each
+/// document, and each item of a document that is a `kind: List` (or `kind: FooList` with
+/// `items`). Empty documents are skipped; a document or item that is not a mapping, a
+/// List without `items` or with `items` not a sequence, and invalid YAML are errors naming
+/// `path` and the document (and item). The snapshot and the what-if proposal files are
+/// read through this one loop.
+pub fn visit_objects<E: From<ClusterError>>(
+    path: &Path,
+    data: &[u8],
+    mut visit: impl FnMut(ObjectId, Value) -> Result<(), E>,
+) -> Result<(), E> {
     for (i, doc) in serde_yaml::Deserializer::from_slice(data).enumerate() {
         let document = i + 1;
         let value = Value::deserialize(doc).map_err(|source| ClusterError::Yaml {
@@ -275,24 +322,17 @@ pub fn parse_snapshot(path: &Path, data: &[u8]) -> Result<Snapshot, ClusterError
             document,
             source,
         })?;
-        let shape = |item: Option<usize>, message: String| ClusterError::Shape {
-            path: path.to_owned(),
-            document,
-            item: item.map(|n| format!(", item {n}")).unwrap_or_default(),
-            message,
+        let at = |item: Option<usize>| ObjectId { document, item };
+        let not_object = |v: &Value| {
+            format!(
+                "expected a Kubernetes object (a mapping), found {}",
+                type_name(v)
+            )
         };
         match value {
             Value::Null => continue,
             Value::Mapping(_) => {}
-            other => {
-                return Err(shape(
-                    None,
-                    format!(
-                        "expected a Kubernetes object (a mapping), found {}",
-                        type_name(&other)
-                    ),
-                ))
-            }
+            other => return Err(at(None).error(path, not_object(&other)).into()),
         }
         let kind = value
             .get("kind")
@@ -301,32 +341,41 @@ pub fn parse_snapshot(path: &Path, data: &[u8]) -> Result<Snapshot, ClusterError
             .to_owned();
         let is_list = kind == "List" || (kind.ends_with("List") && value.get("items").is_some());
         if !is_list {
-            add_object(&mut snap, path, value, |m| shape(None, m))?;
+            visit(at(None), value)?;
             continue;
         }
         let Value::Mapping(mut map) = value else {
             continue;
         };
         match map.remove("items") {
-            None => return Err(shape(None, format!("a {kind} needs an items field"))),
+            None => {
+                return Err(at(None)
+                    .error(path, format!("a {kind} needs an items field"))
+                    .into())
+            }
             Some(Value::Null) => {}
             Some(Value::Sequence(items)) => {
                 for (n, item) in items.into_iter().enumerate() {
-                    add_object(&mut snap, path, item, |m| shape(Some(n), m))?;
+                    if !item.is_mapping() {
+                        return Err(at(Some(n)).error(path, not_object(&item)).into());
+                    }
+                    visit(at(Some(n)), item)?;
                 }
             }
             Some(other) => {
-                return Err(shape(
-                    None,
-                    format!(
-                        "field items: expected a sequence, found {}",
-                        type_name(&other)
-                    ),
-                ))
+                return Err(at(None)
+                    .error(
+                        path,
+                        format!(
+                            "field items: expected a sequence, found {}",
+                            type_name(&other)
+                        ),
+                    )
+                    .into())
             }
         }
     }
-    Ok(snap)
+    Ok(())
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -353,25 +402,14 @@ fn add_object(
             type_name(&value)
         )));
     }
-    let Some(kind) = value.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+    let Some(Header {
+        kind,
+        api_version,
+        object,
+        ..
+    }) = Header::of(&value)
+    else {
         return Err(shape("the object has no kind".into()));
-    };
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let meta = value.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("<no name>");
-    let object = match meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-    {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_owned(),
     };
     let typed = TypedTarget {
         path,
@@ -398,6 +436,64 @@ fn add_object(
         )),
     }
     Ok(())
+}
+
+/// What names an object in messages, read before it is typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub kind: String,
+    pub api_version: String,
+    /// `metadata.namespace`, `metadata.name` as given (a non-string is absent).
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// `namespace/name`, or `name` (`<no name>` without one).
+    pub object: String,
+}
+
+impl Header {
+    /// The header of an object; `None` when it has no `kind`.
+    pub fn of(value: &Value) -> Option<Self> {
+        let kind = value.get("kind").and_then(Value::as_str)?.to_owned();
+        let api_version = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let meta = value.get("metadata");
+        let field = |f: &str| {
+            meta.and_then(|m| m.get(f))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (namespace, name) = (field("namespace"), field("name"));
+        let shown = name.as_deref().unwrap_or("<no name>");
+        let object = match &namespace {
+            Some(ns) => format!("{ns}/{shown}"),
+            None => shown.to_owned(),
+        };
+        Some(Self {
+            kind,
+            api_version,
+            namespace,
+            name,
+            object,
+        })
+    }
+}
+
+/// Types an object read from `path`; a field that does not fit is a [`ClusterError::Field`]
+/// naming the file, the object and the field (the snapshot's own message).
+pub fn parse_typed<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    header: &Header,
+    value: Value,
+) -> Result<T, ClusterError> {
+    TypedTarget {
+        path,
+        kind: &header.kind,
+        object: &header.object,
+    }
+    .parse(value)
 }
 
 struct TypedTarget<'a> {
@@ -448,6 +544,42 @@ mod tests {
         let docs = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: media}\n---\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: media}\nspec: {podSelector: {}}\n";
         let s = parse(docs).unwrap();
         assert_eq!((s.pods.len(), s.network_policies.len()), (1, 1));
+    }
+
+    /// Documents are numbered as the file has them, empty ones included.
+    #[test]
+    fn visit_objects_gives_each_object_its_place() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- {kind: Pod, metadata: {name: p, namespace: a}}\n- {kind: Service, metadata: {name: s, namespace: a}}\n";
+        let mut seen = Vec::new();
+        visit_objects(
+            Path::new("f.yaml"),
+            text.as_bytes(),
+            |at, v| -> Result<(), ClusterError> {
+                let h = Header::of(&v).unwrap();
+                seen.push(format!("{at}: {} {}", h.kind, h.object));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "document 1: Namespace a",
+                "document 3, item 0: Pod a/p",
+                "document 3, item 1: Service a/s"
+            ]
+        );
+        let err = visit_objects(
+            Path::new("f.yaml"),
+            b"kind: List\nitems: [1]\n",
+            |_, _| -> Result<(), ClusterError> { Ok(()) },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "f.yaml: document 1, item 0: expected a Kubernetes object (a mapping), found a number"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! denied flows, and installed rules that allowed no observed flow.
 //!
 //! Exit code: 0 when every flow is allowed, 1 when at least one is denied (like `diff`);
-//! errors are reported by the caller.
+//! errors are reported by the caller (2). With `--policies` the exit code is the what-if's
+//! ([`crate::whatif`]): 0 when nothing would break, 4 when a flow would break, 5 (only with
+//! `--fail-on change`) when nothing would break but a flow would be unblocked.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -21,6 +23,7 @@ use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
 use crate::observed::{Facts, Finding};
 use crate::policy::{Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side, Target};
+use crate::whatif::{Change, Checker, FailOn, FlowId, Proposal, WhatIf, WhatIfArgs, WhatIfError};
 
 /// Output format of `auditor diff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -33,15 +36,28 @@ pub enum Format {
     /// The table as Markdown, for reports and pull requests.
     Markdown,
     /// JSON lines: one object per flow record kept, the same object as in `json`'s
-    /// `flows` (the input record with `verdict`, `egress`, `ingress`, `service`), in input
-    /// order, and nothing else: no summary line, so every line is a flow for `jq` or
-    /// `grep`; the summary is in `json`, and the exit code still says whether a flow is
-    /// denied. Nothing kept: no output.
+    /// `flows` (the input record with `verdict`, `egress`, `ingress`, `service`, and with
+    /// `--policies` `what_if`), in input order, and nothing else: no summary line, so every
+    /// line is a flow for `jq` or `grep`; the summary is in `json`, and the exit code still
+    /// says whether a flow is denied (or, with `--policies`, would break). Nothing kept: no
+    /// output.
     Jsonl,
 }
 
 /// Evaluate observed flows against the installed NetworkPolicies: for every flow, allow or
 /// deny and the policy and rule that decided. Exits 1 when a flow is denied.
+///
+/// What-if: `--policies FILE` evaluates every flow shown again under proposed policies
+/// (applied to the installed ones as `kubectl apply` would; with `--replace`, instead of
+/// them) and lists the flows that would break (allowed today, denied by the proposal) and
+/// those that would be unblocked (denied today, allowed). Table and markdown end with that
+/// section, `-o json` has a `what_if` object (files, counts, `broken` and `unblocked`), and
+/// every record of `-o json`/`-o jsonl` carries a `what_if` member (`verdict`, `change`:
+/// `break`, `unblock` or `none`, `why`).
+///
+/// Exit codes: 0 every flow allowed, 1 a flow denied, 2 an error. With --policies, the
+/// what-if's instead: 0 nothing would break, 4 a flow would break, 5 nothing would break
+/// but a flow would be unblocked (only with `--fail-on change`); `--fail-on none`: 0.
 ///
 /// `-o` is the output format, as kubectl's (`-o json`); `--output FILE` (no short form)
 /// is where it goes.
@@ -53,6 +69,10 @@ pub enum Format {
 /// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl -n media --verdict denied
 ///
 /// Example: auditor diff --context staging --flows flows.jsonl    (the live cluster, as kubectl reads it)
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --policies proposed.yaml    (CI: exit 4 if it breaks a flow)
+///
+/// Example: auditor diff --cluster cluster.yaml --flows flows.jsonl --policies allowlist.yaml --replace --fail-on change -o json
 #[derive(Debug, Default, clap::Args)]
 pub struct DiffArgs {
     // The cluster: a snapshot file (`--cluster`) or the live API server.
@@ -90,6 +110,17 @@ pub struct DiffArgs {
     // -n/-A, -l, --verdict.
     #[command(flatten)]
     pub filter: FilterArgs,
+    // --policies, --replace: the what-if.
+    #[command(flatten)]
+    pub what_if: WhatIfArgs,
+    /// With --policies: which outcome of the what-if fails (the exit code is then the
+    /// what-if's, not the denied flows'): `break` exits 4 when an observed flow allowed
+    /// today would be denied, `change` also exits 5 when nothing breaks but a denied flow
+    /// would be allowed, `none` exits 0.
+    ///
+    /// Example: --policies proposed.yaml --fail-on change
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = FailOn::Break, requires = "policies")]
+    pub fail_on: FailOn,
 }
 
 pub use crate::filter::VerdictFilter;
@@ -104,6 +135,8 @@ pub enum DiffError {
     Flows(#[from] FlowLogError),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    WhatIf(Box<WhatIfError>),
     #[error("cannot write {path}")]
     Output {
         path: PathBuf,
@@ -112,11 +145,18 @@ pub enum DiffError {
     },
 }
 
+impl From<WhatIfError> for DiffError {
+    fn from(e: WhatIfError) -> Self {
+        Self::WhatIf(Box::new(e))
+    }
+}
+
 /// Runs `auditor diff`; returns the process exit code.
 ///
 /// The snapshot (YAML parsing dominates) and the flow log are read on two threads.
 pub fn run(args: &DiffArgs) -> Result<i32, DiffError> {
     args.source.check(&args.flows)?;
+    crate::whatif::check_stdin(&args.what_if, args.source.file_path(), &args.flows)?;
     run_from(args, || args.source.read())
 }
 
@@ -126,8 +166,11 @@ pub fn run_from(
     args: &DiffArgs,
     read_cluster: impl FnOnce() -> Result<crate::cluster::Loaded, ClusterError> + Send,
 ) -> Result<i32, DiffError> {
+    // The proposal first: a wrong file fails before the cluster is read.
+    let proposal = crate::whatif::read_proposal(&args.what_if)?;
+    type Built = (Vec<String>, Engine, PathBuf, Option<(Engine, usize, usize)>);
     let (built, input) = std::thread::scope(|scope| {
-        let cluster = scope.spawn(|| -> Result<(Vec<String>, Engine, PathBuf), DiffError> {
+        let cluster = scope.spawn(|| -> Result<Built, DiffError> {
             let loaded = read_cluster()?;
             let (snapshot, origin) = (loaded.snapshot, loaded.origin);
             let engine = Engine::build(&snapshot).map_err(|error| DiffError::Policy {
@@ -135,7 +178,14 @@ pub fn run_from(
                 error,
             })?;
             crate::cluster::require_pods(&origin, &snapshot)?;
-            Ok((snapshot.notes, engine, origin))
+            let proposed = match &proposal {
+                Some(p) => {
+                    let (e, replaced) = p.engine(&snapshot)?;
+                    Some((e, replaced, snapshot.network_policies.len()))
+                }
+                None => None,
+            };
+            Ok((snapshot.notes, engine, origin, proposed))
         });
         let input = FlowInput::read(&args.flows, args.skip_invalid);
         let built = cluster
@@ -143,7 +193,7 @@ pub fn run_from(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (built, input)
     });
-    let (mut notes, engine, origin) = built?;
+    let (mut notes, engine, origin, proposed) = built?;
     let input = input?;
     notes.extend(engine.notes.iter().cloned());
     let mut report = Report::new(&engine, &input, notes);
@@ -152,6 +202,9 @@ pub fn run_from(
         report.retain(filter.namespace.as_deref(), |d| {
             filter.keeps(&engine, &d.result)
         });
+    }
+    if let (Some(p), Some((proposed, replaced, installed))) = (&proposal, &proposed) {
+        report.check_proposal(p, proposed, *replaced, *installed);
     }
     let out_name = args
         .output
@@ -170,7 +223,10 @@ pub fn run_from(
         .write(args.format, &input, &mut w)
         .map_err(write_err)?;
     w.flush().map_err(write_err)?;
-    Ok(report.exit_code())
+    Ok(match &report.what_if {
+        Some(x) => x.what_if.exit_code(args.fail_on),
+        None => report.exit_code(),
+    })
 }
 
 /// A flow log read for diffing: its bytes, and for each record its distinct flow and
@@ -302,6 +358,15 @@ pub struct Report<'a> {
     /// Set by [`Report::retain`]: the kept index of each distinct flow of the input
     /// (`u32::MAX`: filtered out), the rules every flow used, and the namespace filter.
     filtered: Option<Filtered>,
+    /// Set by [`Report::check_proposal`] (`--policies`).
+    pub what_if: Option<WhatIfOutput>,
+}
+
+/// The what-if of a diff: the outcome and, per distinct flow, its records' `what_if`
+/// member.
+pub struct WhatIfOutput {
+    pub what_if: WhatIf,
+    members: Vec<String>,
 }
 
 struct Filtered {
@@ -414,6 +479,7 @@ impl<'a> Report<'a> {
             skipped: input.skipped.clone(),
             notes,
             filtered: None,
+            what_if: None,
         }
     }
 
@@ -459,6 +525,40 @@ impl<'a> Report<'a> {
             })
             .copied()
             .collect()
+    }
+
+    /// Evaluates every distinct flow kept under the proposed policies (`proposed`, built
+    /// from the same snapshot by [`Proposal::engine`]) and keeps what changes.
+    pub fn check_proposal(
+        &mut self,
+        proposal: &Proposal,
+        proposed: &Engine,
+        replaced: usize,
+        installed: usize,
+    ) {
+        let mut checker = Checker::new(proposal, installed, replaced, self.engine, proposed);
+        let mut members = Vec::with_capacity(self.distinct.len());
+        for d in &self.distinct {
+            let flow = FlowId {
+                src_ip: d.key.src_ip,
+                dst_ip: d.key.dst_ip,
+                dst_port: d.key.dst_port,
+                protocol: d.key.protocol,
+                records: d.records,
+                first_line: d.first_line,
+            };
+            let (result, change): (FlowResult, Option<Change>) = checker.check(flow, &d.result);
+            members.push(WhatIf::record_member(
+                proposed,
+                &result,
+                change,
+                d.key.protocol,
+            ));
+        }
+        self.what_if = Some(WhatIfOutput {
+            what_if: checker.finish(),
+            members,
+        });
     }
 
     /// 0 when every record is allowed, 1 otherwise.
@@ -529,8 +629,8 @@ impl<'a> Report<'a> {
             dst_ip: d.key.dst_ip,
             dst_port: d.key.dst_port,
             protocol: d.key.protocol,
-            source: self.party_text(&d.result.targets[0].src, d.key.src_ip),
-            destination: self.destination_text(d),
+            source: party_text(self.engine, &d.result.targets[0].src, d.key.src_ip),
+            destination: destination_text(self.engine, &d.result),
             records: d.records,
             first_line: d.first_line,
         }
@@ -545,7 +645,7 @@ impl<'a> Report<'a> {
             .filter(|d| !d.result.allowed)
             .map(|d| DeniedFlow {
                 flow: self.flow_ref(d),
-                why: self.why(&d.result, d.key.protocol),
+                why: why(self.engine, &d.result, d.key.protocol),
             })
             .collect();
         let findings = |want: Finding| -> Vec<FindingFlow> {
@@ -611,14 +711,26 @@ impl<'a> Report<'a> {
         let names = JsonNames::new(self.engine);
         let half = self.distinct.len() / 2;
         let (first, second) = self.distinct.split_at(half);
-        let render = |ds: &[Distinct]| -> Vec<String> {
+        let render = |ds: &[Distinct], offset: usize| -> Vec<String> {
             ds.iter()
-                .map(|d| self.verdict_fragment(&names, d))
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut f = self.verdict_fragment(&names, d);
+                    if let Some(m) = self
+                        .what_if
+                        .as_ref()
+                        .and_then(|x| x.members.get(offset + i))
+                    {
+                        f.push(',');
+                        f.push_str(m);
+                    }
+                    f
+                })
                 .collect()
         };
         std::thread::scope(|scope| {
-            let a = scope.spawn(|| render(first));
-            let b = render(second);
+            let a = scope.spawn(|| render(first, 0));
+            let b = render(second, half);
             let mut a = a
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -674,6 +786,10 @@ impl<'a> Report<'a> {
         w.write_all(if n == 0 { b"],\n" } else { b"\n],\n" })?;
         w.write_all(b"\"summary\":")?;
         serde_json::to_writer_pretty(&mut *w, &self.summary()).map_err(std::io::Error::other)?;
+        if let Some(x) = &self.what_if {
+            w.write_all(b",\n\"what_if\":")?;
+            serde_json::to_writer_pretty(&mut *w, &x.what_if).map_err(std::io::Error::other)?;
+        }
         w.write_all(b"}\n")
     }
 
@@ -777,87 +893,6 @@ impl<'a> Report<'a> {
         o.push('}');
     }
 
-    fn party_text(&self, party: &Party, ip: IpAddr) -> String {
-        match party {
-            Party::Pod(p) => self.engine.pod_name(*p),
-            Party::Node(Some(n)) => format!("node {n} ({ip})"),
-            Party::Node(None) => format!("node ({ip})"),
-            Party::External => format!("{ip} (external)"),
-        }
-    }
-
-    fn destination_text(&self, d: &Distinct) -> String {
-        let t = d.result.deciding_target();
-        match d.result.service {
-            Some(sid) => {
-                let s = &self.engine.services()[sid];
-                let backend = if s.backends.is_empty() {
-                    "no endpoints".to_owned()
-                } else {
-                    format!("{}:{}", self.party_text(&t.dst, t.dst_ip), t.dst_port)
-                };
-                format!("svc {}/{} -> {backend}", s.namespace, s.service)
-            }
-            None => self.party_text(&t.dst, t.dst_ip),
-        }
-    }
-
-    fn side_text(
-        &self,
-        direction: Direction,
-        side: &Side,
-        t: &Target,
-        protocol: Protocol,
-    ) -> String {
-        let e = self.engine;
-        let dir = direction_str(direction);
-        if side.pod.is_none() {
-            return format!("{dir} n/a");
-        }
-        if !side.isolated {
-            return format!("{dir} not isolated");
-        }
-        if !side.allowed_by.is_empty() {
-            let rules: Vec<String> = side
-                .allowed_by
-                .iter()
-                .map(|r| format!("{} {dir}[{}]", e.policy_name(r.policy), r.rule))
-                .collect();
-            return format!("{dir} allowed by {}", rules.join(", "));
-        }
-        if let Some(x) = side.exception {
-            return match x {
-                Exception::SamePod => format!("{dir} allowed (a pod's traffic to itself)"),
-                Exception::OwnNode => format!("{dir} allowed (traffic with the pod's own node)"),
-            };
-        }
-        let policies: Vec<String> = side.isolated_by.iter().map(|&p| e.policy_name(p)).collect();
-        format!(
-            "{dir} DENIED: isolated by {}, no rule allows {}/{protocol}",
-            policies.join(", "),
-            t.dst_port
-        )
-    }
-
-    fn why(&self, r: &FlowResult, protocol: Protocol) -> String {
-        let t = r.deciding_target();
-        let mut s = format!(
-            "{}; {}",
-            self.side_text(Direction::Egress, &t.egress, t, protocol),
-            self.side_text(Direction::Ingress, &t.ingress, t, protocol)
-        );
-        if r.targets.len() > 1 {
-            let denied = r.targets.iter().filter(|t| !t.allowed).count();
-            if denied > 0 {
-                s.push_str(&format!(
-                    "; {denied} of {} backends denied",
-                    r.targets.len()
-                ));
-            }
-        }
-        s
-    }
-
     fn write_text<W: Write>(&self, markdown: bool, w: &mut W) -> std::io::Result<()> {
         let header = [
             "LINE",
@@ -876,8 +911,8 @@ impl<'a> Report<'a> {
                 [
                     d.first_line.to_string(),
                     d.records.to_string(),
-                    self.party_text(&d.result.targets[0].src, d.key.src_ip),
-                    self.destination_text(d),
+                    party_text(self.engine, &d.result.targets[0].src, d.key.src_ip),
+                    destination_text(self.engine, &d.result),
                     format!("{}/{}", d.key.dst_port, d.key.protocol),
                     match (d.result.allowed, d.finding()) {
                         (true, Some(_)) => "allow!",
@@ -887,7 +922,7 @@ impl<'a> Report<'a> {
                     }
                     .to_owned(),
                     d.facts.text(),
-                    self.why(&d.result, d.key.protocol),
+                    why(self.engine, &d.result, d.key.protocol),
                 ]
             })
             .collect();
@@ -1010,8 +1045,98 @@ impl<'a> Report<'a> {
                 writeln!(w, "skipped line {}: {}", s.line, s.reason)?;
             }
         }
+        if let Some(x) = &self.what_if {
+            x.what_if.write_text(markdown, w)?;
+        }
         Ok(())
     }
+}
+
+/// How text output names one end of a flow: `ns/pod`, `node NAME (IP)`, `IP (external)`.
+pub fn party_text(engine: &Engine, party: &Party, ip: IpAddr) -> String {
+    match party {
+        Party::Pod(p) => engine.pod_name(*p),
+        Party::Node(Some(n)) => format!("node {n} ({ip})"),
+        Party::Node(None) => format!("node ({ip})"),
+        Party::External => format!("{ip} (external)"),
+    }
+}
+
+/// The destination of a flow as text: the pod, node or address, or `svc ns/name -> backend`.
+pub fn destination_text(engine: &Engine, r: &FlowResult) -> String {
+    let t = r.deciding_target();
+    match r.service {
+        Some(sid) => {
+            let s = &engine.services()[sid];
+            let backend = if s.backends.is_empty() {
+                "no endpoints".to_owned()
+            } else {
+                format!("{}:{}", party_text(engine, &t.dst, t.dst_ip), t.dst_port)
+            };
+            format!("svc {}/{} -> {backend}", s.namespace, s.service)
+        }
+        None => party_text(engine, &t.dst, t.dst_ip),
+    }
+}
+
+/// One side (egress or ingress) of a verdict as text: n/a, not isolated, allowed by
+/// which rules, or `DENIED: isolated by ..., no rule allows PORT/PROTO`.
+pub fn side_text(
+    engine: &Engine,
+    direction: Direction,
+    side: &Side,
+    t: &Target,
+    protocol: Protocol,
+) -> String {
+    let e = engine;
+    let dir = direction_str(direction);
+    if side.pod.is_none() {
+        return format!("{dir} n/a");
+    }
+    if !side.isolated {
+        return format!("{dir} not isolated");
+    }
+    if !side.allowed_by.is_empty() {
+        let rules: Vec<String> = side
+            .allowed_by
+            .iter()
+            .map(|r| format!("{} {dir}[{}]", e.policy_name(r.policy), r.rule))
+            .collect();
+        return format!("{dir} allowed by {}", rules.join(", "));
+    }
+    if let Some(x) = side.exception {
+        return match x {
+            Exception::SamePod => format!("{dir} allowed (a pod's traffic to itself)"),
+            Exception::OwnNode => format!("{dir} allowed (traffic with the pod's own node)"),
+        };
+    }
+    let policies: Vec<String> = side.isolated_by.iter().map(|&p| e.policy_name(p)).collect();
+    format!(
+        "{dir} DENIED: isolated by {}, no rule allows {}/{protocol}",
+        policies.join(", "),
+        t.dst_port
+    )
+}
+
+/// Why a flow has its verdict: both sides of the deciding target, and how many backends
+/// of a Service are denied.
+pub fn why(engine: &Engine, r: &FlowResult, protocol: Protocol) -> String {
+    let t = r.deciding_target();
+    let mut s = format!(
+        "{}; {}",
+        side_text(engine, Direction::Egress, &t.egress, t, protocol),
+        side_text(engine, Direction::Ingress, &t.ingress, t, protocol)
+    );
+    if r.targets.len() > 1 {
+        let denied = r.targets.iter().filter(|t| !t.allowed).count();
+        if denied > 0 {
+            s.push_str(&format!(
+                "; {denied} of {} backends denied",
+                r.targets.len()
+            ));
+        }
+    }
+    s
 }
 
 /// JSON text of names, escaped once: every pod's endpoint object up to its IP, every policy's name.
@@ -1091,7 +1216,7 @@ fn direction_str(d: Direction) -> &'static str {
     }
 }
 
-fn write_aligned<W: Write, const N: usize>(
+pub(crate) fn write_aligned<W: Write, const N: usize>(
     w: &mut W,
     header: &[&str; N],
     rows: &[[String; N]],
@@ -1126,7 +1251,7 @@ fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
-fn write_markdown_table<W: Write, const N: usize>(
+pub(crate) fn write_markdown_table<W: Write, const N: usize>(
     w: &mut W,
     header: &[&str; N],
     rows: &[[String; N]],

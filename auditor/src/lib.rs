@@ -26,3 +26,4 @@ pub mod report;
 pub mod serve;
 pub mod suggest;
 pub mod tracefs;
+pub mod whatif;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///   sudo auditor record --comm ffmpeg --output flows.jsonl --duration 5m
 ///   auditor diff --cluster snapshot.yaml --flows flows.jsonl -o table       (-o: the format, as kubectl's)
 ///   auditor diff --context staging --flows flows.jsonl      (the live cluster, as kubectl reads it)
+///   auditor diff --cluster snapshot.yaml --flows flows.jsonl --policies proposed.yaml   (what-if: exit 4 if it breaks a flow)
 ///   auditor suggest --cluster snapshot.yaml --flows flows.jsonl --output suggested/
 ///   auditor report --cluster snapshot.yaml --flows flows.jsonl --output report/
 ///   auditor collect --since 1h --output flows.jsonl     (in a cluster, with kubectl's config)

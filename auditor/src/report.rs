@@ -38,6 +38,8 @@ use crate::suggest::{
 ///
 /// Example: auditor report --cluster cluster.yaml --flows flows.jsonl --drill cdn-drill.json --output report/
 ///
+/// Example: auditor report --cluster cluster.yaml --flows flows.jsonl --policies proposed.yaml --output report/
+///
 /// `-n`, `-l` and `--verdict` keep the flows shown as `auditor diff` does (unused rules:
 /// those of `-n`'s namespace no flow used); `-n` and `-l` also choose whose policies are
 /// suggested, as `auditor suggest` does (`--verdict` does not change the suggestions).
@@ -87,6 +89,9 @@ pub struct ReportArgs {
     /// Example: --drill cdn-drill.json
     #[arg(long = "drill", value_name = "FILE")]
     pub drills: Vec<PathBuf>,
+    // --policies, --replace: a section on what the proposed policies would change.
+    #[command(flatten)]
+    pub what_if: crate::whatif::WhatIfArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,8 @@ pub enum ReportError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Drill(#[from] crate::drill::summary::ReadError),
+    #[error(transparent)]
+    WhatIf(Box<crate::whatif::WhatIfError>),
     #[error("building the suggestion for the report")]
     Suggest(#[source] SuggestError),
     #[error("cannot write {path}")]
@@ -111,6 +118,12 @@ pub enum ReportError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<crate::whatif::WhatIfError> for ReportError {
+    fn from(e: crate::whatif::WhatIfError) -> Self {
+        Self::WhatIf(Box::new(e))
+    }
 }
 
 /// One observed flow in the report.
@@ -187,6 +200,11 @@ pub struct Summary {
     pub blocked_although_allowed: usize,
     /// Flows the policies deny that went through.
     pub denied_but_passed: usize,
+    /// With `--policies`: shown flows the proposal would break, and unblock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_break: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_unblock: Option<usize>,
 }
 
 /// The report's content.
@@ -204,17 +222,22 @@ pub struct Report {
     /// Failover drills given with `--drill`, as they were written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub drills: Vec<crate::drill::DrillReport>,
+    /// `--policies`: what the proposed policies would change (see [`crate::whatif`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub what_if: Option<crate::whatif::WhatIf>,
 }
 
 /// Runs `auditor report`; returns the exit code (1 when a suggestion failed its check).
 pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     args.source.check(&args.flows)?;
-    // Drill files first: a wrong one fails before the cluster is read.
+    crate::whatif::check_stdin(&args.what_if, args.source.file_path(), &args.flows)?;
+    // Drill and proposal files first: a wrong one fails before the cluster is read.
     let drills = args
         .drills
         .iter()
         .map(|p| crate::drill::summary::read(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let proposal = crate::whatif::read_proposal(&args.what_if)?;
     let loaded = args.source.read()?;
     let (snapshot, origin) = (loaded.snapshot, loaded.origin);
     let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy {
@@ -238,6 +261,18 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     notes.extend(engine.notes.iter().cloned());
     let mut report = Report::build(&snapshot, &engine, &flows, &opts, log.skipped.len(), notes)?;
     report.drills = drills;
+    if let Some(p) = &proposal {
+        let (proposed, replaced) = p.engine(&snapshot)?;
+        report.check_proposal(
+            p,
+            &engine,
+            &proposed,
+            replaced,
+            snapshot.network_policies.len(),
+            &flows,
+            &opts,
+        );
+    }
     let write = |name: &str, text: &str| {
         let path = args.output.join(name);
         std::fs::write(&path, text).map_err(|source| ReportError::Output { path, source })
@@ -265,6 +300,9 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
         report.summary.unused_rules,
         args.output.display()
     );
+    if let Some(w) = &report.what_if {
+        eprintln!("auditor report: what if: {}", w.sentence());
+    }
     if !report.drills.is_empty() {
         eprintln!(
             "auditor report: failover drills: {}",
@@ -384,6 +422,8 @@ impl Report {
                 skipped_lines,
                 blocked_although_allowed: unexplained.len(),
                 denied_but_passed: passed.len(),
+                would_break: None,
+                would_unblock: None,
             },
             blocked_although_allowed: unexplained,
             denied_but_passed: passed,
@@ -393,7 +433,44 @@ impl Report {
             suggestions,
             notes,
             drills: Vec::new(),
+            what_if: None,
         })
+    }
+
+    /// Evaluates the flows the report shows (those `opts.pods` keeps) under the proposed
+    /// policies and adds the what-if section and summary counts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_proposal(
+        &mut self,
+        proposal: &crate::whatif::Proposal,
+        engine: &Engine,
+        proposed: &Engine,
+        replaced: usize,
+        installed: usize,
+        flows: &[Observed],
+        opts: &Options,
+    ) {
+        let mut checker =
+            crate::whatif::Checker::new(proposal, installed, replaced, engine, proposed);
+        for f in flows {
+            let r = engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+            if !opts.pods.keeps(engine, &r) {
+                continue;
+            }
+            let id = crate::whatif::FlowId {
+                src_ip: f.src_ip,
+                dst_ip: f.dst_ip,
+                dst_port: f.dst_port,
+                protocol: f.protocol,
+                records: f.records,
+                first_line: f.first_line,
+            };
+            checker.check(id, &r);
+        }
+        let w = checker.finish();
+        self.summary.would_break = Some(w.counts.broken);
+        self.summary.would_unblock = Some(w.counts.unblocked);
+        self.what_if = Some(w);
     }
 }
 
@@ -600,6 +677,15 @@ pub fn render_markdown(r: &Report) -> String {
             s.blocked_although_allowed, s.denied_but_passed
         );
     }
+    if let Some(w) = &r.what_if {
+        let _ = writeln!(
+            out,
+            "- what if: **{} would break, {} would be unblocked** by the proposed policies ({})",
+            w.counts.broken,
+            w.counts.unblocked,
+            w.files.join(", ")
+        );
+    }
     if !r.drills.is_empty() {
         let _ = writeln!(
             out,
@@ -628,6 +714,9 @@ pub fn render_markdown(r: &Report) -> String {
                 md_cell(&f.likely_cause)
             );
         }
+    }
+    if let Some(w) = &r.what_if {
+        out.push_str(&w.markdown());
     }
     out.push_str(&crate::drill::summary::markdown(&r.drills));
     out.push_str("\n## Flows per workload\n");
@@ -906,6 +995,16 @@ pub fn render_html(r: &Report) -> String {
         s.audited_workloads.len(),
         s.unused_rules
     );
+    if let Some(w) = &r.what_if {
+        let _ = writeln!(
+            out,
+            "<p id=\"what-if-summary\" class=\"{}\">What if: <b>{} would break, {} would be unblocked</b> by the proposed policies ({}). <a href=\"#what-if\">Details</a>.</p>",
+            if w.counts.broken > 0 { "bad" } else { "ok" },
+            w.counts.broken,
+            w.counts.unblocked,
+            esc(&w.files.join(", "))
+        );
+    }
     out.push_str("<h2>Flows</h2>\n");
     out.push_str(&render_svg(r));
     out.push_str("<h2>Blocked flows</h2>\n");
@@ -930,6 +1029,9 @@ pub fn render_html(r: &Report) -> String {
             );
         }
         out.push_str("</ul>\n");
+    }
+    if let Some(w) = &r.what_if {
+        out.push_str(&w.html(esc));
     }
     out.push_str(&crate::drill::summary::html(&r.drills, esc));
     out.push_str("<h2>Flows per workload</h2>\n");

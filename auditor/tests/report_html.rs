@@ -14,6 +14,14 @@ fn report_dir(name: &str) -> PathBuf {
 }
 
 fn report_dir_with(name: &str, filter: auditor::filter::FilterArgs) -> PathBuf {
+    report_dir_full(name, filter, Default::default())
+}
+
+fn report_dir_full(
+    name: &str,
+    filter: auditor::filter::FilterArgs,
+    what_if: auditor::whatif::WhatIfArgs,
+) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("auditor-report-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -37,6 +45,7 @@ fn report_dir_with(name: &str, filter: auditor::filter::FilterArgs) -> PathBuf {
         skip_invalid: false,
         filter,
         drills: vec![],
+        what_if,
     };
     assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
     dir.join("out")
@@ -469,4 +478,93 @@ fn kubectl_filters_choose_the_flows_and_the_suggestions() {
     assert_eq!(cdn["suggestions"][0]["policies"], 0);
     assert_eq!(cdn["suggestions"][1]["policies"], 0);
     assert_eq!(all["suggestions"][1]["policies"], 3);
+}
+
+/// `--policies`: the section on what the proposed policies would change, in every file,
+/// and the summary line; without it, none of that.
+#[test]
+fn what_the_proposed_policies_would_change() {
+    let what_if = auditor::whatif::WhatIfArgs {
+        policies: vec![
+            Path::new(FIXTURES).join("whatif-tighten.yaml"),
+            Path::new(FIXTURES).join("whatif-unblock.yaml"),
+        ],
+        replace: false,
+    };
+    let out = report_dir_full("whatif", Default::default(), what_if);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["summary"]["would_break"], 1);
+    assert_eq!(json["summary"]["would_unblock"], 1);
+    let w = &json["what_if"];
+    assert_eq!(w["mode"], "apply");
+    assert_eq!(w["policies"]["proposed"], 2);
+    assert_eq!(w["policies"]["replaced"], 1);
+    assert_eq!(w["counts"]["checked"], 6);
+    assert_eq!(w["broken"][0]["dst_ip"], "203.0.113.80");
+    assert_eq!(w["broken"][0]["today"], "allow");
+    assert_eq!(w["broken"][0]["proposed"], "deny");
+    assert_eq!(w["unblocked"][0]["dst_ip"], "203.0.113.81");
+    assert!(w["unblocked"][0]["why_proposed"]
+        .as_str()
+        .unwrap()
+        .contains("media/ffmpeg-ingest egress[0]"));
+
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains(
+            "- what if: **1 would break, 1 would be unblocked** by the proposed policies ("
+        ),
+        "{md}"
+    );
+    let i = md
+        .find("## What the proposed policies would change")
+        .expect("section");
+    let section = &md[i..];
+    let b = section
+        .find("### Would break (allowed today, denied by the proposal)")
+        .unwrap();
+    let u = section
+        .find("### Would unblock (denied today, allowed by the proposal)")
+        .unwrap();
+    assert!(b < u);
+    assert!(section[b..u].contains("| media/ffmpeg-7c9d8b6f5-x2k4q | 203.0.113.80 (external) | 443/TCP | 1 | allow | deny | egress allowed by media/ffmpeg-egress egress[2]"), "{section}");
+    assert!(
+        section[u..].contains("| 203.0.113.81 (external) | 1935/TCP | 1 | deny | allow |"),
+        "{section}"
+    );
+
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<p id=\"what-if-summary\" class=\"bad\">What if: <b>1 would break, 1 would be unblocked</b>"), "summary line");
+    let i = html
+        .find("<h2 id=\"what-if\">What the proposed policies would change</h2>")
+        .expect("html section");
+    let section = &html[i..];
+    assert!(section.contains("<td>203.0.113.80 (external)</td><td>443/TCP</td><td>1</td><td class=\"v-allow\">allow</td><td class=\"v-deny\">deny</td>"), "{section}");
+
+    // --replace: the tightened policy alone; the probe's call to origin is let through.
+    let replaced = report_dir_full(
+        "whatif-replace",
+        Default::default(),
+        auditor::whatif::WhatIfArgs {
+            policies: vec![Path::new(FIXTURES).join("whatif-tighten.yaml")],
+            replace: true,
+        },
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(replaced.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["what_if"]["mode"], "replace");
+    assert_eq!(json["what_if"]["policies"]["in_effect"], 1);
+    assert_eq!(json["what_if"]["unblocked"][0]["source"], "media/probe");
+    let md = std::fs::read_to_string(replaced.join("report.md")).unwrap();
+    assert!(md.contains("replacing all 3 installed NetworkPolicies: of 6 observed flows, 1 would break, 1 would be unblocked."), "{md}");
+
+    // Without --policies: no section, no summary counts.
+    let plain = report_dir("no-whatif");
+    let md = std::fs::read_to_string(plain.join("report.md")).unwrap();
+    assert!(!md.contains("What the proposed policies") && !md.contains("what if"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plain.join("report.json")).unwrap()).unwrap();
+    assert!(json.get("what_if").is_none() && json["summary"].get("would_break").is_none());
 }

@@ -53,6 +53,10 @@ pub struct FlowRecord {
     /// DNS name the process asked for before it reached the peer (`dst_ip` for egress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
+    /// The CNAME chain the answer for `dns_name` went through, in order, ending at the
+    /// name that holds `dst_ip` (empty when the answer had no CNAME).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_cnames: Vec<String>,
     /// RFC 3339 UTC time of the first and last event of this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seen: Option<String>,

@@ -335,6 +335,45 @@ fn dns_answer_names_the_connection_that_followed() {
     assert!(!q.is_empty(), "the DNS query itself is a flow: {flows:?}");
 }
 
+/// Issue 15 point 1: the CNAME chain of an answer is kept with the name that was asked.
+#[test]
+fn dns_cname_chain_is_kept_with_the_name_that_was_asked() {
+    let Some(()) = privileged("dns cname") else {
+        return;
+    };
+    let net = NetPair::new("dc");
+    let cg = Cgroup::new("dnsc");
+    let _dns = spawn(&format!(
+        "ip netns exec {} dnsmasq --no-daemon --no-resolv --no-hosts --port 53 --listen-address {} --bind-interfaces --host-record=edge7.cdn-provider.test,{} --cname=cdn.media.test,media.cdn-provider.test --cname=media.cdn-provider.test,edge7.cdn-provider.test --local-ttl=30",
+        net.b, net.b4, net.b4
+    ));
+    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8080, "/tmp");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    let script = dns_name_then_connect(&net.b4, "cdn.media.test", 8080);
+    assert_eq!(py(&cg, &net.a, &script).trim(), net.b4);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (flows, _) = rec.stop();
+    eprintln!("flows: {flows:#?}");
+    let conn = find(
+        &flows,
+        &[
+            ("dst_ip", json!(net.b4)),
+            ("dst_port", json!(8080)),
+            ("protocol", json!("TCP")),
+        ],
+    );
+    assert_eq!(conn.len(), 1, "{flows:?}");
+    assert_eq!(
+        conn[0]["dns_name"], "cdn.media.test",
+        "the name the process asked for"
+    );
+    assert_eq!(
+        conn[0]["dns_cnames"],
+        json!(["media.cdn-provider.test", "edge7.cdn-provider.test"]),
+        "the chain, in order, to the name that holds the address"
+    );
+}
+
 #[test]
 fn comm_filter_keeps_real_ffmpeg_and_leaves_out_curl_in_the_same_cgroup() {
     let Some(()) = privileged("ffmpeg comm filter") else {

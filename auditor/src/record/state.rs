@@ -28,8 +28,16 @@ pub enum AlertSink {
 
 /// A DNS name learned from an answer, kept for its TTL (at least `DNS_MIN_KEEP`).
 struct DnsName {
-    name: Arc<str>,
+    name: Arc<DnsNames>,
     expires: Instant,
+}
+
+/// The name a process asked for and the CNAME chain its answer went through.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DnsNames {
+    pub query: String,
+    /// CNAMEs from the asked name to the one that holds the address, in order.
+    pub cnames: Vec<String>,
 }
 
 /// How long a process's /proc name is reused, and how many processes are remembered.
@@ -383,7 +391,7 @@ impl State {
     }
 
     /// The DNS name a flow's destination was asked by, pinned on the flow when found.
-    pub fn dns_name_of(&mut self, i: u32) -> Option<Arc<str>> {
+    pub fn dns_name_of(&mut self, i: u32) -> Option<Arc<DnsNames>> {
         let e = self.flows.entry(i);
         if e.flow.direction != Direction::Egress {
             return None;
@@ -403,7 +411,10 @@ impl State {
 
     fn learn_dns(&mut self, cgroup_id: u64, answer: &dns::DnsAnswer) {
         let now = Instant::now();
-        let name: Arc<str> = Arc::from(answer.query.as_str());
+        let name = Arc::new(DnsNames {
+            query: answer.query.clone(),
+            cnames: answer.cnames.clone(),
+        });
         for (addr, ttl) in &answer.addrs {
             let expires = now + Duration::from_secs(u64::from(*ttl)).max(DNS_MIN_KEEP);
             for key in [(cgroup_id, *addr), (0, *addr)] {
@@ -700,6 +711,41 @@ mod tests {
         assert_eq!(one.attribute(&s, &drops[2].0), Some(ing_i));
         assert_eq!(one.attribute(&s, &drops[0].0), None, "not indexed");
         assert_eq!(one.by_peer.len(), 2);
+    }
+
+    #[test]
+    fn a_flow_keeps_the_asked_name_and_its_cname_chain() {
+        let mut s = State::new(crate::serve::Shared::new(10), Duration::from_secs(60));
+        s.learn_dns(
+            7,
+            &dns::DnsAnswer {
+                query: "cdn.media.test".into(),
+                cnames: vec![
+                    "media.cdn-provider.test".into(),
+                    "edge7.cdn-provider.test".into(),
+                ],
+                addrs: vec![("10.0.0.2".parse().unwrap(), 30)],
+            },
+        );
+        let mut f = flow(Direction::Egress, "10.0.0.1", "10.0.0.2", 80);
+        f.cgroup_id = 7;
+        let i = s.flows.insert(f, Meta::default());
+        let n = s.dns_name_of(i).expect("named");
+        assert_eq!(n.query, "cdn.media.test");
+        assert_eq!(
+            n.cnames,
+            ["media.cdn-provider.test", "edge7.cdn-provider.test"]
+        );
+        // Pinned on the flow: a later answer for the address does not rename it.
+        s.learn_dns(
+            7,
+            &dns::DnsAnswer {
+                query: "other.test".into(),
+                cnames: vec![],
+                addrs: vec![("10.0.0.2".parse().unwrap(), 30)],
+            },
+        );
+        assert_eq!(s.dns_name_of(i).unwrap().query, "cdn.media.test");
     }
 
     #[test]

@@ -230,6 +230,8 @@ pub struct Observed {
     pub direction: Option<Direction>,
     pub comms: BTreeSet<String>,
     pub dns_names: BTreeSet<String>,
+    /// The CNAME chain each of `dns_names` went through (the first one recorded).
+    pub cname_chains: BTreeMap<String, Vec<String>>,
     pub records: u64,
     pub count: u64,
     /// What the kernel saw of it: drops and their reasons, timeouts, refusals.
@@ -277,6 +279,7 @@ impl FlowMerger {
                 direction: r.direction,
                 comms: BTreeSet::new(),
                 dns_names: BTreeSet::new(),
+                cname_chains: BTreeMap::new(),
                 records: 0,
                 count: 0,
                 facts: Default::default(),
@@ -300,10 +303,11 @@ impl FlowMerger {
             add_new(&mut o.comms, c);
         }
         if let Some(n) = &r.dns_name {
-            add_new(
-                &mut o.dns_names,
-                &n.trim_end_matches('.').to_ascii_lowercase(),
-            );
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            if !r.dns_cnames.is_empty() && !o.cname_chains.contains_key(&n) {
+                o.cname_chains.insert(n.clone(), r.dns_cnames.clone());
+            }
+            add_new(&mut o.dns_names, &n);
         }
         if let Some(f) = &r.first_seen {
             if o.first_seen.as_ref().is_none_or(|x| f < x) {
@@ -1142,6 +1146,12 @@ pub fn suggest(
 
     // DNS names per external address, and names whose addresses changed.
     let mut names_of: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in flows {
+        for (n, c) in &f.cname_chains {
+            chains.entry(n.clone()).or_insert_with(|| c.clone());
+        }
+    }
     let mut addrs_of: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
     for f in flows {
         for n in &f.dns_names {
@@ -1167,6 +1177,7 @@ pub fn suggest(
         results: &results,
         opts,
         names_of: &names_of,
+        chains: &chains,
         changing: &changing,
     };
     let mut plans: Vec<Plan> = Vec::new();
@@ -1275,6 +1286,8 @@ struct Builder<'a> {
     results: &'a [FlowResult],
     opts: &'a Options,
     names_of: &'a BTreeMap<IpAddr, BTreeSet<String>>,
+    /// The CNAME chain of each asked name, for the rule comments.
+    chains: &'a BTreeMap<String, Vec<String>>,
     changing: &'a BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
@@ -1588,7 +1601,14 @@ impl Builder<'_> {
                 if !names.is_empty() {
                     line.push_str(&format!(
                         ": {}",
-                        names.iter().cloned().collect::<Vec<_>>().join(", ")
+                        names
+                            .iter()
+                            .map(|n| match self.chains.get(n) {
+                                Some(c) => format!("{n} (CNAME {})", c.join(" -> ")),
+                                None => n.clone(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
                 if widened {

@@ -4,7 +4,6 @@
 //! Cgroup -> pod goes through the engine's uid index, built once with the engine and
 //! kept by its incremental updates (no per-pod search).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::attribute::parse_cgroup_path;
@@ -41,6 +40,7 @@ impl Cluster {
         Endpoint {
             namespace: Some(p.namespace.clone()),
             pod: Some(p.name.clone()),
+            uid: p.uid().map(str::to_owned),
             workload: Some(workload_name(&p.workload)),
             labels: p.labels.clone(),
         }
@@ -54,7 +54,7 @@ impl Cluster {
                 namespace: None,
                 pod: None,
                 workload: Some(format!("node/{}", name.unwrap_or_else(|| ip.to_string()))),
-                labels: BTreeMap::new(),
+                ..Endpoint::default()
             }),
             Party::External => None,
         }

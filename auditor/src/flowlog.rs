@@ -81,14 +81,19 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Kubernetes identity of one end of a flow.
+/// Kubernetes identity of one end of a flow, as the recorder knew it.
+///
+/// Unknown members are ignored (unlike the record's own fields): a later recorder may
+/// say more about an identity without making older readers refuse its log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's `metadata.uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

@@ -23,8 +23,8 @@ use crate::observed::Finding;
 use crate::policy::{Engine, FlowResult, Party, PolicyError, RuleRef, Side};
 use crate::suggest::labels::{group_of, parse_selector, SelectorParseError};
 use crate::suggest::{
-    merge_flows, party_text, suggest, Audit, Mode, Observed, Options, RuleSummary, SuggestError,
-    Suggestion,
+    add_missing_pods, merge_flows, party_text, resolve_identities, suggest, Audit, Mode, Observed,
+    Options, RuleSummary, SuggestError, Suggestion,
 };
 
 /// Write the report: Markdown, self-contained HTML with a picture of the flows, JSON, and
@@ -216,14 +216,24 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
         .map(|p| crate::drill::summary::read(p))
         .collect::<Result<Vec<_>, _>>()?;
     let loaded = args.source.read()?;
-    let (snapshot, origin) = (loaded.snapshot, loaded.origin);
+    let (mut snapshot, origin) = (loaded.snapshot, loaded.origin);
     let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy {
         path: origin.clone(),
         error,
     })?;
     crate::cluster::require_pods(&origin, &snapshot)?;
     let log = read_flow_log(&args.flows, args.skip_invalid)?;
-    let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
+    let mut flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
+    let mut identity_warnings = add_missing_pods(&mut snapshot, &flows);
+    let engine = if identity_warnings.is_empty() {
+        engine
+    } else {
+        Engine::build(&snapshot).map_err(|error| ReportError::Policy {
+            path: origin.clone(),
+            error,
+        })?
+    };
+    identity_warnings.extend(resolve_identities(&engine, &mut flows));
     let audit = match &args.select {
         Some(s) => Audit::Selector(parse_selector(s)?),
         None => Audit::Comms(args.comm.clone()),
@@ -236,6 +246,7 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     };
     let mut notes = snapshot.notes.clone();
     notes.extend(engine.notes.iter().cloned());
+    notes.extend(identity_warnings);
     let mut report = Report::build(&snapshot, &engine, &flows, &opts, log.skipped.len(), notes)?;
     report.drills = drills;
     let write = |name: &str, text: &str| {
@@ -289,10 +300,7 @@ impl Report {
         skipped_lines: usize,
         notes: Vec<String>,
     ) -> Result<Self, ReportError> {
-        let results: Vec<FlowResult> = flows
-            .iter()
-            .map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol))
-            .collect();
+        let results: Vec<FlowResult> = flows.iter().map(|f| f.evaluate(engine)).collect();
         let mut suggestions = Vec::new();
         let mut audited = Vec::new();
         for mode in [Mode::Allowlist, Mode::Fix] {

@@ -428,6 +428,11 @@ pub(super) fn parse_pod(pod: &Pod) -> Result<PodInfo, PolicyError> {
     let mut seen = std::collections::HashSet::new();
     host_ips.retain(|ip| seen.insert(*ip));
     let live = !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if !live {
+        // A finished pod (a completed Job's) owns no address: its IP is free for reuse and
+        // is often another pod's already. Its cgroup still names it (by UID).
+        ips.clear();
+    }
     Ok(PodInfo {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         workload: workload_of(pod, &namespace, &name),
@@ -675,6 +680,39 @@ pub(super) fn service_ports(
     }
     if vips.is_empty() {
         return Ok(out);
+    }
+    // kube-proxy sends in-cluster traffic to external IPs and LoadBalancer ingress IPs
+    // straight to the backends, as it does for the ClusterIPs (except an ingress with
+    // `ipMode: Proxy`, whose traffic goes to the load balancer).
+    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
+        let ip = parse_ip(s)
+            .map_err(|m| invalid("Service", meta, format!("spec.externalIPs[{i}]"), m))?;
+        if !vips.contains(&ip) {
+            vips.push(ip);
+        }
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        if ing.ip_mode.as_deref() == Some("Proxy") {
+            continue;
+        }
+        if let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty()) {
+            let ip = parse_ip(s).map_err(|m| {
+                invalid(
+                    "Service",
+                    meta,
+                    format!("status.loadBalancer.ingress[{i}].ip"),
+                    m,
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
     }
     let namespace = namespace_of(meta);
     let name = meta.name.clone().unwrap_or_default();

@@ -101,7 +101,7 @@ pub struct PodInfo {
     ns: usize,
     /// metadata.uid, for cgroup -> pod.
     uid: Option<Arc<str>>,
-    /// Not Succeeded/Failed: a live pod wins an address over a finished one.
+    /// Not Succeeded/Failed. A finished pod owns no address (its `ips` are empty).
     live: bool,
     /// The node addresses this pod tells of (hostIPs, and its own IPs when hostNetwork), deduplicated.
     host_ips: Vec<IpAddr>,
@@ -193,7 +193,8 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Resolved backends, sorted and deduplicated.
     pub backends: Vec<Backend>,
-    /// The Service's ClusterIPs (deduplicated) and this port's position in `spec.ports`:
+    /// The Service's ClusterIPs, then its external IPs and LoadBalancer ingress IPs
+    /// (deduplicated), and this port's position in `spec.ports`:
     /// of two Service ports on one address, the later (namespace, name, position) wins.
     vips: Vec<IpAddr>,
     order: usize,
@@ -212,7 +213,7 @@ impl PodInfo {
 }
 
 impl ServicePort {
-    /// The Service's ClusterIPs.
+    /// The Service's ClusterIPs, external IPs and LoadBalancer ingress IPs.
     pub fn vips(&self) -> &[IpAddr] {
         &self.vips
     }

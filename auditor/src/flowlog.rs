@@ -335,6 +335,25 @@ mod tests {
     }
 
     #[test]
+    fn identity_members_are_read_and_unknown_ones_ignored() {
+        // A later recorder may say more about a pod; the record's own fields stay strict.
+        let line = r#"{"src_ip":"10.0.0.1","dst_ip":"10.0.0.2","dst_port":80,"protocol":"TCP","src":{"namespace":"media","pod":"a-1","uid":"3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90","node":"node-a"}}"#;
+        let log = parse_flow_log(Path::new("f"), format!("{line}\n").as_bytes(), false).unwrap();
+        let src = log.records[0].1.src.clone().unwrap();
+        assert_eq!(src.pod.as_deref(), Some("a-1"));
+        assert_eq!(
+            src.uid.as_deref(),
+            Some("3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90")
+        );
+        let out = serde_json::to_string(&log.records[0].1).unwrap();
+        assert!(
+            out.contains(r#""uid":"3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90""#),
+            "{out}"
+        );
+        assert!(!out.contains("node-a"), "{out}");
+    }
+
+    #[test]
     fn truncated_last_line_is_named() {
         let data = format!("{MIN}\n{}", &MIN[..30]);
         let err = parse_flow_log(Path::new("f"), data.as_bytes(), false).unwrap_err();

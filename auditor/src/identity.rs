@@ -477,6 +477,49 @@ items:
     }
 
     #[test]
+    fn missing_pods_are_added_as_recorded_once() {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: packager-0, namespace: media, uid: {UID_A}}}\nstatus: {{phase: Running, podIP: 10.0.1.6}}\n"
+        );
+        let mut snap = parse_snapshot(std::path::Path::new("c.yaml"), yaml.as_bytes()).unwrap();
+        let gone = "2d7a9cae-3f4b-4a5c-9d6e-7f8a9b0c1d2e";
+        let mut r = record(
+            "10.0.1.6",
+            Some(&cgroup(gone)),
+            Some(("media", "old-7b8c9d0e1-abcde")),
+        );
+        if let Some(e) = r.src.as_mut() {
+            e.workload = Some("Deployment/old".into());
+            e.labels.insert("app".into(), "old".into());
+        }
+        let h = Hint::of(&r).unwrap();
+        // Known pods (by cgroup UID here) are not added.
+        let known = Hint::of(&record(
+            "10.0.1.6",
+            Some(&cgroup(UID_A)),
+            Some(("media", "x")),
+        ))
+        .unwrap();
+        let notes = add_missing_pods(&mut snap, [&h, &h, &known]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0], "pod media/old-7b8c9d0e1-abcde (Deployment/old) is not in the snapshot but the flow log names it: its flows are evaluated as the recorder described it (labels app=old, no address)");
+        assert_eq!(snap.pods.len(), 2);
+        let e = Engine::build(&snap).unwrap();
+        let id = e.pod_by_uid(gone).expect("the cgroup's UID");
+        let p = &e.pods()[id];
+        assert_eq!(
+            (p.namespace.as_str(), p.name.as_str()),
+            ("media", "old-7b8c9d0e1-abcde")
+        );
+        assert_eq!(p.workload, "media/Deployment/old");
+        assert!(p.ips.is_empty());
+        assert_eq!(
+            e.classify("10.0.1.6".parse().unwrap()),
+            Party::Pod(e.pod_id("media", "packager-0").unwrap())
+        );
+    }
+
+    #[test]
     fn no_hint_no_change() {
         let r = record("10.0.1.5", None, None);
         assert!(Hint::of(&r).is_none());

@@ -31,7 +31,11 @@
 //! - hostNetwork pods are out of scope: their address is their node's, and flows from
 //!   or to it are reported as node traffic, to which policies do not apply on the node
 //!   side.
-//! - A flow to a Service ClusterIP:port is resolved through the EndpointSlices (or, if
+//! - Pods in phase Succeeded or Failed own no address (a running pod may have it now) and
+//!   are no selector backends; their UID still names them (cgroup -> pod).
+//! - A flow to a Service ClusterIP:port (or one of its `spec.externalIPs`, or a
+//!   `status.loadBalancer.ingress[].ip` without `ipMode: Proxy`: kube-proxy short-circuits
+//!   those in the cluster) is resolved through the EndpointSlices (or, if
 //!   the Service has none, its selector) to backend pods and target ports first; each
 //!   backend is evaluated and the flow is allowed only when every backend is reachable,
 //!   since the proxy may pick any of them.

@@ -230,14 +230,17 @@ impl FlowInput {
         let mut records = Vec::new();
         let mut interned = crate::identity::Hints::default();
         let mut hints = vec![None];
-        let mut hint_ids: HashMap<std::sync::Arc<crate::identity::Hint>, u32> = HashMap::new();
+        // Interned: one Arc per distinct hint, so its address is its identity.
+        let mut hint_ids: HashMap<*const crate::identity::Hint, u32> = HashMap::new();
         let skipped = visit_flow_log(path, &data, skip_invalid, |line, span, r| {
             let hint = match interned.intern(&r) {
                 None => 0,
-                Some(h) => *hint_ids.entry(h.clone()).or_insert_with(|| {
-                    hints.push(Some(h));
-                    u32::try_from(hints.len() - 1).unwrap_or(u32::MAX)
-                }),
+                Some(h) => *hint_ids
+                    .entry(std::sync::Arc::as_ptr(&h))
+                    .or_insert_with(|| {
+                        hints.push(Some(h));
+                        u32::try_from(hints.len() - 1).unwrap_or(u32::MAX)
+                    }),
             };
             let key = FlowKey::of(&r, hint);
             let i = *index.entry(key).or_insert_with(|| {

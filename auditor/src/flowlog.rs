@@ -85,7 +85,7 @@ fn is_zero(n: &u64) -> bool {
 ///
 /// Unknown members are ignored (unlike the record's own fields): a later recorder may
 /// say more about an identity without making older readers refuse its log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,

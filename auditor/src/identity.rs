@@ -80,24 +80,64 @@ impl Hint {
 }
 
 /// Hints shared between the records that carry the same (one `Arc` per distinct hint).
+///
+/// A log holds few distinct (cgroup, identities) among many records: each record is looked
+/// up by what it carries, borrowed, and a hint is built only for the first of its kind.
 #[derive(Debug, Default)]
 pub struct Hints {
+    seen: HashMap<u64, Vec<(Seen, Option<Arc<Hint>>)>>,
     known: HashMap<Arc<Hint>, ()>,
+}
+
+/// What a hint was built from.
+#[derive(Debug)]
+struct Seen {
+    cgroup: Option<String>,
+    direction: Option<Direction>,
+    src: Option<Endpoint>,
+    dst: Option<Endpoint>,
+}
+
+impl Seen {
+    fn is(&self, r: &FlowRecord) -> bool {
+        self.cgroup.as_deref() == r.cgroup.as_deref()
+            && self.direction == r.direction
+            && self.src.as_ref() == r.src.as_ref()
+            && self.dst.as_ref() == r.dst.as_ref()
+    }
 }
 
 impl Hints {
     /// The record's hint, shared with earlier records that had the same.
     pub fn intern(&mut self, r: &FlowRecord) -> Option<Arc<Hint>> {
+        use std::hash::{Hash, Hasher};
         if r.cgroup.is_none() && r.src.is_none() && r.dst.is_none() {
             return None;
         }
-        let h = Hint::of(r)?;
-        if let Some((k, _)) = self.known.get_key_value(&h) {
-            return Some(k.clone());
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&r.cgroup, &r.direction, &r.src, &r.dst).hash(&mut hasher);
+        let bucket = self.seen.entry(hasher.finish()).or_default();
+        if let Some((_, h)) = bucket.iter().find(|(s, _)| s.is(r)) {
+            return h.clone();
         }
-        let h = Arc::new(h);
-        self.known.insert(h.clone(), ());
-        Some(h)
+        let h = Hint::of(r).map(|h| match self.known.get_key_value(&h) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let h = Arc::new(h);
+                self.known.insert(h.clone(), ());
+                h
+            }
+        });
+        bucket.push((
+            Seen {
+                cgroup: r.cgroup.clone(),
+                direction: r.direction,
+                src: r.src.clone(),
+                dst: r.dst.clone(),
+            },
+            h.clone(),
+        ));
+        h
     }
 }
 
@@ -308,6 +348,7 @@ fn end(
         None => format!("{}/{}", r.namespace, r.name),
     };
     let now = match chosen {
+        Some((p, "by its address")) => format!("attributed to {} by its address", name(p)),
         Some((p, how)) => format!("kept {} ({how})", name(p)),
         None if ip.is_unspecified() => "its pod is unknown".to_owned(),
         None => format!("{ip} is no pod's in the snapshot"),
@@ -458,7 +499,7 @@ items:
             )),
             "{warnings:?}"
         );
-        assert!(warnings[1].contains("the recorder named the source media/transcoder-old-abc, which the snapshot does not have; kept media/transcoder-new-xyz (by its address)"), "{warnings:?}");
+        assert!(warnings[1].contains("the recorder named the source media/transcoder-old-abc, which the snapshot does not have; attributed to media/transcoder-new-xyz by its address"), "{warnings:?}");
     }
 
     #[test]

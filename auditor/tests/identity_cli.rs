@@ -450,13 +450,51 @@ fn load_balancer_and_external_ips_lead_to_the_backends() {
 #[test]
 fn a_completed_job_sharing_an_address_owns_nothing_and_suggest_round_trips() {
     let dir = temp_dir("job");
-    // The packager at 10.244.1.20 (the finished Job's old address too) sends to the
-    // ingest, and the transcoder, unbound, from its cgroup.
+    // The CronJob's current Job (thumbnails-29123460-r2d4k) sends to the ingest; its
+    // previous Job's pod (Succeeded) still carries 10.244.1.20, the packager's address now.
+    // The check samples unobserved flows from the CronJob's first pod with an address: that
+    // must not be the packager's (which no suggestion isolates, so they pass: exit 2).
+    // The transcoder sends to the ingest unbound, from its cgroup.
     let flows = [
-        udp("10.244.1.20", "10.96.40.10", None, ""),
+        udp("10.244.1.31", "10.96.40.10", None, ""),
         udp("0.0.0.0", "10.244.2.8", Some(&cgroup(UID_TRANSCODER)), ""),
+        r#"{"src_ip":"10.244.1.20","src_port":51234,"dst_ip":"198.51.100.20","dst_port":443,"protocol":"TCP","direction":"egress","state":"established","pid":3301,"comm":"python3","count":4,"established":4}"#.to_owned(),
     ];
     let (cluster, log) = write_inputs(&dir, &flows);
+    let running_job = r#"- apiVersion: v1
+  kind: Pod
+  metadata:
+    labels:
+      app: thumbnails
+      batch.kubernetes.io/controller-uid: 0d9c8b7a-6f5e-4d4c-3b2a-1f0e9d8c7b6a
+      batch.kubernetes.io/job-name: thumbnails-29123460
+      controller-uid: 0d9c8b7a-6f5e-4d4c-3b2a-1f0e9d8c7b6a
+      job-name: thumbnails-29123460
+    name: thumbnails-29123460-r2d4k
+    namespace: media
+    ownerReferences:
+    - apiVersion: batch/v1
+      blockOwnerDeletion: true
+      controller: true
+      kind: Job
+      name: thumbnails-29123460
+      uid: 0d9c8b7a-6f5e-4d4c-3b2a-1f0e9d8c7b6a
+    uid: 4c5d6e7f-8a9b-4c0d-9e1f-2a3b4c5d6e7f
+  spec:
+    containers:
+    - image: linuxserver/ffmpeg:7.1
+      name: ffmpeg
+    nodeName: node-a
+    restartPolicy: Never
+  status:
+    hostIP: 192.168.10.11
+    phase: Running
+    podIP: 10.244.1.31
+    podIPs:
+    - ip: 10.244.1.31
+"#;
+    let snapshot = SNAPSHOT.replacen("items:\n", &format!("items:\n{running_job}"), 1);
+    std::fs::write(&cluster, &snapshot).unwrap();
     let out = dir.join("out");
     let args = SuggestArgs {
         source: auditor::cluster::ClusterSource::file(cluster.clone()),
@@ -472,7 +510,7 @@ fn a_completed_job_sharing_an_address_owns_nothing_and_suggest_round_trips() {
         filter: Default::default(),
     };
     let code = auditor::suggest::run(&args).map_err(|e| e.to_string());
-    assert_eq!(code, Ok(0), "the round trip holds");
+    assert_eq!(code, Ok(0), "the round trip holds, no gap");
     let yaml = std::fs::read_to_string(out.join("allowlist.yaml")).unwrap();
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -482,10 +520,10 @@ fn a_completed_job_sharing_an_address_owns_nothing_and_suggest_round_trips() {
         .iter()
         .map(|d| d["metadata"]["name"].as_str().unwrap())
         .collect();
-    // The packager's and the transcoder's allowlists (the transcoder found by its cgroup),
-    // the ingest's ingress side; nothing for the finished Job.
+    // The CronJob's and the transcoder's allowlists (the transcoder found by its cgroup);
+    // nothing for the packager (no ffmpeg ran there).
     assert!(
-        names.iter().any(|n| n.contains("packager")),
+        names.iter().any(|n| n.contains("thumbnails")),
         "{names:?}\n{yaml}"
     );
     assert!(
@@ -493,13 +531,13 @@ fn a_completed_job_sharing_an_address_owns_nothing_and_suggest_round_trips() {
         "{names:?}\n{yaml}"
     );
     assert!(
-        !names.iter().any(|n| n.contains("thumbnails")),
+        !names.iter().any(|n| n.contains("packager")),
         "{names:?}\n{yaml}"
     );
     assert!(!yaml.contains("0.0.0.0/32"), "{yaml}");
 
     // diff attributes the address to the running packager and says nothing of the Job.
-    let (_, v) = diff_json("job-diff", &flows[..1]);
+    let (_, v) = diff_json("job-diff", &flows[2..]);
     let f = &v["flows"][0];
     assert_eq!(
         f["egress"]["endpoint"]["name"], "packager-6c7d8e9f0-pk001",

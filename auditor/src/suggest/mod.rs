@@ -261,7 +261,8 @@ pub fn merge_flows<'a>(
 /// and no record is kept. Strings are copied only when they add something to the flow.
 #[derive(Debug, Default)]
 pub struct FlowMerger {
-    index: HashMap<(IpAddr, IpAddr, u16, Protocol, Option<Arc<Hint>>), usize>,
+    /// The hint by its address: interned, one `Arc` per distinct hint.
+    index: HashMap<(IpAddr, IpAddr, u16, Protocol, Option<*const Hint>), usize>,
     flows: Vec<Observed>,
     hints: Hints,
 }
@@ -276,8 +277,15 @@ impl FlowMerger {
             r.protocol,
             self.hints.intern(r),
         );
-        let (src_ip, dst_ip, dst_port, protocol, hint) = key.clone();
-        let i = *self.index.entry(key).or_insert_with(|| {
+        let (src_ip, dst_ip, dst_port, protocol, hint) = key;
+        let id = (
+            src_ip,
+            dst_ip,
+            dst_port,
+            protocol,
+            hint.as_ref().map(Arc::as_ptr),
+        );
+        let i = *self.index.entry(id).or_insert_with(|| {
             self.flows.push(Observed {
                 hint,
                 who: Resolved::default(),

@@ -85,17 +85,18 @@ impl Hint {
 /// up by what it carries, borrowed, and a hint is built only for the first of its kind.
 #[derive(Debug, Default)]
 pub struct Hints {
-    seen: HashMap<u64, Vec<(Seen, Option<Arc<Hint>>)>>,
+    seen: HashMap<u64, Vec<Seen>>,
     known: HashMap<Arc<Hint>, ()>,
 }
 
-/// What a hint was built from.
+/// What a hint was built from, and the hint.
 #[derive(Debug)]
 struct Seen {
     cgroup: Option<String>,
     direction: Option<Direction>,
     src: Option<Endpoint>,
     dst: Option<Endpoint>,
+    hint: Option<Arc<Hint>>,
 }
 
 impl Seen {
@@ -117,8 +118,8 @@ impl Hints {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&r.cgroup, &r.direction, &r.src, &r.dst).hash(&mut hasher);
         let bucket = self.seen.entry(hasher.finish()).or_default();
-        if let Some((_, h)) = bucket.iter().find(|(s, _)| s.is(r)) {
-            return h.clone();
+        if let Some(s) = bucket.iter().find(|s| s.is(r)) {
+            return s.hint.clone();
         }
         let h = Hint::of(r).map(|h| match self.known.get_key_value(&h) {
             Some((k, _)) => k.clone(),
@@ -128,15 +129,13 @@ impl Hints {
                 h
             }
         });
-        bucket.push((
-            Seen {
-                cgroup: r.cgroup.clone(),
-                direction: r.direction,
-                src: r.src.clone(),
-                dst: r.dst.clone(),
-            },
-            h.clone(),
-        ));
+        bucket.push(Seen {
+            cgroup: r.cgroup.clone(),
+            direction: r.direction,
+            src: r.src.clone(),
+            dst: r.dst.clone(),
+            hint: h.clone(),
+        });
         h
     }
 }

@@ -115,8 +115,13 @@ impl Hints {
         if r.cgroup.is_none() && r.src.is_none() && r.dst.is_none() {
             return None;
         }
+        // The names pick the bucket (labels and workload follow them); `Seen::is` compares all.
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (&r.cgroup, &r.direction, &r.src, &r.dst).hash(&mut hasher);
+        fn names(e: &Option<Endpoint>) -> Option<(Option<&str>, Option<&str>, Option<&str>)> {
+            e.as_ref()
+                .map(|e| (e.namespace.as_deref(), e.pod.as_deref(), e.uid.as_deref()))
+        }
+        (&r.cgroup, r.direction, names(&r.src), names(&r.dst)).hash(&mut hasher);
         let bucket = self.seen.entry(hasher.finish()).or_default();
         if let Some(s) = bucket.iter().find(|s| s.is(r)) {
             return s.hint.clone();

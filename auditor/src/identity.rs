@@ -565,6 +565,42 @@ items:
     }
 
     #[test]
+    fn ingress_cgroup_is_the_destination_and_recorded_peers_are_kept() {
+        // An accept in packager-0's cgroup on the address transcoder-new-xyz has now.
+        let mut r: FlowRecord = serde_json::from_str(
+            r#"{"src_ip":"198.51.100.9","dst_ip":"10.0.1.5","dst_port":9000,"protocol":"UDP","direction":"ingress"}"#,
+        )
+        .unwrap();
+        r.cgroup = Some(cgroup(UID_A));
+        let (res, warnings) = run(&r);
+        let e = engine();
+        assert_eq!(res.src, None);
+        assert_eq!(
+            res.dst.map(|p| e.pod_name(p)).as_deref(),
+            Some("media/packager-0")
+        );
+        assert!(warnings[0].contains("the destination address 10.0.1.5 belongs to media/transcoder-new-xyz in the snapshot, not to the destination pod media/packager-0"), "{warnings:?}");
+        // The peer of an egress flow, as the recorder named it, beats its address's owner.
+        let mut r = record("198.51.100.1", None, None);
+        r.dst_ip = "10.0.1.5".parse().unwrap();
+        r.dst = Some(Endpoint {
+            namespace: Some("media".into()),
+            pod: Some("packager-0".into()),
+            uid: Some(UID_A.into()),
+            ..Endpoint::default()
+        });
+        let (res, warnings) = run(&r);
+        assert_eq!(
+            res.dst.map(|p| e.pod_name(p)).as_deref(),
+            Some("media/packager-0")
+        );
+        assert!(
+            warnings[0].contains("kept media/packager-0 (as the recorder named it)"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn no_hint_no_change() {
         let r = record("10.0.1.5", None, None);
         assert!(Hint::of(&r).is_none());

@@ -377,6 +377,10 @@ fn end(
         }
     }
     let chosen = chosen.map(|(p, _)| p);
+    if chosen.is_some_and(|c| engine.pods()[c].host_network) {
+        // A hostNetwork pod's traffic is its node's: the address tells that.
+        return None;
+    }
     if let (Some(c), Some(q)) = (chosen, by_ip) {
         if c != q {
             warnings.push(format!(
@@ -598,6 +602,29 @@ items:
             warnings[0].contains("kept media/packager-0 (as the recorder named it)"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn a_host_network_pods_flow_stays_node_traffic() {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: node-exporter-x1, namespace: monitoring, uid: {UID_A}}}\nspec: {{hostNetwork: true, nodeName: node-a}}\nstatus: {{phase: Running, podIP: 192.168.0.11, hostIP: 192.168.0.11}}\n"
+        );
+        let snap = parse_snapshot(std::path::Path::new("c.yaml"), yaml.as_bytes()).unwrap();
+        let e = Engine::build(&snap).unwrap();
+        let r = record("0.0.0.0", Some(&cgroup(UID_A)), None);
+        let h = Hint::of(&r);
+        let (res, warnings) = resolve(
+            &e,
+            &FlowName {
+                line: 1,
+                src_ip: r.src_ip,
+                dst_ip: r.dst_ip,
+                dst_port: r.dst_port,
+                protocol: r.protocol,
+                hint: h.as_ref(),
+            },
+        );
+        assert_eq!((res, warnings), (Resolved::default(), Vec::new()));
     }
 
     #[test]

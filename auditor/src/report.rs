@@ -876,14 +876,16 @@ pub fn render_svg(r: &Report) -> String {
             format!("{ns}/{name} ({kind})")
         })
         .collect();
+    // The middle column holds the audited workloads only; any other party that sends
+    // (the nodes' kubelet probes, callers) is a source, the rest are destinations.
     let mut cols: [Vec<&str>; 3] = Default::default();
     for n in srcs.union(&dsts) {
-        let c = match (srcs.contains(n), dsts.contains(n)) {
-            (true, true) => 1,
-            (true, false) if audited.contains(*n) => 1,
-            (false, true) if audited.contains(*n) => 1,
-            (true, false) => 0,
-            _ => 2,
+        let c = if audited.contains(*n) {
+            1
+        } else if srcs.contains(n) {
+            0
+        } else {
+            2
         };
         cols[c].push(n);
     }
@@ -919,22 +921,40 @@ pub fn render_svg(r: &Report) -> String {
         w - 90.0,
         w - 72.0
     );
+    // Edges between the same two boxes (an allowed and a denied one) are drawn apart,
+    // and a label that would cover another moves down until it is free.
+    let mut pair_count: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (s, d, _) in edges.keys() {
+        *pair_count.entry((*s, *d)).or_default() += 1;
+    }
+    let mut pair_seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut labels: Vec<(f64, f64, f64)> = Vec::new();
     for ((s, d, verdict), ports) in &edges {
         let (Some(&(sx, sy)), Some(&(dx, dy))) = (pos.get(s), pos.get(d)) else {
             continue;
         };
+        let k = {
+            let seen = pair_seen.entry((*s, *d)).or_default();
+            *seen += 1;
+            *seen - 1
+        };
+        let n = pair_count[&(*s, *d)];
+        let shift = (k as f64 - (n as f64 - 1.0) / 2.0) * 12.0;
+        let (sy, dy) = (sy + shift, dy + shift);
         let colour = if *verdict == "allow" {
             "#2e7d32"
         } else {
             "#c62828"
         };
-        let (x1, y1) = (sx + box_w, sy + box_h / 2.0);
-        let (x2, y2) = if dx > sx {
-            (dx, dy + box_h / 2.0)
+        let (x1, y1, x2, y2) = if dx > sx {
+            (sx + box_w, sy + box_h / 2.0, dx, dy + box_h / 2.0)
+        } else if dx < sx {
+            // Back to a source (an audited workload answering a caller's port, say).
+            (sx, sy + box_h / 2.0, dx + box_w, dy + box_h / 2.0)
         } else {
-            (dx + box_w, dy + box_h / 2.0 + 6.0)
+            (sx + box_w, sy + box_h / 2.0, dx + box_w, dy + box_h / 2.0 + 6.0)
         };
-        let path = if dx > sx {
+        let path = if dx != sx {
             let mx = (x1 + x2) / 2.0;
             format!("M{x1:.1},{y1:.1} C{mx:.1},{y1:.1} {mx:.1},{y2:.1} {x2:.1},{y2:.1}")
         } else {
@@ -943,11 +963,27 @@ pub fn render_svg(r: &Report) -> String {
             format!("M{x1:.1},{y1:.1} C{bend:.1},{y1:.1} {bend:.1},{y2:.1} {x2:.1},{y2:.1}")
         };
         let label = ports.iter().cloned().collect::<Vec<_>>().join(", ");
-        let (lx, ly) = if dx > sx {
+        let (lx, mut ly) = if dx != sx {
             ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 4.0)
         } else {
             (x1 + 48.0, (y1 + y2) / 2.0)
         };
+        let text = format!(
+            "{label}{}",
+            if *verdict == "deny" { " DENIED" } else { "" }
+        );
+        // About 6.2 px a character at 11 px, 13 px a line.
+        let half = text.chars().count() as f64 * 3.1 + 3.0;
+        for _ in 0..40 {
+            let hit = labels
+                .iter()
+                .any(|&(x, y, hw)| (x - lx).abs() < hw + half && (y - ly).abs() < 13.0);
+            if !hit {
+                break;
+            }
+            ly += 13.0;
+        }
+        labels.push((lx, ly, half));
         let dash = if *verdict == "deny" {
             " stroke-dasharray=\"6 4\""
         } else {
@@ -955,11 +991,10 @@ pub fn render_svg(r: &Report) -> String {
         };
         let _ = writeln!(
             svg,
-            "<g class=\"edge {verdict}\" data-verdict=\"{verdict}\"><title>{} -&gt; {} {label}: {verdict}</title><path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2.2\"{dash} marker-end=\"url(#a-{verdict})\"/><text x=\"{lx:.1}\" y=\"{ly:.1}\" font-size=\"11\" fill=\"{colour}\" text-anchor=\"middle\" paint-order=\"stroke\" stroke=\"#fff\" stroke-width=\"3\">{} {}</text></g>",
+            "<g class=\"edge {verdict}\" data-verdict=\"{verdict}\"><title>{} -&gt; {} {label}: {verdict}</title><path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2.2\"{dash} marker-end=\"url(#a-{verdict})\"/><text x=\"{lx:.1}\" y=\"{ly:.1}\" font-size=\"11\" fill=\"{colour}\" text-anchor=\"middle\" paint-order=\"stroke\" stroke=\"#fff\" stroke-width=\"3\">{}</text></g>",
             esc(s),
             esc(d),
-            esc(&label),
-            if *verdict == "deny" { "DENIED" } else { "" }
+            esc(&text)
         );
     }
     for (n, (x, y)) in &pos {

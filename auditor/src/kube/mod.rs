@@ -443,6 +443,10 @@ impl ClusterWatch {
             endpoint_slices: sorted(&s.endpoint_slices),
             network_policies: sorted(&s.network_policies),
             nodes: sorted(&s.nodes),
+            // AdminNetworkPolicies are not watched yet: the live view evaluates
+            // NetworkPolicy alone (README, "AdminNetworkPolicy").
+            admin_network_policies: Vec::new(),
+            baseline_admin_network_policies: Vec::new(),
             notes: Vec::new(),
         })
     }

@@ -652,3 +652,67 @@ fn invalid_admin_policies_name_object_and_field() {
         assert!(err.contains(want), "{yaml}\n got: {err}\nwant: {want}");
     }
 }
+
+/// The live view's updates give the answers of a rebuild: an ANP added, changed, removed;
+/// the BANP added and removed; a node's labels changed.
+#[test]
+fn admin_updates_answer_as_a_rebuild() {
+    use auditor::policy::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
+    let flows = [
+        "FFMPEG -> EDGE:8080/TCP",
+        "FFMPEG -> EXTERNAL:443/TCP",
+        "EDGE -> ORIGIN:8080/TCP",
+        "PROM -> ORIGIN:8080/TCP",
+        "FFMPEG -> 192.168.0.12:10250/TCP",
+    ];
+    let answers = |e: &Engine| -> Vec<String> {
+        flows
+            .iter()
+            .map(|f| {
+                let f = f
+                    .replace("FFMPEG", FFMPEG)
+                    .replace("ORIGIN", ORIGIN)
+                    .replace("EDGE", EDGE)
+                    .replace("PROM", PROM)
+                    .replace("EXTERNAL", EXTERNAL);
+                let r = evaluate(e, &f);
+                let t = r.deciding_target();
+                format!("{f}: {} {} {}", r.allowed, admin_side(e, &t.egress), admin_side(e, &t.ingress))
+            })
+            .collect()
+    };
+    let anp = |spec: &str| -> AdminNetworkPolicy {
+        serde_yaml::from_str(&format!("metadata: {{name: x}}\nspec: {spec}\n")).unwrap()
+    };
+    let deny_cdn = "{priority: 10, subject: {namespaces: {matchLabels: {team: media}}}, egress: [{name: a, action: Deny, to: [{namespaces: {matchLabels: {team: cdn}}}]}]}";
+    let deny_ext = "{priority: 10, subject: {namespaces: {}}, egress: [{name: b, action: Deny, to: [{networks: [203.0.113.0/24]}, {nodes: {matchLabels: {role: edge}}}]}]}";
+    let mut live = admin_engine(&[]);
+    live.apply_admin_policy(&anp(deny_cdn)).unwrap();
+    assert_eq!(answers(&live), answers(&admin_engine(&[("ANP", "x", deny_cdn)])));
+    live.apply_admin_policy(&anp(deny_ext)).unwrap();
+    assert_eq!(answers(&live), answers(&admin_engine(&[("ANP", "x", deny_ext)])));
+    let banp: BaselineAdminNetworkPolicy = serde_yaml::from_str(&format!(
+        "metadata: {{name: default}}\nspec: {}\n",
+        BANP_DENY_INTO_MEDIA.2
+    ))
+    .unwrap();
+    live.apply_baseline_policy(&banp).unwrap();
+    assert_eq!(
+        answers(&live),
+        answers(&admin_engine(&[("ANP", "x", deny_ext), BANP_DENY_INTO_MEDIA]))
+    );
+    // node-b loses its role label: the nodes peer no longer matches it.
+    let node_b: k8s_openapi::api::core::v1::Node = serde_yaml::from_str(
+        "metadata: {name: node-b}\nstatus: {addresses: [{type: InternalIP, address: 192.168.0.12}]}\n",
+    )
+    .unwrap();
+    live.apply_node(&node_b).unwrap();
+    assert!(evaluate(&live, "10.0.1.1 -> 192.168.0.12:10250/TCP").allowed);
+    assert!(live.remove_admin_policy("x"));
+    assert!(live.remove_baseline_policy("default"));
+    assert!(!live.remove_admin_policy("x"));
+    assert_eq!(answers(&live), answers(&admin_engine(&[])));
+    let bad: BaselineAdminNetworkPolicy =
+        serde_yaml::from_str("metadata: {name: other}\nspec: {subject: {namespaces: {}}}\n").unwrap();
+    assert!(live.apply_baseline_policy(&bad).is_err());
+}

@@ -677,7 +677,12 @@ fn admin_updates_answer_as_a_rebuild() {
                     .replace("EXTERNAL", EXTERNAL);
                 let r = evaluate(e, &f);
                 let t = r.deciding_target();
-                format!("{f}: {} {} {}", r.allowed, admin_side(e, &t.egress), admin_side(e, &t.ingress))
+                format!(
+                    "{f}: {} {} {}",
+                    r.allowed,
+                    admin_side(e, &t.egress),
+                    admin_side(e, &t.ingress)
+                )
             })
             .collect()
     };
@@ -688,9 +693,15 @@ fn admin_updates_answer_as_a_rebuild() {
     let deny_ext = "{priority: 10, subject: {namespaces: {}}, egress: [{name: b, action: Deny, to: [{networks: [203.0.113.0/24]}, {nodes: {matchLabels: {role: edge}}}]}]}";
     let mut live = admin_engine(&[]);
     live.apply_admin_policy(&anp(deny_cdn)).unwrap();
-    assert_eq!(answers(&live), answers(&admin_engine(&[("ANP", "x", deny_cdn)])));
+    assert_eq!(
+        answers(&live),
+        answers(&admin_engine(&[("ANP", "x", deny_cdn)]))
+    );
     live.apply_admin_policy(&anp(deny_ext)).unwrap();
-    assert_eq!(answers(&live), answers(&admin_engine(&[("ANP", "x", deny_ext)])));
+    assert_eq!(
+        answers(&live),
+        answers(&admin_engine(&[("ANP", "x", deny_ext)]))
+    );
     let banp: BaselineAdminNetworkPolicy = serde_yaml::from_str(&format!(
         "metadata: {{name: default}}\nspec: {}\n",
         BANP_DENY_INTO_MEDIA.2
@@ -699,7 +710,10 @@ fn admin_updates_answer_as_a_rebuild() {
     live.apply_baseline_policy(&banp).unwrap();
     assert_eq!(
         answers(&live),
-        answers(&admin_engine(&[("ANP", "x", deny_ext), BANP_DENY_INTO_MEDIA]))
+        answers(&admin_engine(&[
+            ("ANP", "x", deny_ext),
+            BANP_DENY_INTO_MEDIA
+        ]))
     );
     // node-b loses its role label: the nodes peer no longer matches it.
     let node_b: k8s_openapi::api::core::v1::Node = serde_yaml::from_str(
@@ -713,6 +727,7 @@ fn admin_updates_answer_as_a_rebuild() {
     assert!(!live.remove_admin_policy("x"));
     assert_eq!(answers(&live), answers(&admin_engine(&[])));
     let bad: BaselineAdminNetworkPolicy =
-        serde_yaml::from_str("metadata: {name: other}\nspec: {subject: {namespaces: {}}}\n").unwrap();
+        serde_yaml::from_str("metadata: {name: other}\nspec: {subject: {namespaces: {}}}\n")
+            .unwrap();
     assert!(live.apply_baseline_policy(&bad).is_err());
 }

@@ -933,3 +933,44 @@ impl Engine {
 }
 
 static EMPTY_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+// The two kinds as API resources, so the live view can list and watch them.
+macro_rules! admin_resource {
+    ($t:ty, $kind:literal, $plural:literal) => {
+        impl k8s_openapi::Resource for $t {
+            const API_VERSION: &'static str = "policy.networking.k8s.io/v1alpha1";
+            const GROUP: &'static str = "policy.networking.k8s.io";
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = "v1alpha1";
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = k8s_openapi::ClusterResourceScope;
+        }
+
+        impl k8s_openapi::ListableResource for $t {
+            const LIST_KIND: &'static str = concat!($kind, "List");
+        }
+
+        impl k8s_openapi::Metadata for $t {
+            type Ty = ObjectMeta;
+
+            fn metadata(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn metadata_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+admin_resource!(
+    AdminNetworkPolicy,
+    "AdminNetworkPolicy",
+    "adminnetworkpolicies"
+);
+admin_resource!(
+    BaselineAdminNetworkPolicy,
+    "BaselineAdminNetworkPolicy",
+    "baselineadminnetworkpolicies"
+);

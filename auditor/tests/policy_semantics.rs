@@ -416,8 +416,8 @@ fn admin_side(e: &Engine, s: &Side) -> String {
         let p = &e.admin_policies()[r.policy];
         format!("{}#{}", p.name, p.rule_name(r.direction, r.rule))
     };
-    if s.pod.is_some() && s.exception.is_some() && s.admin.is_some() {
-        return format!("exc:{}", s.exception.unwrap().as_str());
+    if let (Some(_), Some(x), Some(_)) = (s.pod, s.exception, s.admin) {
+        return format!("exc:{}", x.as_str());
     }
     if let Some(r) = &s.admin {
         return format!("{}:{}", r.action.as_str(), rule(r));

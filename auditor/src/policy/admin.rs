@@ -504,14 +504,13 @@ fn rule(
     peers: Vec<(AdminPeer, Vec<IpBlock>)>,
     port_list: Option<Vec<AdminPortMatch>>,
     meta: &ObjectMeta,
-    field: &str,
-    peer_field: &str,
+    peers_field: String,
 ) -> Result<AdminRule, PolicyError> {
     if peers.is_empty() {
         return Err(admin_err(
             kind,
             meta,
-            format!("{field}.{peer_field}"),
+            peers_field,
             "a rule needs at least one peer".into(),
         ));
     }
@@ -564,7 +563,13 @@ fn compile(s: Spec, priority: Option<i32>) -> Result<(AdminPolicyInfo, bool), Po
         }
         let port_list = ports(kind, r.ports.as_ref(), meta, &field)?;
         ingress.push(rule(
-            kind, &r.name, act, peers, port_list, meta, &field, "from",
+            kind,
+            &r.name,
+            act,
+            peers,
+            port_list,
+            meta,
+            format!("{field}.from"),
         )?);
     }
     let mut egress = Vec::new();
@@ -654,7 +659,13 @@ fn compile(s: Spec, priority: Option<i32>) -> Result<(AdminPolicyInfo, bool), Po
             ));
         }
         egress.push(rule(
-            kind, &r.name, act, peers, port_list, meta, &field, "to",
+            kind,
+            &r.name,
+            act,
+            peers,
+            port_list,
+            meta,
+            format!("{field}.to"),
         )?);
     }
     Ok((

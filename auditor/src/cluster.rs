@@ -89,15 +89,16 @@ pub enum ClusterError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterSource {
     /// Cluster snapshot: a `kind: List` or multi-document YAML with Namespaces, Pods,
-    /// Services, EndpointSlices and NetworkPolicies (`-` for stdin). Not with
+    /// Services, EndpointSlices and NetworkPolicies, and where the cluster has them
+    /// AdminNetworkPolicies and the BaselineAdminNetworkPolicy (`-` for stdin). Not with
     /// --kubeconfig/--context.
     ///
     /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
     #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["kubeconfig", "context"])]
     pub cluster: Option<PathBuf>,
     /// Read the live cluster from the API server of this kubeconfig instead of a
-    /// `--cluster` file (Namespaces, Pods, Services, EndpointSlices, NetworkPolicies and
-    /// Nodes, listed once). In a pod, the in-cluster service account is used without it.
+    /// `--cluster` file (Namespaces, Pods, Services, EndpointSlices, NetworkPolicies,
+    /// AdminNetworkPolicies where installed, and Nodes, listed once). In a pod, the in-cluster service account is used without it.
     ///
     /// Example: --kubeconfig ~/.kube/staging.yaml
     #[arg(long, value_name = "FILE")]

@@ -16,6 +16,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
+
+use crate::policy::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
 use serde_yaml::Value;
 
 /// The objects of one snapshot, in file order.
@@ -27,6 +29,11 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub network_policies: Vec<NetworkPolicy>,
     pub nodes: Vec<Node>,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicies.
+    pub admin_network_policies: Vec<AdminNetworkPolicy>,
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicies (the API allows
+    /// one, named `default`).
+    pub baseline_admin_network_policies: Vec<BaselineAdminNetworkPolicy>,
     /// Objects skipped, one human-readable line each (kind, namespace/name, why).
     pub notes: Vec<String>,
 }
@@ -82,15 +89,16 @@ pub enum ClusterError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterSource {
     /// Cluster snapshot: a `kind: List` or multi-document YAML with Namespaces, Pods,
-    /// Services, EndpointSlices and NetworkPolicies (`-` for stdin). Not with
+    /// Services, EndpointSlices and NetworkPolicies, and where the cluster has them
+    /// AdminNetworkPolicies and the BaselineAdminNetworkPolicy (`-` for stdin). Not with
     /// --kubeconfig/--context.
     ///
     /// Example: kubectl get ns,pods,svc,endpointslices,networkpolicies -A -o yaml > cluster.yaml
     #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["kubeconfig", "context"])]
     pub cluster: Option<PathBuf>,
     /// Read the live cluster from the API server of this kubeconfig instead of a
-    /// `--cluster` file (Namespaces, Pods, Services, EndpointSlices, NetworkPolicies and
-    /// Nodes, listed once). In a pod, the in-cluster service account is used without it.
+    /// `--cluster` file (Namespaces, Pods, Services, EndpointSlices, NetworkPolicies,
+    /// AdminNetworkPolicies where installed, and Nodes, listed once). In a pod, the in-cluster service account is used without it.
     ///
     /// Example: --kubeconfig ~/.kube/staging.yaml
     #[arg(long, value_name = "FILE")]
@@ -227,6 +235,8 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, ClusterError> {
         + snap.services.len()
         + snap.endpoint_slices.len()
         + snap.network_policies.len()
+        + snap.admin_network_policies.len()
+        + snap.baseline_admin_network_policies.len()
         + snap.nodes.len();
     if objects == 0 && snap.notes.is_empty() {
         return Err(empty("contains no Kubernetes objects"));
@@ -243,6 +253,8 @@ pub fn require_pods(path: &Path, snap: &Snapshot) -> Result<(), ClusterError> {
         + snap.services.len()
         + snap.endpoint_slices.len()
         + snap.network_policies.len()
+        + snap.admin_network_policies.len()
+        + snap.baseline_admin_network_policies.len()
         + snap.nodes.len();
     Err(ClusterError::Empty {
         path: path.to_owned(),
@@ -424,6 +436,20 @@ fn add_object(
         ("discovery.k8s.io/v1", "EndpointSlice") => snap.endpoint_slices.push(typed.parse(value)?),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             snap.network_policies.push(typed.parse(value)?)
+        }
+        ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy") => {
+            snap.admin_network_policies.push(typed.parse(value)?)
+        }
+        ("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy") => snap
+            .baseline_admin_network_policies
+            .push(typed.parse(value)?),
+        (_, "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy") => {
+            return Err(typed.error(
+                "apiVersion",
+                format!(
+                    "{api_version:?} is not supported (expected policy.networking.k8s.io/v1alpha1)"
+                ),
+            ))
         }
         (_, "NetworkPolicy") => {
             return Err(typed.error(

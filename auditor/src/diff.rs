@@ -22,7 +22,10 @@ use crate::cluster::{ClusterError, ClusterSource, Snapshot};
 use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
 use crate::observed::{Facts, Finding};
-use crate::policy::{Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side, Target};
+use crate::policy::{
+    AdminAction, AdminRuleRef, Engine, Exception, FlowResult, Party, PolicyError, RuleRef, Side,
+    Target,
+};
 use crate::whatif::{Change, Checker, FailOn, FlowId, Proposal, WhatIf, WhatIfArgs, WhatIfError};
 
 /// Output format of `auditor diff`.
@@ -948,6 +951,13 @@ impl<'a> Report<'a> {
         if let Some(x) = side.exception {
             let _ = write!(o, ",\"exception\":\"{}\"", x.as_str());
         }
+        // Only with AdminNetworkPolicies in the snapshot: without them the record is as before.
+        for (member, r) in [("admin", side.admin), ("passed", side.passed)] {
+            if let Some(r) = r {
+                o.push_str(&format!(",\"{member}\":"));
+                admin_rule_json(self.engine, o, &r);
+            }
+        }
         o.push('}');
     }
 
@@ -1151,26 +1161,49 @@ pub fn side_text(
     if side.pod.is_none() {
         return format!("{dir} n/a");
     }
-    if !side.isolated {
-        return format!("{dir} not isolated");
-    }
-    if !side.allowed_by.is_empty() {
-        let rules: Vec<String> = side
-            .allowed_by
+    let exception = |x: Exception| match x {
+        Exception::SamePod => format!("{dir} allowed (a pod's traffic to itself)"),
+        Exception::OwnNode => format!("{dir} allowed (traffic with the pod's own node)"),
+    };
+    let allowing = || -> Vec<String> {
+        side.allowed_by
             .iter()
             .map(|r| format!("{} {dir}[{}]", e.policy_name(r.policy), r.rule))
-            .collect();
-        return format!("{dir} allowed by {}", rules.join(", "));
+            .collect()
+    };
+    if let Some(r) = side.admin {
+        if r.action == AdminAction::Allow {
+            return format!("{dir} allowed by {}", e.admin_rule_text(&r));
+        }
+        if let Some(x) = side.exception {
+            return exception(x);
+        }
+        let mut s = format!("{dir} DENIED by {}", e.admin_rule_text(&r));
+        let rules = allowing();
+        if !rules.is_empty() {
+            s.push_str(&format!(
+                " (NetworkPolicy {} allows it, but no NetworkPolicy overrides an AdminNetworkPolicy Deny)",
+                rules.join(", ")
+            ));
+        }
+        return s;
+    }
+    let passed = side
+        .passed
+        .map(|r| format!(" (passed on by {})", e.admin_rule_text(&r)))
+        .unwrap_or_default();
+    if !side.isolated {
+        return format!("{dir} not isolated{passed}");
+    }
+    if !side.allowed_by.is_empty() {
+        return format!("{dir} allowed by {}{passed}", allowing().join(", "));
     }
     if let Some(x) = side.exception {
-        return match x {
-            Exception::SamePod => format!("{dir} allowed (a pod's traffic to itself)"),
-            Exception::OwnNode => format!("{dir} allowed (traffic with the pod's own node)"),
-        };
+        return exception(x);
     }
     let policies: Vec<String> = side.isolated_by.iter().map(|&p| e.policy_name(p)).collect();
     format!(
-        "{dir} DENIED: isolated by {}, no rule allows {}/{protocol}",
+        "{dir} DENIED: isolated by {}, no rule allows {}/{protocol}{passed}",
         policies.join(", "),
         t.dst_port
     )
@@ -1238,6 +1271,21 @@ impl JsonNames {
             Party::External => write!(o, "{{\"kind\":\"external\",\"ip\":\"{ip}\"}}"),
         };
     }
+}
+
+/// `{"kind":...,"name":...,"priority":P|null,"rule":I,"rule_name":...,"action":...}`.
+fn admin_rule_json(engine: &Engine, o: &mut String, r: &AdminRuleRef) {
+    let p = &engine.admin_policies()[r.policy];
+    let _ = write!(
+        o,
+        "{{\"kind\":\"{}\",\"name\":{},\"priority\":{},\"rule\":{},\"rule_name\":{},\"action\":\"{}\"}}",
+        p.kind(),
+        json_str(&p.name),
+        p.priority.map_or_else(|| "null".to_owned(), |x| x.to_string()),
+        r.rule,
+        json_str(p.rule_name(r.direction, r.rule)),
+        r.action.as_str()
+    );
 }
 
 /// A string as a JSON string literal.

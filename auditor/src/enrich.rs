@@ -94,6 +94,13 @@ impl Cluster {
                 .pod
                 .map(|p| self.engine.pod_name(p))
                 .unwrap_or_default();
+            if let Some(r) = side.denied_by_admin() {
+                parts.push(format!(
+                    "{pod} {what} denied by {}",
+                    self.engine.admin_rule_text(&r)
+                ));
+                continue;
+            }
             let by: Vec<String> = side
                 .isolated_by
                 .iter()

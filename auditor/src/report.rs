@@ -540,6 +540,9 @@ fn picture_node(engine: &Engine, party: &Party, ip: IpAddr, names: &BTreeSet<Str
 
 fn side_why(engine: &Engine, side: &Side, what: &str) -> String {
     let pod = side.pod.map(|p| engine.pod_name(p)).unwrap_or_default();
+    if let Some(r) = side.denied_by_admin() {
+        return format!("{what}: {pod} is denied by {}", engine.admin_rule_text(&r));
+    }
     let policies: Vec<String> = side
         .isolated_by
         .iter()

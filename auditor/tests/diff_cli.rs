@@ -658,3 +658,61 @@ fn dash_o_is_the_format() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The fixture with `admin-policies.yaml` added: an AdminNetworkPolicy Deny over the
+/// NetworkPolicy that allows 203.0.113.80:443.
+fn diff_with_admin(format: Format) -> (Result<i32, String>, String) {
+    let dir = temp_dir(&format!("admin-{format:?}"));
+    let snap = snapshot(&dir);
+    let admin = std::fs::read_to_string(Path::new(FIXTURES).join("admin-policies.yaml")).unwrap();
+    let mut text = std::fs::read_to_string(&snap).unwrap();
+    text.push_str("---\n");
+    text.push_str(&admin);
+    std::fs::write(&snap, text).unwrap();
+    let out = dir.join("out");
+    let args = DiffArgs {
+        source: auditor::cluster::ClusterSource::file(snap),
+        flows: Path::new(FIXTURES).join("flows.jsonl"),
+        format,
+        output: Some(out.clone()),
+        ..Default::default()
+    };
+    let code = run(&args).map_err(|e| e.to_string());
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (code, text)
+}
+
+#[test]
+fn admin_network_policy_named_in_verdicts() {
+    let (code, table) = diff_with_admin(Format::Table);
+    assert_eq!(code, Ok(1));
+    assert!(
+        table.contains("egress DENIED by AdminNetworkPolicy deny-egress-cdn rule block-cdn (priority 10) (NetworkPolicy media/ffmpeg-egress egress[2] allows it, but no NetworkPolicy overrides an AdminNetworkPolicy Deny)"),
+        "{table}"
+    );
+    let (_, json) = diff_with_admin(Format::Json);
+    let v: Value = serde_json::from_str(&json).expect("valid JSON");
+    let flows = v["flows"].as_array().unwrap();
+    let cdn = flows
+        .iter()
+        .find(|f| f["dst_ip"] == "203.0.113.80")
+        .expect("the CDN flow");
+    assert_eq!(cdn["verdict"], "deny");
+    assert_eq!(
+        cdn["egress"]["admin"],
+        serde_json::json!({"kind": "AdminNetworkPolicy", "name": "deny-egress-cdn", "priority": 10, "rule": 0, "rule_name": "block-cdn", "action": "Deny"})
+    );
+    // Sides no admin rule decided carry no admin member, as without AdminNetworkPolicies.
+    let ingest = flows
+        .iter()
+        .find(|f| f["dst_ip"] == "203.0.113.81")
+        .expect("the ingest flow");
+    assert!(ingest["egress"].get("admin").is_none(), "{ingest}");
+    // The baseline decides where no NetworkPolicy isolates: ingress into cdn from media.
+    let (_, plain) = diff("admin-none", Format::Json, None, false);
+    assert!(
+        !plain.contains("\"admin\""),
+        "no admin member without AdminNetworkPolicies"
+    );
+}

@@ -656,6 +656,58 @@ fn namespace_and_selector_choose_whose_policies() {
     );
 }
 
+/// An AdminNetworkPolicy Deny over an observed flow: no NetworkPolicy can allow it, so
+/// neither mode writes one for it, and the gap names the rule to change.
+#[test]
+fn admin_network_policy_deny_is_a_gap_not_a_useless_allow() {
+    let fixture = |f: &str| std::fs::read_to_string(Path::new(FIXTURES).join(f)).unwrap();
+    let cluster = format!(
+        "{}---\n{}",
+        fixture("cluster.yaml"),
+        fixture("policies.yaml")
+    );
+    let with_admin = format!("{cluster}---\n{}", fixture("admin-policies.yaml"));
+    let flows = fixture("flows.jsonl");
+    let want = "denied on egress by AdminNetworkPolicy deny-egress-cdn rule block-cdn (priority 10): an AdminNetworkPolicy Deny comes before every NetworkPolicy, so a NetworkPolicy allow cannot help and none is written; change that rule";
+    for mode in [Mode::Allowlist, Mode::Fix] {
+        let plain = suggest_files(
+            &format!("anp-plain-{}", mode.as_str()),
+            &cluster,
+            &flows,
+            |a| a.mode = mode,
+        );
+        assert_eq!(plain.code, Ok(0), "{}", plain.yaml);
+        let out = suggest_files(
+            &format!("anp-{}", mode.as_str()),
+            &with_admin,
+            &flows,
+            |a| a.mode = mode,
+        );
+        // A flow left uncovered is a gap: exit 1, after the round trip passed.
+        assert_eq!(out.code, Ok(1), "{}", out.yaml);
+        assert!(out.yaml.contains(want), "{}:\n{}", mode.as_str(), out.yaml);
+        assert!(
+            out.yaml.contains("priority number is below 10"),
+            "{}",
+            out.yaml
+        );
+        // The 443 rule for 203.0.113.80 only exists without the ANP (allowlist: it is an
+        // observed flow; fix: it is not denied today, so neither writes it there).
+        let rules_for = |yaml: &str| {
+            docs(yaml)
+                .iter()
+                .map(|d| serde_yaml::to_string(&d["spec"]).unwrap())
+                .filter(|s| s.contains("203.0.113.80"))
+                .count()
+        };
+        if mode == Mode::Allowlist {
+            assert!(rules_for(&plain.yaml) > 0, "{}", plain.yaml);
+        }
+        assert_eq!(rules_for(&out.yaml), 0, "{}", out.yaml);
+        validate(&out.path);
+    }
+}
+
 /// The CNAME chain a name went through (issue 15 point 1) is in the rule's comment, and
 /// the annotation and the Cilium matchName keep the name the process asked for.
 #[test]

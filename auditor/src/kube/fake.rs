@@ -127,6 +127,8 @@ pub(crate) struct State {
     /// Collections (e.g. `/api/v1/nodes`) whose lists and watches are answered 403, as
     /// for a caller without the right to list them.
     pub(crate) forbid_list: Vec<&'static str>,
+    /// Collections answered 404, as by a cluster without that CRD installed.
+    pub(crate) not_installed: Vec<&'static str>,
 }
 
 #[cfg(test)]
@@ -143,7 +145,7 @@ impl Drop for FakeApi {
     }
 }
 
-const COLLECTIONS: [(&str, &str, &str); 6] = [
+const COLLECTIONS: [(&str, &str, &str); 8] = [
     ("v1", "Node", "/api/v1/nodes"),
     ("v1", "Pod", "/api/v1/pods"),
     ("v1", "Namespace", "/api/v1/namespaces"),
@@ -157,6 +159,16 @@ const COLLECTIONS: [(&str, &str, &str); 6] = [
         "networking.k8s.io/v1",
         "NetworkPolicy",
         "/apis/networking.k8s.io/v1/networkpolicies",
+    ),
+    (
+        "policy.networking.k8s.io/v1alpha1",
+        "AdminNetworkPolicy",
+        "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
+    ),
+    (
+        "policy.networking.k8s.io/v1alpha1",
+        "BaselineAdminNetworkPolicy",
+        "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies",
     ),
 ];
 
@@ -700,6 +712,16 @@ impl State {
                 }
             }
         };
+        if self.not_installed.contains(&collection) {
+            return Answer::Respond(json_response(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("the server could not find the requested resource {collection}"),
+                ),
+            ));
+        }
         if self.forbid_list.contains(&collection) {
             let user = who.as_ref().map(|t| t.user.as_str()).unwrap_or("");
             return Answer::Respond(json_response(

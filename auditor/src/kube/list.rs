@@ -16,8 +16,8 @@ use ::kube::{Client, Config, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{
-    key, trim_endpoint_slice, trim_namespace, trim_network_policy, trim_node, trim_peer_pod,
-    trim_service, KubeError,
+    key, trim_admin_policy, trim_baseline_policy, trim_endpoint_slice, trim_namespace,
+    trim_network_policy, trim_node, trim_peer_pod, trim_service, KubeError,
 };
 use crate::cluster::Snapshot;
 
@@ -112,11 +112,36 @@ pub async fn read_cluster(
             other => other.map(|n| (n, None)),
         }
     };
+    // AdminNetworkPolicies are a CRD: absent (404) or forbidden (403), NetworkPolicy
+    // alone is evaluated, and a note says so when it is forbidden.
+    let admin = async {
+        let anps = optional(
+            list(client, server, "adminnetworkpolicies", trim_admin_policy).await,
+            server,
+            "adminnetworkpolicies",
+        )?;
+        let banps = optional(
+            list(
+                client,
+                server,
+                "baselineadminnetworkpolicies",
+                trim_baseline_policy,
+            )
+            .await,
+            server,
+            "baselineadminnetworkpolicies",
+        )?;
+        Ok::<_, KubeError>((anps, banps))
+    };
     let read = async {
         let mut snap = read.await?;
         let (nodes, note) = nodes.await?;
         snap.nodes = nodes;
         snap.notes.extend(note);
+        let ((anps, n1), (banps, n2)) = admin.await?;
+        snap.admin_network_policies = anps;
+        snap.baseline_admin_network_policies = banps;
+        snap.notes.extend(n1.into_iter().chain(n2));
         Ok::<_, KubeError>(snap)
     };
     tokio::time::timeout(timeout, read)
@@ -125,6 +150,31 @@ pub async fn read_cluster(
             server: server.to_owned(),
             timeout,
         })?
+}
+
+/// The objects of a kind that may not be installed: none when the API server does not
+/// know it (404), none with a note when listing it is forbidden (403).
+fn optional<K>(
+    r: Result<Vec<K>, KubeError>,
+    server: &str,
+    what: &str,
+) -> Result<(Vec<K>, Option<String>), KubeError> {
+    match r {
+        Err(KubeError::List {
+            source: ::kube::Error::Api(status),
+            ..
+        }) if status.code == 404 => Ok((Vec::new(), None)),
+        Err(KubeError::List {
+            source: ::kube::Error::Api(status),
+            ..
+        }) if status.code == 403 => Ok((
+            Vec::new(),
+            Some(format!(
+                "{what} not listed (forbidden by {server}): verdicts leave them out"
+            )),
+        )),
+        other => other.map(|v| (v, None)),
+    }
 }
 
 /// Every object of one kind, page by page, trimmed and sorted.
@@ -237,7 +287,7 @@ mod tests {
         );
         // Listed once, one kind a request, in pages.
         let lists: Vec<String> = fake.requests();
-        assert_eq!(lists.len(), 6, "{lists:?}");
+        assert_eq!(lists.len(), 8, "{lists:?}");
         assert!(lists.iter().all(|r| r.contains("limit=500")), "{lists:?}");
 
         type SetFilter = fn(&mut DiffArgs);
@@ -323,6 +373,53 @@ mod tests {
         assert_eq!(
             snap.notes,
             ["nodes not listed (forbidden by https://fake-apiserver:6443/): node and host-network addresses count as external"]
+        );
+    }
+
+    /// AdminNetworkPolicies are listed where the CRD is installed; where it is not (404)
+    /// there are none and nothing to say; where listing them is forbidden, a note says so.
+    #[tokio::test]
+    async fn admin_network_policies_listed_absent_or_forbidden() {
+        const ANPS: &str = "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies";
+        const BANPS: &str = "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies";
+        let (fake, client) = FakeApi::start();
+        fake.apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "media"}}));
+        fake.apply(serde_json::json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+            "metadata": {"name": "deny-cdn"},
+            "spec": {"priority": 10, "subject": {"namespaces": {}}, "egress": [{"name": "cdn", "action": "Deny", "to": [{"networks": ["203.0.113.0/24"]}]}]}}));
+        fake.apply(serde_json::json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "BaselineAdminNetworkPolicy",
+            "metadata": {"name": "default"}, "spec": {"subject": {"namespaces": {}}}}));
+        let snap = read_cluster(&client, SERVER, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(snap.admin_network_policies.len(), 1);
+        assert_eq!(snap.baseline_admin_network_policies.len(), 1);
+        assert!(snap.notes.is_empty(), "{:?}", snap.notes);
+        let engine = crate::policy::Engine::build(&snap).unwrap();
+        assert_eq!(engine.admin_policies().len(), 2);
+
+        fake.with_state(|s| s.not_installed.extend([ANPS, BANPS]));
+        let snap = read_cluster(&client, SERVER, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            snap.admin_network_policies.is_empty()
+                && snap.baseline_admin_network_policies.is_empty()
+        );
+        assert!(snap.notes.is_empty(), "{:?}", snap.notes);
+
+        fake.with_state(|s| {
+            s.not_installed.clear();
+            s.forbid_list.push(ANPS);
+        });
+        let snap = read_cluster(&client, SERVER, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(snap.admin_network_policies.is_empty());
+        assert_eq!(snap.baseline_admin_network_policies.len(), 1);
+        assert_eq!(
+            snap.notes,
+            ["adminnetworkpolicies not listed (forbidden by https://fake-apiserver:6443/): verdicts leave them out"]
         );
     }
 

@@ -43,6 +43,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::policy::admin::{AdminNetworkPolicy, BaselineAdminNetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -175,6 +177,9 @@ struct Stores {
     endpoint_slices: Store<EndpointSlice>,
     network_policies: Store<NetworkPolicy>,
     nodes: Store<Node>,
+    /// Empty when the cluster has no AdminNetworkPolicy API (or we may not list it).
+    admin_policies: Store<AdminNetworkPolicy>,
+    baseline_policies: Store<BaselineAdminNetworkPolicy>,
 }
 
 struct Tasks(Vec<JoinHandle<()>>);
@@ -205,6 +210,8 @@ enum Kind {
     EndpointSlice,
     NetworkPolicy,
     Node,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 /// Objects changed since the view was last brought up to date.
@@ -286,6 +293,28 @@ impl Shared {
         self.check_recovered();
     }
 
+    /// An optional kind the API server does not serve (404) or will not list for us (403):
+    /// synced and empty from now on.
+    fn on_absent(&self, i: usize, code: u16) {
+        let w = &self.watches[i];
+        if code == 404 {
+            tracing::info!(
+                watch = w.what,
+                "not served by the API server (the CRD is not installed): verdicts leave it out"
+            );
+        } else {
+            tracing::warn!(
+                watch = w.what,
+                "listing forbidden (RBAC): verdicts leave it out"
+            );
+        }
+        w.connected.store(true, Ordering::Release);
+        w.synced.store(true, Ordering::Release);
+        lock(&self.pending).rebuild = true;
+        self.bump();
+        self.check_recovered();
+    }
+
     fn on_error(&self, i: usize, error: &watcher::Error) {
         let w = &self.watches[i];
         w.connected.store(false, Ordering::Release);
@@ -353,6 +382,8 @@ impl ClusterWatch {
             "endpointslices",
             "networkpolicies",
             "nodes",
+            "adminnetworkpolicies",
+            "baselineadminnetworkpolicies",
         ]);
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
@@ -405,6 +436,12 @@ impl ClusterWatch {
         let endpoint_slices = sp.watch(cfg(), Kind::EndpointSlice, trim_endpoint_slice);
         let network_policies = sp.watch(cfg(), Kind::NetworkPolicy, trim_network_policy);
         let nodes = sp.watch(cfg(), Kind::Node, trim_node);
+        let admin_policies = sp.watch_optional(cfg(), Kind::AdminNetworkPolicy, trim_admin_policy);
+        let baseline_policies = sp.watch_optional(
+            cfg(),
+            Kind::BaselineAdminNetworkPolicy,
+            trim_baseline_policy,
+        );
         debug_assert_eq!(sp.next, shared.watches.len());
         let tasks = sp.tasks;
         ClusterWatch {
@@ -416,6 +453,8 @@ impl ClusterWatch {
                 endpoint_slices,
                 network_policies,
                 nodes,
+                admin_policies,
+                baseline_policies,
             },
             shared,
             _tasks: Arc::new(Tasks(tasks)),
@@ -444,6 +483,8 @@ impl ClusterWatch {
             endpoint_slices: sorted(&s.endpoint_slices),
             network_policies: sorted(&s.network_policies),
             nodes: sorted(&s.nodes),
+            admin_network_policies: sorted(&s.admin_policies),
+            baseline_admin_network_policies: sorted(&s.baseline_policies),
             notes: Vec::new(),
         })
     }
@@ -568,6 +609,24 @@ impl ClusterWatch {
                     Ok(())
                 }
             },
+            Kind::AdminNetworkPolicy => {
+                match s.admin_policies.get(&reflector::ObjectRef::new(name)) {
+                    Some(p) => engine.apply_admin_policy(&p),
+                    None => {
+                        engine.remove_admin_policy(name);
+                        Ok(())
+                    }
+                }
+            }
+            Kind::BaselineAdminNetworkPolicy => {
+                match s.baseline_policies.get(&reflector::ObjectRef::new(name)) {
+                    Some(p) => engine.apply_baseline_policy(&p),
+                    None => {
+                        engine.remove_baseline_policy(name);
+                        Ok(())
+                    }
+                }
+            }
             Kind::Node => match s.nodes.get(&reflector::ObjectRef::new(name)) {
                 Some(n) => engine.apply_node(&n),
                 None => {
@@ -640,14 +699,43 @@ impl Spawner {
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
     {
+        self.spawn(config, kind, trim, false)
+    }
+
+    /// A watch of a kind the cluster may not have (a CRD): when its first list is
+    /// answered 404 (not installed) or 403 (not allowed), it counts as synced and empty
+    /// and stops; the view then evaluates without it, as the log says.
+    fn watch_optional<K>(
+        &mut self,
+        config: watcher::Config,
+        kind: Kind,
+        trim: fn(&mut K),
+    ) -> Store<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    {
+        self.spawn(config, kind, trim, true)
+    }
+
+    fn spawn<K>(
+        &mut self,
+        config: watcher::Config,
+        kind: Kind,
+        trim: fn(&mut K),
+        optional: bool,
+    ) -> Store<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    {
         let client = observed(&self.client, self.shared.clone(), self.next);
         let (store, task) = spawn_watch(
             Api::all(client),
             config,
             trim,
             self.shared.clone(),
-            self.next,
-            kind,
+            (self.next, kind, optional),
         );
         self.next += 1;
         self.tasks.push(task);
@@ -678,8 +766,7 @@ fn spawn_watch<K>(
     config: watcher::Config,
     trim: fn(&mut K),
     shared: Arc<Shared>,
-    index: usize,
-    kind: Kind,
+    (index, kind, optional): (usize, Kind, bool),
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -692,9 +779,19 @@ where
         .reflect(writer);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut listed = false;
         while let Some(item) = stream.next().await {
             match item {
-                Ok(event) => shared.on_event(index, kind, &event),
+                Ok(event) => {
+                    listed |= matches!(event, watcher::Event::InitDone);
+                    shared.on_event(index, kind, &event)
+                }
+                Err(watcher::Error::InitialListFailed(::kube::Error::Api(status)))
+                    if optional && !listed && (status.code == 404 || status.code == 403) =>
+                {
+                    shared.on_absent(index, status.code);
+                    return;
+                }
                 Err(error) => shared.on_error(index, &error),
             }
         }
@@ -820,6 +917,14 @@ pub(crate) fn trim_endpoint_slice(e: &mut EndpointSlice) {
 }
 
 pub(crate) fn trim_network_policy(n: &mut NetworkPolicy) {
+    trim_meta(&mut n.metadata);
+}
+
+pub(crate) fn trim_admin_policy(n: &mut AdminNetworkPolicy) {
+    trim_meta(&mut n.metadata);
+}
+
+pub(crate) fn trim_baseline_policy(n: &mut BaselineAdminNetworkPolicy) {
     trim_meta(&mut n.metadata);
 }
 

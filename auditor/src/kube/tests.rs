@@ -208,6 +208,7 @@ async fn first_list_then_adds_modifies_deletes() {
 
     // The node-local watcher lists with the field selector; all watchers list from the
     // watch cache (resourceVersion=0) and then watch.
+    eventually(&w, "all watches open", |_| fake.open_watches() == 9).await;
     let reqs = fake.requests();
     assert!(
         reqs.iter()
@@ -308,7 +309,7 @@ async fn outage_keeps_cache_and_resumed_watch_catches_up() {
     tokio::time::timeout(WAIT, w.wait_until_ready())
         .await
         .expect("synced");
-    eventually(&w, "all watches open", |_| fake.open_watches() == 7).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 9).await;
 
     // The API server goes away; the watchers see their watches end and fail to restart.
     fake.set_down(true);
@@ -362,7 +363,7 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     tokio::time::timeout(WAIT, w.wait_until_ready())
         .await
         .expect("synced");
-    eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 8).await;
     let before = w.cluster().expect("view once synced");
     assert!(before.engine.pod_id("media", "packager").is_some());
     let lists_before = fake
@@ -418,7 +419,7 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     eventually(&w, "healthy again", ClusterWatch::healthy).await;
 
     // 410 on an open watch: relist, cache kept meanwhile, catches up.
-    eventually(&w, "all watches open again", |_| fake.open_watches() == 6).await;
+    eventually(&w, "all watches open again", |_| fake.open_watches() == 8).await;
     fake.apply(service("media", "edge", "10.96.0.30"));
     eventually(&w, "edge seen", |w| {
         w.snapshot()
@@ -442,7 +443,7 @@ async fn dropped_watch_reconnects_without_error() {
     tokio::time::timeout(WAIT, w.wait_until_ready())
         .await
         .expect("synced");
-    eventually(&w, "all watches open", |_| fake.open_watches() == 6).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 8).await;
     fake.drop_watches();
     fake.apply(namespace("cdn"));
     eventually(&w, "namespace seen after reconnect", |w| {
@@ -620,7 +621,7 @@ async fn one_warning_per_outage_and_one_line_when_it_is_over() {
     assert_eq!(count("Kubernetes API reachable again"), 1, "{}", text());
 
     // A second outage, with a cache: its own single warning, naming the stale view.
-    eventually(&w, "all watches open", |_| fake.open_watches() == 7).await;
+    eventually(&w, "all watches open", |_| fake.open_watches() == 9).await;
     let before = fake.requests().len();
     fake.set_down(true);
     eventually(&w, "several failed requests", |_| {
@@ -763,4 +764,62 @@ async fn view_follows_pod_slice_and_policy_changes_without_a_rebuild() {
     let stats = w.view_stats();
     assert_eq!(stats.builds, 1, "{stats:?}");
     assert!(stats.updates >= 4, "{stats:?}");
+}
+
+/// The agent's view follows AdminNetworkPolicies: one created denies, deleted allows
+/// again, in place; a cluster without the CRD (404) syncs without them.
+#[tokio::test]
+async fn view_follows_admin_network_policies_and_syncs_without_the_crd() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let (fake, client) = FakeApi::start();
+    seed(&fake);
+    let w = ClusterWatch::start_with_client(client, Some("node-a".into()));
+    tokio::time::timeout(WAIT, w.wait_until_ready())
+        .await
+        .expect("synced");
+    let tcp = crate::flowlog::Protocol::Tcp;
+    let verdict = |w: &ClusterWatch| {
+        w.cluster()
+            .map(|c| c.verdict(ip("10.0.1.5"), ip("203.0.113.9"), 53, tcp))
+    };
+    assert_eq!(verdict(&w), Some((true, "allowed".into())));
+    fake.apply(json!({"apiVersion": "policy.networking.k8s.io/v1alpha1", "kind": "AdminNetworkPolicy",
+        "metadata": {"name": "no-dns-out"},
+        "spec": {"priority": 5, "subject": {"namespaces": {}}, "egress": [{"name": "ext-dns", "action": "Deny", "to": [{"networks": ["203.0.113.0/24"]}]}]}}));
+    eventually(&w, "the ANP in the view", |w| {
+        verdict(w).is_some_and(|(allowed, _)| !allowed)
+    })
+    .await;
+    let (_, text) = verdict(&w).unwrap();
+    assert!(
+        text.contains("egress denied by AdminNetworkPolicy no-dns-out rule ext-dns (priority 5)"),
+        "{text}"
+    );
+    let builds = w.view_stats().builds;
+    fake.delete("AdminNetworkPolicy", "", "no-dns-out");
+    eventually(&w, "the ANP gone", |w| {
+        verdict(w).is_some_and(|(allowed, _)| allowed)
+    })
+    .await;
+    assert_eq!(
+        w.view_stats().builds,
+        builds,
+        "applied in place, no rebuild"
+    );
+    drop(w);
+
+    let (fake, client) = FakeApi::start();
+    seed(&fake);
+    fake.with_state(|s| {
+        s.not_installed.extend([
+            "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies",
+            "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies",
+        ])
+    });
+    let w = ClusterWatch::start_with_client(client, Some("node-a".into()));
+    tokio::time::timeout(WAIT, w.wait_until_ready())
+        .await
+        .expect("synced without the AdminNetworkPolicy API");
+    assert_eq!(verdict(&w), Some((true, "allowed".into())));
+    assert!(w.healthy());
 }

@@ -44,6 +44,13 @@ pub struct Side {
     /// Policies that isolate the pod in this direction and have no rule allowing the flow.
     pub isolated_by: Vec<PolicyId>,
     pub exception: Option<Exception>,
+    /// The AdminNetworkPolicy rule (Allow or Deny) that decided this side, or, when no
+    /// AdminNetworkPolicy decided and no NetworkPolicy isolates the pod, the
+    /// BaselineAdminNetworkPolicy rule that did. NetworkPolicy's `allowed_by` and
+    /// `isolated_by` are still filled in (what NetworkPolicy alone would say).
+    pub admin: Option<AdminRuleRef>,
+    /// The AdminNetworkPolicy Pass rule that sent this side on to NetworkPolicy.
+    pub passed: Option<AdminRuleRef>,
 }
 
 impl Side {
@@ -55,7 +62,16 @@ impl Side {
             allowed_by: Vec::new(),
             isolated_by: Vec::new(),
             exception: None,
+            admin: None,
+            passed: None,
         }
+    }
+
+    /// The AdminNetworkPolicy or BaselineAdminNetworkPolicy Deny rule that denies this
+    /// side, if that is what denies it.
+    pub fn denied_by_admin(&self) -> Option<AdminRuleRef> {
+        self.admin
+            .filter(|r| !self.allowed && r.action == AdminAction::Deny)
     }
 }
 
@@ -260,10 +276,22 @@ impl Engine {
             pod: Some(pod),
             ..Side::not_applicable()
         };
-        if policies.is_empty() {
+        let (admin, passed) = self.admin_side(
+            pod,
+            direction,
+            !policies.is_empty(),
+            peer,
+            peer_ip,
+            port_pod,
+            dst_port,
+            protocol,
+        );
+        side.admin = admin;
+        side.passed = passed;
+        if policies.is_empty() && admin.is_none() {
             return side;
         }
-        side.isolated = true;
+        side.isolated = !policies.is_empty();
         for &pid in policies {
             let pol = &self.policies[pid];
             let before = side.allowed_by.len();
@@ -292,7 +320,11 @@ impl Engine {
         } else {
             None
         };
-        side.allowed = !side.allowed_by.is_empty() || side.exception.is_some();
+        side.allowed = side.exception.is_some()
+            || match side.admin {
+                Some(r) => r.action == AdminAction::Allow,
+                None => !side.allowed_by.is_empty(),
+            };
         side
     }
 

@@ -483,6 +483,9 @@ impl Engine {
         let mut node_ips: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
         for node in &snap.nodes {
             let name = node.metadata.name.clone().unwrap_or_default();
+            if let Some(l) = node.metadata.labels.as_ref().filter(|l| !l.is_empty()) {
+                b.engine.node_labels.insert(name.clone(), l.clone());
+            }
             for (i, a) in node
                 .status
                 .iter()
@@ -588,9 +591,50 @@ impl Engine {
         }
 
         index_services(&mut b, snap)?;
+        index_admin(&mut b.engine, snap)?;
         b.engine.track_snapshot(snap);
         Ok(b.engine)
     }
+}
+
+/// The snapshot's AdminNetworkPolicies and BaselineAdminNetworkPolicy, in evaluation order.
+fn index_admin(engine: &mut Engine, snap: &Snapshot) -> Result<(), PolicyError> {
+    let mut admin = Vec::new();
+    let mut with_domains = Vec::new();
+    let mut seen = BTreeSet::new();
+    for anp in &snap.admin_network_policies {
+        if !seen.insert(anp.metadata.name.clone()) {
+            return Err(invalid(
+                "AdminNetworkPolicy",
+                &anp.metadata,
+                "metadata.name",
+                "appears twice in the snapshot (names are unique in a cluster)",
+            ));
+        }
+        let (p, domains) = super::admin::compile_anp(anp)?;
+        if domains {
+            with_domains.push(p.name.clone());
+        }
+        admin.push(p);
+    }
+    if let [_, second, ..] = snap.baseline_admin_network_policies.as_slice() {
+        return Err(invalid(
+            "BaselineAdminNetworkPolicy",
+            &second.metadata,
+            "metadata.name",
+            "a second BaselineAdminNetworkPolicy: the API allows one, named \"default\"",
+        ));
+    }
+    for banp in &snap.baseline_admin_network_policies {
+        admin.push(super::admin::compile_banp(banp)?);
+    }
+    super::admin::order(&mut admin);
+    with_domains.sort();
+    engine
+        .notes
+        .extend(super::admin::notes(&admin, &with_domains));
+    engine.admin = Arc::new(admin);
+    Ok(())
 }
 
 fn index_services(b: &mut Builder, snap: &Snapshot) -> Result<(), PolicyError> {

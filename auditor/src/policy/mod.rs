@@ -7,6 +7,10 @@
 //! ([`Engine::apply_pod`], [`Engine::remove_pod`], ... in `update.rs`), with the same
 //! answers as a rebuild.
 //!
+//! AdminNetworkPolicy and BaselineAdminNetworkPolicy (`policy.networking.k8s.io/v1alpha1`)
+//! come before and after NetworkPolicy: see `admin.rs` for their order and semantics. A
+//! snapshot without them evaluates exactly as NetworkPolicy alone.
+//!
 //! Semantics are those of `networking.k8s.io/v1` NetworkPolicy:
 //! - A pod is isolated for ingress (egress) when a policy of its own namespace selects it
 //!   and that policy's effective `policyTypes` holds `Ingress` (`Egress`). Without
@@ -40,6 +44,7 @@
 //!   backend is evaluated and the flow is allowed only when every backend is reachable,
 //!   since the proxy may pick any of them.
 
+pub mod admin;
 mod eval;
 mod index;
 pub mod ipblock;
@@ -52,6 +57,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::flowlog::{Direction, Protocol};
+pub use admin::{AdminAction, AdminPolicyId, AdminPolicyInfo, AdminRuleRef};
 pub use eval::{Exception, FlowResult, RuleRef, Side, Target};
 use ipblock::IpBlock;
 use selector::Selector;
@@ -249,6 +255,10 @@ pub struct Engine {
     node_ips: HashMap<String, Vec<IpAddr>>,
     services: Vec<ServicePort>,
     service_by_addr: HashMap<(IpAddr, u16, Protocol), usize>,
+    /// AdminNetworkPolicies in evaluation order, then the BaselineAdminNetworkPolicy.
+    admin: Arc<Vec<AdminPolicyInfo>>,
+    /// Node labels by node name (for AdminNetworkPolicy `nodes` peers).
+    node_labels: HashMap<String, BTreeMap<String, String>>,
     /// Notes about the snapshot worth telling the user (ambiguous IPs, services without
     /// endpoints), as of [`Engine::build`]: incremental updates do not revise them.
     pub notes: Vec<String>,

@@ -1,5 +1,6 @@
 //! Updating a built [`Engine`] one object at a time, for the live cluster view: a Pod,
-//! Namespace, Service, EndpointSlice, NetworkPolicy or Node added, changed or removed
+//! Namespace, Service, EndpointSlice, NetworkPolicy, AdminNetworkPolicy,
+//! BaselineAdminNetworkPolicy or Node added, changed or removed
 //! costs what it touches, not a rebuild, and the engine answers exactly as
 //! [`Engine::build`] would on the resulting snapshot (ids aside: see [`Engine::pods`];
 //! `notes` stay those of the build).
@@ -22,6 +23,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+use super::admin::{self, AdminNetworkPolicy, BaselineAdminNetworkPolicy};
 use super::index::{
     compile_policy, invalid, namespace_of, parse_ip, parse_pod, service_ports, slice_service,
     NS_NAME_LABEL,
@@ -454,14 +456,57 @@ impl Engine {
             self.node_ref(*ip, Some(&name), true);
         }
         self.node_ips.entry(name.clone()).or_default();
+        if let Some(l) = node.metadata.labels.as_ref().filter(|l| !l.is_empty()) {
+            self.node_labels.insert(name.clone(), l.clone());
+        }
         self.track.node_addrs.insert(name, ips);
         Ok(())
     }
 
     pub fn remove_node(&mut self, name: &str) {
+        self.node_labels.remove(name);
         for ip in self.track.node_addrs.remove(name).unwrap_or_default() {
             self.node_ref(ip, Some(name), false);
         }
+    }
+
+    // ---- AdminNetworkPolicies and the BaselineAdminNetworkPolicy ----
+    // O(admin policies): they are few, and subjects are matched at evaluation.
+
+    /// Adds or replaces an AdminNetworkPolicy.
+    pub fn apply_admin_policy(&mut self, anp: &AdminNetworkPolicy) -> Result<(), PolicyError> {
+        let (info, _) = admin::compile_anp(anp)?;
+        let list = Arc::make_mut(&mut self.admin);
+        list.retain(|p| p.is_baseline() || p.name != info.name);
+        list.push(info);
+        admin::order(list);
+        Ok(())
+    }
+
+    /// Removes the AdminNetworkPolicy `name`, if present.
+    pub fn remove_admin_policy(&mut self, name: &str) -> bool {
+        let before = self.admin.len();
+        Arc::make_mut(&mut self.admin).retain(|p| p.is_baseline() || p.name != name);
+        self.admin.len() != before
+    }
+
+    /// Adds or replaces the BaselineAdminNetworkPolicy (named `default`).
+    pub fn apply_baseline_policy(
+        &mut self,
+        banp: &BaselineAdminNetworkPolicy,
+    ) -> Result<(), PolicyError> {
+        let info = admin::compile_banp(banp)?;
+        let list = Arc::make_mut(&mut self.admin);
+        list.retain(|p| !p.is_baseline());
+        list.push(info);
+        Ok(())
+    }
+
+    /// Removes the BaselineAdminNetworkPolicy `name`, if present.
+    pub fn remove_baseline_policy(&mut self, name: &str) -> bool {
+        let before = self.admin.len();
+        Arc::make_mut(&mut self.admin).retain(|p| !(p.is_baseline() && p.name == name));
+        self.admin.len() != before
     }
 
     // ---- Namespaces ----

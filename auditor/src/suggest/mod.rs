@@ -42,7 +42,9 @@ use crate::cluster::{ClusterError, ClusterSource, Snapshot};
 use crate::filter::{Filter, FilterArgs, FilterError, VerdictFilter};
 use crate::flowlog::{read_input, visit_flow_log, Direction, FlowLogError, FlowRecord, Protocol};
 use crate::identity::{FlowName, Hint, Hints, Resolved};
-use crate::policy::{Engine, FlowResult, Party, PodId, PolicyError, PolicyId, Target};
+use crate::policy::{
+    AdminRuleRef, Engine, FlowResult, Party, PodId, PolicyError, PolicyId, Side, Target,
+};
 use labels::{dns_name_part, group_of, split_group, workload_labels, LabelSel, SelectorParseError};
 use yaml::{map, s, seq, Item, Node};
 
@@ -1060,8 +1062,17 @@ pub fn suggest(
     // Needs.
     let mut needs: Vec<Need> = Vec::new();
     let mut dns_seen_without_pods = BTreeSet::new();
+    let mut admin_denied = AdminDenied::default();
     for (fi, (f, r)) in flows.iter().zip(&results).enumerate() {
         for (ti, t) in r.targets.iter().enumerate() {
+            // A side an AdminNetworkPolicy Deny decides: no NetworkPolicy can allow it (and
+            // in fix mode, one the baseline denies cannot be allowed without isolating the
+            // pod); say so instead of writing a rule that changes nothing.
+            let [egress_blocked, ingress_blocked] =
+                [&t.egress, &t.ingress].map(|side| admin_block(engine, side, opts.mode));
+            for a in egress_blocked.iter().chain(&ingress_blocked) {
+                admin_denied.add(*a, || describe_flow(engine, f, r, ti));
+            }
             let src_pod = match t.src {
                 Party::Pod(p) if !engine.pods()[p].host_network => Some(p),
                 _ => None,
@@ -1078,6 +1089,11 @@ pub fn suggest(
             let egress_port = ctx.port_key(dst_pod, t.dst_port, f.protocol);
             let ingress_peer = peer_key(&t.src, f.src_ip);
             let mut push = |plan: PlanKey, direction: Direction| {
+                // The flow stays denied whatever is written: a rule for its other side
+                // would be useless too.
+                if egress_blocked.is_some() || ingress_blocked.is_some() {
+                    return;
+                }
                 let (peer, port) = match direction {
                     Direction::Egress => (egress_peer.clone(), egress_port.clone()),
                     Direction::Ingress => (ingress_peer.clone(), egress_port.clone()),
@@ -1187,6 +1203,7 @@ pub fn suggest(
             }
         }
     }
+    gaps.extend(admin_denied.gaps(engine, opts.mode));
     if !dns_seen_without_pods.is_empty() {
         gaps.push(format!(
             "no DNS pods in the snapshot (no endpoints behind kube-system/kube-dns and no pod labelled k8s-app=kube-dns): DNS egress is written for the conventional labels and the observed DNS address(es) {}; check it",
@@ -1317,6 +1334,62 @@ pub fn suggest(
         warnings,
         verification,
     })
+}
+
+/// The AdminNetworkPolicy Deny rule that denies this side whatever NetworkPolicies say
+/// (in fix mode also the baseline's: a fix cannot allow it without isolating the pod).
+fn admin_block(engine: &Engine, side: &Side, mode: Mode) -> Option<AdminRuleRef> {
+    side.denied_by_admin()
+        .filter(|r| mode == Mode::Fix || !engine.admin_policies()[r.policy].is_baseline())
+}
+
+/// Whether some side of a flow is denied by an admin rule a suggestion cannot change.
+fn admin_blocked(engine: &Engine, r: &FlowResult, mode: Mode) -> bool {
+    r.targets.iter().any(|t| {
+        admin_block(engine, &t.egress, mode).is_some()
+            || admin_block(engine, &t.ingress, mode).is_some()
+    })
+}
+
+/// Observed flows an AdminNetworkPolicy (or, in fix mode, the baseline) denies, per rule:
+/// how many sides, and the first one.
+#[derive(Default)]
+struct AdminDenied {
+    by_rule: BTreeMap<AdminRuleRef, (usize, String)>,
+}
+
+impl AdminDenied {
+    fn add(&mut self, r: AdminRuleRef, describe: impl FnOnce() -> String) {
+        self.by_rule.entry(r).or_insert_with(|| (0, describe())).0 += 1;
+    }
+
+    /// One gap per rule: why no NetworkPolicy is written for those flows, and what to change.
+    fn gaps(&self, engine: &Engine, mode: Mode) -> Vec<String> {
+        self.by_rule
+            .iter()
+            .map(|(r, (n, first))| {
+                let p = &engine.admin_policies()[r.policy];
+                let who = engine.admin_rule_text(r);
+                let flows = if *n == 1 {
+                    format!("1 observed flow ({first})")
+                } else {
+                    format!("{n} observed flows (the first: {first})")
+                };
+                let dir = direction_str(r.direction);
+                match p.priority {
+                    Some(pr) => format!(
+                        "{flows} denied on {dir} by {who}: an AdminNetworkPolicy Deny comes before every NetworkPolicy, so a NetworkPolicy allow cannot help and none is written; change that rule (narrow its peers or ports, or remove it), or allow these flows with an Allow rule (or a Pass rule, to let NetworkPolicy decide) in an AdminNetworkPolicy whose priority number is below {pr}"
+                    ),
+                    None => {
+                        let _ = mode;
+                        format!(
+                            "{flows} denied on {dir} by {who}: the baseline applies because no NetworkPolicy isolates the pod, and a fix would have to isolate it (changing the verdict of its other traffic), so none is written; change that rule, or use --mode allowlist, whose policies replace the baseline for the audited pods"
+                        )
+                    }
+                }
+            })
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2396,6 +2469,9 @@ fn verify(
             drop(generated);
             let failures = par_map(&flow_ids, |&i| {
                 let f = &flows[i];
+                if admin_blocked(engine0, &before[i], mode) {
+                    return None; // stated as a gap: no NetworkPolicy can change it
+                }
                 let after = f.evaluate(&full);
                 if !after.allowed {
                     Some(format!(
@@ -2427,7 +2503,7 @@ fn verify(
             // first, then that engine is dropped before the suggestion alone is built.
             let with_all = par_map(&flow_ids, |&i| -> Option<Option<String>> {
                 let f = &flows[i];
-                if !touches_audited(&before[i]) {
+                if !touches_audited(&before[i]) || admin_blocked(engine0, &before[i], mode) {
                     return None;
                 }
                 let after = f.evaluate(&full);
@@ -2642,7 +2718,8 @@ fn sample_workload(
             } else {
                 &t.ingress
             };
-            if side.allowed && side.exception.is_none() {
+            // An AdminNetworkPolicy Allow is the cluster admin's, not the suggestion's.
+            if side.allowed && side.exception.is_none() && side.admin.is_none() {
                 failures.push(format!("{what}: {src} -> {dst}:{port}/{proto} is allowed by the suggestion for {group} but was never observed"));
                 break;
             }

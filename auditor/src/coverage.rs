@@ -171,6 +171,8 @@ pub struct NewNeed {
     pub kind: &'static str,
     /// `egress` or `ingress`.
     pub direction: &'static str,
+    /// A workload (`namespace/Kind/name`), `node NAME`, or an external address with the
+    /// DNS names it was reached by.
     pub peer: String,
     /// `8080/TCP`.
     pub port: String,
@@ -291,6 +293,8 @@ struct Acc {
     untimed: usize,
     /// (direction, peer, port) -> earliest first_seen (None: only untimed flows).
     needs: BTreeMap<(Direction, String, (u16, Protocol)), Option<SystemTime>>,
+    /// DNS names of external peers (egress), for the text.
+    names: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn peer_text(engine: &Engine, party: &Party, ip: std::net::IpAddr) -> String {
@@ -353,6 +357,15 @@ pub fn compute(
                 if split_group(w).1 == "Job" {
                     acc.jobs.insert(w.clone());
                 }
+                if direction == Direction::Egress
+                    && t.dst == Party::External
+                    && !f.dns_names.is_empty()
+                {
+                    acc.names
+                        .entry(peer.clone())
+                        .or_default()
+                        .extend(f.dns_names.iter().cloned());
+                }
                 let e = acc.needs.entry((direction, peer, port)).or_insert(at);
                 if let Some(a) = at {
                     *e = Some(e.map_or(a, |x| x.min(a)));
@@ -406,7 +419,14 @@ fn finish(name: &str, acc: Acc, th: &Thresholds) -> WorkloadCoverage {
                 Direction::Egress => "egress",
                 Direction::Ingress => "ingress",
             },
-            peer: key.1.clone(),
+            peer: match acc.names.get(&key.1) {
+                Some(names) => format!(
+                    "{} ({})",
+                    key.1,
+                    names.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                None => key.1.clone(),
+            },
             port: format!("{}/{}", key.2 .0, key.2 .1),
             at: rfc3339(at),
             before_end: Span::of(end.duration_since(at).unwrap_or(Duration::ZERO)),

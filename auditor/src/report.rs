@@ -321,6 +321,15 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
             crate::drill::summary::tally(&report.drills)
         );
     }
+    if !report.coverage.workloads.is_empty() {
+        eprintln!(
+            "auditor report: observation coverage: {}",
+            coverage_sentence(&report.coverage)
+        );
+        for w in report.coverage.warnings() {
+            eprintln!("auditor report: warning: {w}");
+        }
+    }
     for s in &report.suggestions {
         eprintln!("auditor report: {} suggestion: {}", s.mode, s.verification);
         for g in &s.gaps {
@@ -624,8 +633,8 @@ fn coverage_sentence(c: &crate::coverage::Coverage) -> String {
 fn coverage_cells(w: &crate::coverage::WorkloadCoverage) -> [String; 10] {
     let last_new = match &w.last_new {
         Some(n) => format!(
-            "{} before the end: {} {} {} {}",
-            n.before_end.text, n.kind, n.direction, n.peer, n.port
+            "{} {} before the end: {} {} {}",
+            n.kind, n.before_end.text, n.direction, n.peer, n.port
         ),
         None if w.needs == 0 => "-".into(),
         None => "unknown".into(),

@@ -283,6 +283,9 @@ fn plural(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
+/// (direction, peer, (port, protocol)).
+type NeedKey = (Direction, String, (u16, Protocol));
+
 #[derive(Default)]
 struct Acc {
     times: Times,
@@ -292,7 +295,7 @@ struct Acc {
     records: u64,
     untimed: usize,
     /// (direction, peer, port) -> earliest first_seen (None: only untimed flows).
-    needs: BTreeMap<(Direction, String, (u16, Protocol)), Option<SystemTime>>,
+    needs: BTreeMap<NeedKey, Option<SystemTime>>,
     /// DNS names of external peers (egress), for the text.
     names: BTreeMap<String, BTreeSet<String>>,
 }
@@ -402,7 +405,7 @@ fn finish(name: &str, acc: Acc, th: &Thresholds) -> WorkloadCoverage {
     let ports: BTreeSet<(u16, Protocol)> = acc.needs.keys().map(|k| k.2).collect();
     let span = acc.times.span();
     // The last new need: the latest earliest-time; ties by key order (the first).
-    let mut timed: Vec<(SystemTime, &(Direction, String, (u16, Protocol)))> = acc
+    let mut timed: Vec<(SystemTime, &NeedKey)> = acc
         .needs
         .iter()
         .filter_map(|(k, t)| t.map(|t| (t, k)))
@@ -465,7 +468,7 @@ fn finish(name: &str, acc: Acc, th: &Thresholds) -> WorkloadCoverage {
         }
     }
     let thin = !reasons.is_empty();
-    let mut observed = format!("{}", plural(acc.pods.len(), "pod"));
+    let mut observed = plural(acc.pods.len(), "pod");
     if let Some(r) = job_runs {
         observed.push_str(&format!(", {}", plural(r, "Job run")));
     }

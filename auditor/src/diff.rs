@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cluster::{ClusterError, ClusterSource};
+use crate::cluster::{ClusterError, ClusterSource, Snapshot};
 use crate::filter::{Filter, FilterArgs, FilterError};
 use crate::flowlog::{visit_flow_log, Direction, FlowLogError, Protocol};
 use crate::observed::{Facts, Finding};
@@ -168,9 +168,8 @@ pub fn run_from(
 ) -> Result<i32, DiffError> {
     // The proposal first: a wrong file fails before the cluster is read.
     let proposal = crate::whatif::read_proposal(&args.what_if)?;
-    type Built = (Vec<String>, Engine, PathBuf, Option<(Engine, usize, usize)>);
     let (built, input) = std::thread::scope(|scope| {
-        let cluster = scope.spawn(|| -> Result<Built, DiffError> {
+        let cluster = scope.spawn(|| -> Result<(Snapshot, Engine, PathBuf), DiffError> {
             let loaded = read_cluster()?;
             let (snapshot, origin) = (loaded.snapshot, loaded.origin);
             let engine = Engine::build(&snapshot).map_err(|error| DiffError::Policy {
@@ -178,14 +177,7 @@ pub fn run_from(
                 error,
             })?;
             crate::cluster::require_pods(&origin, &snapshot)?;
-            let proposed = match &proposal {
-                Some(p) => {
-                    let (e, replaced) = p.engine(&snapshot)?;
-                    Some((e, replaced, snapshot.network_policies.len()))
-                }
-                None => None,
-            };
-            Ok((snapshot.notes, engine, origin, proposed))
+            Ok((snapshot, engine, origin))
         });
         let input = FlowInput::read(&args.flows, args.skip_invalid);
         let built = cluster
@@ -193,9 +185,32 @@ pub fn run_from(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (built, input)
     });
-    let (mut notes, engine, origin, proposed) = built?;
+    let (mut snapshot, mut engine, origin) = built?;
     let input = input?;
+    // Pods the flow log names that the snapshot lacks: added as recorded, engine rebuilt.
+    let added = crate::identity::add_missing_pods(
+        &mut snapshot,
+        input.hints.iter().flatten().map(|h| &**h),
+    );
+    if !added.is_empty() {
+        engine = Engine::build(&snapshot).map_err(|error| DiffError::Policy {
+            path: origin.clone(),
+            error,
+        })?;
+    }
+    // The proposed set over the same snapshot (the pods added above included), so pod
+    // ids and the resolved identities hold for both engines.
+    let proposed = match &proposal {
+        Some(p) => {
+            let (e, replaced) = p.engine(&snapshot)?;
+            Some((e, replaced, snapshot.network_policies.len()))
+        }
+        None => None,
+    };
+    let mut notes = std::mem::take(&mut snapshot.notes);
+    drop(snapshot);
     notes.extend(engine.notes.iter().cloned());
+    notes.extend(added);
     let mut report = Report::new(&engine, &input, notes);
     let filter = Filter::compile(&args.filter, &engine, &origin)?;
     if !filter.is_empty() {
@@ -236,6 +251,7 @@ pub struct FlowInput {
     data: Vec<u8>,
     records: Vec<InputRecord>,
     distinct: Vec<DistinctInput>,
+    hints: Vec<Option<std::sync::Arc<crate::identity::Hint>>>,
     /// Lines skipped with `--skip-invalid`: line number and reason.
     pub skipped: Vec<(usize, String)>,
 }
@@ -269,8 +285,21 @@ impl FlowInput {
         let mut index: HashMap<FlowKey, u32> = HashMap::new();
         let mut distinct: Vec<DistinctInput> = Vec::new();
         let mut records = Vec::new();
+        let mut interned = crate::identity::Hints::default();
+        let mut hints = vec![None];
+        // Interned: one Arc per distinct hint, so its address is its identity.
+        let mut hint_ids: HashMap<*const crate::identity::Hint, u32> = HashMap::new();
         let skipped = visit_flow_log(path, &data, skip_invalid, |line, span, r| {
-            let key = FlowKey::of(&r);
+            let hint = match interned.intern(&r) {
+                None => 0,
+                Some(h) => *hint_ids
+                    .entry(std::sync::Arc::as_ptr(&h))
+                    .or_insert_with(|| {
+                        hints.push(Some(h));
+                        u32::try_from(hints.len() - 1).unwrap_or(u32::MAX)
+                    }),
+            };
+            let key = FlowKey::of(&r, hint);
             let i = *index.entry(key).or_insert_with(|| {
                 distinct.push(DistinctInput {
                     key,
@@ -294,6 +323,7 @@ impl FlowInput {
             data,
             records,
             distinct,
+            hints,
             skipped,
         })
     }
@@ -308,22 +338,26 @@ impl FlowInput {
     }
 }
 
-/// Distinct flow: what the verdict depends on.
+/// Distinct flow: what the verdict depends on (the addresses, and what the record says
+/// about its pods: [`crate::identity`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
     src_ip: IpAddr,
     dst_ip: IpAddr,
     dst_port: u16,
     protocol: Protocol,
+    /// Index into [`FlowInput::hints`]; 0: none.
+    hint: u32,
 }
 
 impl FlowKey {
-    fn of(r: &crate::flowlog::FlowRecord) -> Self {
+    fn of(r: &crate::flowlog::FlowRecord, hint: u32) -> Self {
         Self {
             src_ip: r.src_ip.to_canonical(),
             dst_ip: r.dst_ip.to_canonical(),
             dst_port: r.dst_port,
             protocol: r.protocol,
+            hint,
         }
     }
 }
@@ -332,6 +366,8 @@ impl FlowKey {
 #[derive(Debug, Clone)]
 pub struct Distinct {
     key: FlowKey,
+    /// The pods its ends are (see [`crate::identity::resolve`]).
+    who: crate::identity::Resolved,
     pub result: FlowResult,
     pub first_line: usize,
     pub records: u64,
@@ -447,25 +483,46 @@ struct WorkloadCount {
 
 impl<'a> Report<'a> {
     /// Evaluates every distinct flow of `input` once, on two threads.
-    pub fn new(engine: &'a Engine, input: &FlowInput, notes: Vec<String>) -> Self {
-        let eval = |d: &DistinctInput| Distinct {
-            key: d.key,
-            result: engine.evaluate(d.key.src_ip, d.key.dst_ip, d.key.dst_port, d.key.protocol),
-            first_line: d.first_line,
-            records: d.records,
-            facts: d.facts.clone(),
+    pub fn new(engine: &'a Engine, input: &FlowInput, mut notes: Vec<String>) -> Self {
+        let eval = |d: &DistinctInput| {
+            let k = d.key;
+            let (who, warnings) = crate::identity::resolve(
+                engine,
+                &crate::identity::FlowName {
+                    line: d.first_line,
+                    src_ip: k.src_ip,
+                    dst_ip: k.dst_ip,
+                    dst_port: k.dst_port,
+                    protocol: k.protocol,
+                    hint: input.hints.get(k.hint as usize).and_then(|h| h.as_deref()),
+                },
+            );
+            let d = Distinct {
+                key: k,
+                who,
+                result: who.evaluate(engine, k.src_ip, k.dst_ip, k.dst_port, k.protocol),
+                first_line: d.first_line,
+                records: d.records,
+                facts: d.facts.clone(),
+            };
+            (d, warnings)
         };
         let half = input.distinct.len() / 2;
         let (first, second) = input.distinct.split_at(half);
-        let distinct: Vec<Distinct> = std::thread::scope(|scope| {
+        let evaluated: Vec<(Distinct, Vec<String>)> = std::thread::scope(|scope| {
             let a = scope.spawn(|| first.iter().map(eval).collect::<Vec<_>>());
-            let b: Vec<Distinct> = second.iter().map(eval).collect();
+            let b: Vec<_> = second.iter().map(eval).collect();
             let mut a = a
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             a.extend(b);
             a
         });
+        let mut distinct = Vec::with_capacity(evaluated.len());
+        for (d, warnings) in evaluated {
+            notes.extend(warnings.into_iter().map(|w| format!("identity: {w}")));
+            distinct.push(d);
+        }
         let denied_records = distinct
             .iter()
             .filter(|d| !d.result.allowed)
@@ -540,6 +597,7 @@ impl<'a> Report<'a> {
         let mut members = Vec::with_capacity(self.distinct.len());
         for d in &self.distinct {
             let flow = FlowId {
+                who: d.who,
                 src_ip: d.key.src_ip,
                 dst_ip: d.key.dst_ip,
                 dst_port: d.key.dst_port,

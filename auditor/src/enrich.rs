@@ -4,7 +4,6 @@
 //! Cgroup -> pod goes through the engine's uid index, built once with the engine and
 //! kept by its incremental updates (no per-pod search).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::attribute::parse_cgroup_path;
@@ -41,6 +40,7 @@ impl Cluster {
         Endpoint {
             namespace: Some(p.namespace.clone()),
             pod: Some(p.name.clone()),
+            uid: p.uid().map(str::to_owned),
             workload: Some(workload_name(&p.workload)),
             labels: p.labels.clone(),
         }
@@ -54,7 +54,7 @@ impl Cluster {
                 namespace: None,
                 pod: None,
                 workload: Some(format!("node/{}", name.unwrap_or_else(|| ip.to_string()))),
-                labels: BTreeMap::new(),
+                ..Endpoint::default()
             }),
             Party::External => None,
         }
@@ -118,4 +118,36 @@ fn workload_name(w: &str) -> String {
     let mut it = w.splitn(2, '/');
     let (_ns, rest) = (it.next(), it.next());
     rest.unwrap_or(w).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorder_writes_the_pods_uid() {
+        let snap = crate::cluster::parse_snapshot(
+            std::path::Path::new("c.yaml"),
+            br#"
+apiVersion: v1
+kind: Pod
+metadata: {name: transcoder-5f6d7c8b9-new12, namespace: media, uid: 3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90, labels: {app: transcoder}}
+status: {phase: Running, podIP: 10.244.1.17}
+"#,
+        )
+        .unwrap();
+        let c = Cluster::new(&snap).unwrap();
+        let e = c.endpoint_of_ip("10.244.1.17".parse().unwrap()).unwrap();
+        assert_eq!(e.pod.as_deref(), Some("transcoder-5f6d7c8b9-new12"));
+        assert_eq!(
+            e.uid.as_deref(),
+            Some("3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90")
+        );
+        assert_eq!(
+            e.workload.as_deref(),
+            Some("Pod/transcoder-5f6d7c8b9-new12")
+        );
+        let cgroup = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod3f0c2a4e_8b1d_4c6e_9a7f_2d5b8e1c4a90.slice";
+        assert_eq!(c.pod_of_cgroup(cgroup), Some(0));
+    }
 }

@@ -53,6 +53,10 @@ pub struct FlowRecord {
     /// DNS name the process asked for before it reached the peer (`dst_ip` for egress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
+    /// The CNAME chain the answer for `dns_name` went through, in order, ending at the
+    /// name that holds `dst_ip` (empty when the answer had no CNAME).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_cnames: Vec<String>,
     /// RFC 3339 UTC time of the first and last event of this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seen: Option<String>,
@@ -81,14 +85,19 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Kubernetes identity of one end of a flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// Kubernetes identity of one end of a flow, as the recorder knew it.
+///
+/// Unknown members are ignored (unlike the record's own fields): a later recorder may
+/// say more about an identity without making older readers refuse its log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The pod's `metadata.uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -327,6 +336,25 @@ mod tests {
             .to_string();
         assert!(err.starts_with("flows.jsonl:2:"), "{err}");
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn identity_members_are_read_and_unknown_ones_ignored() {
+        // A later recorder may say more about a pod; the record's own fields stay strict.
+        let line = r#"{"src_ip":"10.0.0.1","dst_ip":"10.0.0.2","dst_port":80,"protocol":"TCP","src":{"namespace":"media","pod":"a-1","uid":"3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90","node":"node-a"}}"#;
+        let log = parse_flow_log(Path::new("f"), format!("{line}\n").as_bytes(), false).unwrap();
+        let src = log.records[0].1.src.clone().unwrap();
+        assert_eq!(src.pod.as_deref(), Some("a-1"));
+        assert_eq!(
+            src.uid.as_deref(),
+            Some("3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90")
+        );
+        let out = serde_json::to_string(&log.records[0].1).unwrap();
+        assert!(
+            out.contains(r#""uid":"3f0c2a4e-8b1d-4c6e-9a7f-2d5b8e1c4a90""#),
+            "{out}"
+        );
+        assert!(!out.contains("node-a"), "{out}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod drill;
 pub mod enrich;
 pub mod filter;
 pub mod flowlog;
+pub mod identity;
 pub mod kube;
 pub mod observed;
 pub mod policy;

@@ -258,6 +258,38 @@ pub fn receiver_in_cgroup(
     })
 }
 
+/// The processes in cgroup directory `dir` and its children (two levels: a pod's
+/// containers), at most `max`.
+pub fn pids_below(dir: &Path, max: usize) -> Vec<u32> {
+    let mut dirs = vec![(dir.to_owned(), 0)];
+    let mut pids = Vec::new();
+    while let Some((d, depth)) = dirs.pop() {
+        if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(
+                procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        if pids.len() >= max {
+            pids.truncate(max);
+            break;
+        }
+        if depth < 2 {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                let mut subs: Vec<PathBuf> = rd
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect();
+                subs.sort();
+                dirs.extend(subs.into_iter().rev().map(|p| (p, depth + 1)));
+            }
+        }
+    }
+    pids
+}
+
 /// Turns a NUL-padded kernel comm into a string.
 pub fn comm_str(c: &[u8]) -> String {
     let end = c.iter().position(|b| *b == 0).unwrap_or(c.len());

@@ -23,8 +23,8 @@ use crate::observed::Finding;
 use crate::policy::{Engine, FlowResult, Party, PolicyError, RuleRef, Side};
 use crate::suggest::labels::{group_of, parse_selector, SelectorParseError};
 use crate::suggest::{
-    merge_flows, party_text, suggest, Audit, Mode, Observed, Options, RuleSummary, SuggestError,
-    Suggestion,
+    add_missing_pods, merge_flows, party_text, resolve_identities, suggest, Audit, Mode, Observed,
+    Options, RuleSummary, SuggestError, Suggestion,
 };
 
 /// Write the report: Markdown, self-contained HTML with a picture of the flows, JSON, and
@@ -250,14 +250,24 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
         .collect::<Result<Vec<_>, _>>()?;
     let proposal = crate::whatif::read_proposal(&args.what_if)?;
     let loaded = args.source.read()?;
-    let (snapshot, origin) = (loaded.snapshot, loaded.origin);
+    let (mut snapshot, origin) = (loaded.snapshot, loaded.origin);
     let engine = Engine::build(&snapshot).map_err(|error| ReportError::Policy {
         path: origin.clone(),
         error,
     })?;
     crate::cluster::require_pods(&origin, &snapshot)?;
     let log = read_flow_log(&args.flows, args.skip_invalid)?;
-    let flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
+    let mut flows = merge_flows(log.records.iter().map(|(n, r)| (*n, r)));
+    let mut identity_warnings = add_missing_pods(&mut snapshot, &flows);
+    let engine = if identity_warnings.is_empty() {
+        engine
+    } else {
+        Engine::build(&snapshot).map_err(|error| ReportError::Policy {
+            path: origin.clone(),
+            error,
+        })?
+    };
+    identity_warnings.extend(resolve_identities(&engine, &mut flows));
     let audit = match &args.select {
         Some(s) => Audit::Selector(parse_selector(s)?),
         None => Audit::Comms(args.comm.clone()),
@@ -271,6 +281,7 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
     };
     let mut notes = snapshot.notes.clone();
     notes.extend(engine.notes.iter().cloned());
+    notes.extend(identity_warnings);
     let mut report = Report::build(&snapshot, &engine, &flows, &opts, log.skipped.len(), notes)?;
     report.drills = drills;
     if let Some(p) = &proposal {
@@ -348,10 +359,7 @@ impl Report {
         skipped_lines: usize,
         notes: Vec<String>,
     ) -> Result<Self, ReportError> {
-        let results: Vec<FlowResult> = flows
-            .iter()
-            .map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol))
-            .collect();
+        let results: Vec<FlowResult> = flows.iter().map(|f| f.evaluate(engine)).collect();
         let mut suggestions = Vec::new();
         let mut audited = Vec::new();
         let mut coverage = crate::coverage::Coverage::empty(opts.min_observation);
@@ -478,11 +486,12 @@ impl Report {
         let mut checker =
             crate::whatif::Checker::new(proposal, installed, replaced, engine, proposed);
         for f in flows {
-            let r = engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+            let r = f.evaluate(engine);
             if !opts.pods.keeps(engine, &r) {
                 continue;
             }
             let id = crate::whatif::FlowId {
+                who: f.who,
                 src_ip: f.src_ip,
                 dst_ip: f.dst_ip,
                 dst_port: f.dst_port,

@@ -392,6 +392,8 @@ pub struct WhatIf {
 /// One flow to check: its key and where it was seen.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowId {
+    /// The pods its ends are, as today's evaluation resolved them.
+    pub who: crate::identity::Resolved,
     pub src_ip: IpAddr,
     pub dst_ip: IpAddr,
     pub dst_port: u16,
@@ -439,9 +441,13 @@ impl<'a> Checker<'a> {
     /// Evaluates `flow` under the proposal, records it if its verdict changes, and returns
     /// the proposed result and the change.
     pub fn check(&mut self, flow: FlowId, today: &FlowResult) -> (FlowResult, Option<Change>) {
-        let proposed =
-            self.proposed
-                .evaluate(flow.src_ip, flow.dst_ip, flow.dst_port, flow.protocol);
+        let proposed = flow.who.evaluate(
+            self.proposed,
+            flow.src_ip,
+            flow.dst_ip,
+            flow.dst_port,
+            flow.protocol,
+        );
         let change = Change::of(today.allowed, proposed.allowed);
         let c = &mut self.what_if.counts;
         c.checked += 1;
@@ -868,6 +874,7 @@ mod tests {
         let mut c = Checker::new(&p, 1, replaced, &today, &proposed);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let flow = |dst: &str, line| FlowId {
+            who: Default::default(),
             src_ip: ip("10.0.0.1"),
             dst_ip: ip(dst),
             dst_port: 80,

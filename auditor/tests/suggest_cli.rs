@@ -656,3 +656,49 @@ fn namespace_and_selector_choose_whose_policies() {
         "{err}"
     );
 }
+
+/// The CNAME chain a name went through (issue 15 point 1) is in the rule's comment, and
+/// the annotation and the Cilium matchName keep the name the process asked for.
+#[test]
+fn cname_chain_is_in_the_comment_and_the_asked_name_in_the_rule() {
+    let flows = format!(
+        "{FLOWS}{}\n",
+        r#"{"src_ip":"10.0.1.1","dst_ip":"192.0.2.30","dst_port":443,"protocol":"TCP","direction":"egress","comm":"ffmpeg","dns_name":"origin.media.example","dns_cnames":["media.cdn-provider.example","edge7.cdn-provider.example"],"count":1}"#,
+    );
+    let out = suggest_files("cname", &full_cluster(), &flows, |_| {});
+    assert_eq!(out.code, Ok(0), "{}", out.yaml);
+    assert!(
+        out.yaml.contains(
+            "192.0.2.30/32: origin.media.example (CNAME media.cdn-provider.example -> edge7.cdn-provider.example)"
+        ),
+        "{}",
+        out.yaml
+    );
+    let d = docs(&out.yaml);
+    let ann = policy(&d, "ffmpeg-allowlist")["metadata"]["annotations"]["auditor.dev/dns-names"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        ann.split("; ")
+            .any(|p| p == "192.0.2.30/32=origin.media.example"),
+        "{ann}"
+    );
+    let cil = suggest_files("cname-cilium", &full_cluster(), &flows, |a| {
+        a.flavor = Flavor::Cilium
+    });
+    let d = docs(&cil.yaml);
+    let egress = policy(&d, "ffmpeg-allowlist")["spec"]["egress"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    assert!(
+        egress
+            .iter()
+            .any(|r| r["toFQDNs"].as_sequence().is_some_and(|f| f
+                .iter()
+                .any(|m| m["matchName"].as_str() == Some("origin.media.example")))),
+        "{}",
+        cil.yaml
+    );
+}

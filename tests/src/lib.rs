@@ -437,10 +437,15 @@ pub fn free_port() -> u16 {
 /// A Python script: asks `dns` for origin.media.test (A), connects to the answer on
 /// `port` with an HTTP/1.0 GET, and prints the address.
 pub fn dns_then_connect(dns: &str, port: u16) -> String {
+    dns_name_then_connect(dns, "origin.media.test", port)
+}
+
+/// The same for `name`; the address is the answer's last record (after any CNAMEs).
+pub fn dns_name_then_connect(dns: &str, name: &str, port: u16) -> String {
     format!(
         r#"import socket, struct, time
 q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
-for l in 'origin.media.test'.split('.'):
+for l in '{name}'.split('.'):
     q += bytes([len(l)]) + l.encode()
 q += b'\0' + struct.pack('>HH', 1, 1)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

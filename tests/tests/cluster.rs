@@ -213,6 +213,9 @@ fn two_nodes_one_agent_each_through_a_fake_api_server() {
     });
     assert_eq!(pod_of(&r["dst"]), Some("ingest"), "{r}");
     assert_eq!(r["src"]["workload"], "ReplicaSet/transcoder-7d9f8", "{r}");
+    // The pod's UID is recorded too (offline tools resolve a flow by it first).
+    assert_eq!(r["src"]["uid"], transcoder.uid.as_str(), "{r}");
+    assert_eq!(r["dst"]["uid"], ingest.uid.as_str(), "{r}");
     wait_record(&rec_b, "uploader -> storage attributed", |r| {
         r["dst_port"] == 8080
             && pod_of(&r["src"]) == Some("uploader")

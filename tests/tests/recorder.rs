@@ -335,6 +335,45 @@ fn dns_answer_names_the_connection_that_followed() {
     assert!(!q.is_empty(), "the DNS query itself is a flow: {flows:?}");
 }
 
+/// Issue 15 point 1: the CNAME chain of an answer is kept with the name that was asked.
+#[test]
+fn dns_cname_chain_is_kept_with_the_name_that_was_asked() {
+    let Some(()) = privileged("dns cname") else {
+        return;
+    };
+    let net = NetPair::new("dc");
+    let cg = Cgroup::new("dnsc");
+    let _dns = spawn(&format!(
+        "ip netns exec {} dnsmasq --no-daemon --no-resolv --no-hosts --port 53 --listen-address {} --bind-interfaces --host-record=edge7.cdn-provider.test,{} --cname=cdn.media.test,media.cdn-provider.test --cname=media.cdn-provider.test,edge7.cdn-provider.test --local-ttl=30",
+        net.b, net.b4, net.b4
+    ));
+    let _http = start_http(&net, &net.b.clone(), &net.b4.clone(), 8080, "/tmp");
+    let rec = Recorder::start(&["--cgroup", cg.path.to_str().unwrap()]);
+    let script = dns_name_then_connect(&net.b4, "cdn.media.test", 8080);
+    assert_eq!(py(&cg, &net.a, &script).trim(), net.b4);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (flows, _) = rec.stop();
+    eprintln!("flows: {flows:#?}");
+    let conn = find(
+        &flows,
+        &[
+            ("dst_ip", json!(net.b4)),
+            ("dst_port", json!(8080)),
+            ("protocol", json!("TCP")),
+        ],
+    );
+    assert_eq!(conn.len(), 1, "{flows:?}");
+    assert_eq!(
+        conn[0]["dns_name"], "cdn.media.test",
+        "the name the process asked for"
+    );
+    assert_eq!(
+        conn[0]["dns_cnames"],
+        json!(["media.cdn-provider.test", "edge7.cdn-provider.test"]),
+        "the chain, in order, to the name that holds the address"
+    );
+}
+
 #[test]
 fn comm_filter_keeps_real_ffmpeg_and_leaves_out_curl_in_the_same_cgroup() {
     let Some(()) = privileged("ffmpeg comm filter") else {
@@ -925,4 +964,131 @@ fn accept_of_an_ffmpeg_listener_older_than_the_recorder_is_attributed() {
         acc[0]
     );
     assert_eq!(acc[0]["src_ip"], json!(net.b4));
+}
+
+/// Issue 15 point 6: `--comm ffmpeg` chooses which pods are audited; every flow of such a
+/// pod is recorded with its process, the sidecar's included (also one made before ffmpeg
+/// started), while a pod without ffmpeg is left out.
+#[test]
+fn comm_audits_the_pod_so_its_sidecars_flows_are_kept_with_their_process() {
+    use integration_tests::node::{cleanup_stale, Node};
+    let Some(()) = privileged("pods, not processes") else {
+        return;
+    };
+    let tag = "pc1";
+    cleanup_stale(tag);
+    let mut node = Node::new(tag);
+    let packager = node.add_pod("media", "packager", 10, &[("app", "packager")], &[], None);
+    let tool = node.add_pod("media", "tool", 11, &[("app", "tool")], &[], None);
+    let origin = node.add_external("origin.example.test", "198.51.100.7");
+    let media = std::env::temp_dir().join(format!("aud-podcomm-{}", std::process::id()));
+    std::fs::create_dir_all(&media).unwrap();
+    must(&format!(
+        "ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=duration=10:size=160x120:rate=25 -c:v mpeg2video -f mpegts {}/clip.ts",
+        media.display()
+    ));
+    for port in [8000, 8001, 8002] {
+        node.spawn_in_external(
+            &origin,
+            &format!(
+                "python3 -m http.server {port} --directory {}",
+                media.display()
+            ),
+            None,
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !node
+            .run_on_node(&format!(
+                "curl -s -o /dev/null -m 1 http://{}:{port}/",
+                origin.ip
+            ))
+            .0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "origin :{port} did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    // The packager pod's second container: a curl sidecar.
+    let sidecar = packager
+        .cgroup
+        .parent()
+        .unwrap()
+        .join(format!("cri-containerd-{}.scope", "5".repeat(64)));
+    std::fs::create_dir_all(&sidecar).unwrap();
+    let in_sidecar = format!(
+        "sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} \"$@\"' sh",
+        sidecar.display(),
+        packager.netns
+    );
+    let rec = Recorder::start(&[
+        "--cgroup",
+        node.cgroup_root.to_str().unwrap(),
+        "--comm",
+        "ffmpeg",
+    ]);
+    // Before ffmpeg runs: the sidecar's first request, and the tool pod's.
+    must(&format!(
+        "{in_sidecar} curl -sf -o /dev/null http://{}:8001/",
+        origin.ip
+    ));
+    assert!(
+        node.run_in(
+            &tool,
+            &format!("curl -sf -o /dev/null http://{}:8002/", origin.ip)
+        )
+        .0
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // ffmpeg in the main container, then the sidecar again while ffmpeg runs.
+    node.spawn_in(
+        &packager,
+        &format!(
+            "ffmpeg -hide_banner -loglevel error -re -i http://{}:8000/clip.ts -f null -",
+            origin.ip
+        ),
+        None,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    must(&format!(
+        "{in_sidecar} curl -sf -o /dev/null http://{}:8002/",
+        origin.ip
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (flows, summary) = rec.stop();
+    let _ = std::fs::remove_dir_all(&media);
+    eprintln!("flows: {flows:#?}\nsummary: {summary}");
+    let of = |src: &str, port: u16| {
+        find(
+            &flows,
+            &[
+                ("src_ip", json!(src)),
+                ("dst_ip", json!(origin.ip)),
+                ("dst_port", json!(port)),
+            ],
+        )
+    };
+    let ff = of(&packager.ip, 8000);
+    assert!(sum(&ff, "established") >= 1, "ffmpeg's stream: {flows:?}");
+    assert!(ff.iter().all(|r| r["comm"] == "ffmpeg"));
+    let early = of(&packager.ip, 8001);
+    assert_eq!(
+        sum(&early, "established"),
+        1,
+        "the sidecar's request before ffmpeg started: {flows:?}"
+    );
+    assert_eq!(early[0]["comm"], "curl", "tagged with its process");
+    let late = of(&packager.ip, 8002);
+    assert_eq!(
+        sum(&late, "established"),
+        1,
+        "the sidecar's request while ffmpeg runs: {flows:?}"
+    );
+    assert_eq!(late[0]["comm"], "curl");
+    assert!(
+        of(&tool.ip, 8002).is_empty(),
+        "the pod without ffmpeg is not audited: {flows:?}"
+    );
 }

@@ -89,7 +89,8 @@ pub struct DrillArgs {
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
     /// The dependency to block (repeatable): an IP, a CIDR, svc/NAMESPACE/NAME (its
-    /// ClusterIPs and backends, on its ports) or pod/NAMESPACE/NAME (its IPs).
+    /// ClusterIPs, external and LoadBalancer IPs, and backends, on its ports) or
+    /// pod/NAMESPACE/NAME (its IPs).
     ///
     /// Example: --peer svc/media/cdn
     #[arg(long = "peer", value_name = "PEER", required = true)]

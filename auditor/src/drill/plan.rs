@@ -14,7 +14,8 @@ use crate::policy::Engine;
 pub enum PeerSpec {
     /// An address or a CIDR.
     Net(IpNet),
-    /// `svc/NAMESPACE/NAME`: its ClusterIPs and its backends, on its ports.
+    /// `svc/NAMESPACE/NAME`: its ClusterIPs (with its external and LoadBalancer IPs) and
+    /// its backends, on its ports.
     Service { namespace: String, name: String },
     /// `pod/NAMESPACE/NAME`: the pod's IPs.
     Pod { namespace: String, name: String },

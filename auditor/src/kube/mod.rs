@@ -38,7 +38,8 @@ use ::kube::runtime::{watcher, WatchStreamExt};
 use ::kube::{Client, Config, Resource};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Service,
+    Container, ContainerStatus, LoadBalancerIngress, LoadBalancerStatus, Namespace, Node,
+    NodeStatus, Pod, PodSpec, PodStatus, Service, ServiceStatus,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -782,9 +783,32 @@ pub(crate) fn trim_namespace(n: &mut Namespace) {
     n.status = None;
 }
 
+/// Services: spec, and of the status only the LoadBalancer ingress addresses (they
+/// resolve to the backends like ClusterIPs).
 pub(crate) fn trim_service(s: &mut Service) {
     trim_meta(&mut s.metadata);
-    s.status = None;
+    let ingress: Vec<LoadBalancerIngress> = s
+        .status
+        .take()
+        .and_then(|st| st.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.ip.is_some())
+        .map(|i| LoadBalancerIngress {
+            ip: i.ip,
+            ip_mode: i.ip_mode,
+            ..LoadBalancerIngress::default()
+        })
+        .collect();
+    if !ingress.is_empty() {
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(ingress),
+            }),
+            ..ServiceStatus::default()
+        });
+    }
 }
 
 pub(crate) fn trim_endpoint_slice(e: &mut EndpointSlice) {

@@ -485,6 +485,31 @@ fn trimming_keeps_what_the_engine_needs() {
     assert!(st[0].state.is_none());
 }
 
+#[test]
+fn trimming_a_service_keeps_its_load_balancer_addresses() {
+    let mut svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ingest", "namespace": "media",
+                     "annotations": {"metallb.universe.tf/ip-allocated-from-pool": "edge"}},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.40.10", "externalIPs": ["192.0.2.50"],
+                 "selector": {"app": "ingest"}, "ports": [{"port": 5000, "protocol": "UDP"}]},
+        "status": {"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.10", "ipMode": "VIP", "ports": [{"port": 5000, "protocol": "UDP"}]},
+            {"hostname": "lb.example.net"}]},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "x", "message": "",
+                                   "lastTransitionTime": "2026-12-03T09:00:00Z"}]}
+    }))
+    .unwrap();
+    trim_service(&mut svc);
+    let v = serde_json::to_value(&svc).unwrap();
+    assert_eq!(
+        v["status"],
+        json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10", "ipMode": "VIP"}]}})
+    );
+    assert_eq!(v["spec"]["externalIPs"], json!(["192.0.2.50"]));
+    assert!(v["metadata"].get("annotations").is_none(), "{v}");
+}
+
 #[tokio::test]
 async fn bad_kubeconfig_is_an_error_naming_the_file() {
     let dir = std::env::temp_dir().join(format!("auditor-kube-test-{}", std::process::id()));

@@ -101,9 +101,42 @@ impl Engine {
         dst_port: u16,
         protocol: Protocol,
     ) -> FlowResult {
-        let src_ip = src_ip.to_canonical();
+        self.evaluate_as(None, src_ip, None, dst_ip, dst_port, protocol)
+    }
+
+    /// [`Engine::evaluate`] with the pods a flow's identity names in place of its
+    /// addresses' owners (see [`crate::identity`]): `src` for the source, `dst` for a
+    /// destination that is no Service address (a Service's backends are its own). With a
+    /// `src` pod, an unspecified source address (an unbound UDP socket) reads as the pod's
+    /// address of the destination's family, for ipBlocks.
+    pub fn evaluate_as(
+        &self,
+        src_pod: Option<PodId>,
+        src_ip: IpAddr,
+        dst_pod: Option<PodId>,
+        dst_ip: IpAddr,
+        dst_port: u16,
+        protocol: Protocol,
+    ) -> FlowResult {
+        let mut src_ip = src_ip.to_canonical();
         let dst_ip = dst_ip.to_canonical();
-        let src = self.classify(src_ip);
+        let src_pod = src_pod.filter(|&p| p < self.pods.len());
+        let dst_pod = dst_pod.filter(|&p| p < self.pods.len());
+        let src = match src_pod {
+            Some(p) => {
+                if src_ip.is_unspecified() {
+                    if let Some(ip) = self.pods[p]
+                        .ips
+                        .iter()
+                        .find(|ip| ip.is_ipv4() == dst_ip.is_ipv4())
+                    {
+                        src_ip = *ip;
+                    }
+                }
+                Party::Pod(p)
+            }
+            None => self.classify(src_ip),
+        };
         let (service, targets) = match self.service_by_addr.get(&(dst_ip, dst_port, protocol)) {
             Some(&sid) if !self.services[sid].backends.is_empty() => (
                 Some(sid),
@@ -138,7 +171,7 @@ impl Engine {
                 vec![self.evaluate_target(
                     &src,
                     src_ip,
-                    self.classify(dst_ip),
+                    dst_pod.map_or_else(|| self.classify(dst_ip), Party::Pod),
                     dst_ip,
                     dst_port,
                     protocol,

@@ -428,6 +428,11 @@ pub(super) fn parse_pod(pod: &Pod) -> Result<PodInfo, PolicyError> {
     let mut seen = std::collections::HashSet::new();
     host_ips.retain(|ip| seen.insert(*ip));
     let live = !matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if !live {
+        // A finished pod (a completed Job's) owns no address: its IP is free for reuse and
+        // is often another pod's already. Its cgroup still names it (by UID).
+        ips.clear();
+    }
     Ok(PodInfo {
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         workload: workload_of(pod, &namespace, &name),
@@ -676,6 +681,39 @@ pub(super) fn service_ports(
     if vips.is_empty() {
         return Ok(out);
     }
+    // kube-proxy sends in-cluster traffic to external IPs and LoadBalancer ingress IPs
+    // straight to the backends, as it does for the ClusterIPs (except an ingress with
+    // `ipMode: Proxy`, whose traffic goes to the load balancer).
+    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
+        let ip = parse_ip(s)
+            .map_err(|m| invalid("Service", meta, format!("spec.externalIPs[{i}]"), m))?;
+        if !vips.contains(&ip) {
+            vips.push(ip);
+        }
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        if ing.ip_mode.as_deref() == Some("Proxy") {
+            continue;
+        }
+        if let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty()) {
+            let ip = parse_ip(s).map_err(|m| {
+                invalid(
+                    "Service",
+                    meta,
+                    format!("status.loadBalancer.ingress[{i}].ip"),
+                    m,
+                )
+            })?;
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
+    }
     let namespace = namespace_of(meta);
     let name = meta.name.clone().unwrap_or_default();
     for (i, sp) in spec.ports.iter().flatten().enumerate() {
@@ -783,4 +821,114 @@ fn slice_backends(
     }
     // Like kube-proxy: serving-but-terminating endpoints only when none is ready.
     Ok(if ready.is_empty() { serving } else { ready })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::parse_snapshot;
+
+    fn engine(yaml: &str) -> Engine {
+        Engine::build(&parse_snapshot(std::path::Path::new("c.yaml"), yaml.as_bytes()).unwrap())
+            .unwrap()
+    }
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a-job-29123456-x1, namespace: media, uid: u-job, labels: {app: job}}
+status: {phase: Succeeded, podIP: 10.0.1.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: z-web, namespace: media, uid: u-web, labels: {app: web}}
+spec: {containers: [{name: web, image: web, ports: [{containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.0.1.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b-done, namespace: media, labels: {app: web}}
+status: {phase: Failed, podIP: 10.0.1.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c-pending, namespace: media, labels: {app: web}}
+status: {phase: Pending}
+"#;
+
+    #[test]
+    fn finished_pods_own_no_address() {
+        let e = engine(PODS);
+        let web = e.pod_id("media", "z-web").unwrap();
+        assert_eq!(e.classify("10.0.1.5".parse().unwrap()), Party::Pod(web));
+        // Alone on its address, a Failed pod does not own it either.
+        assert_eq!(e.classify("10.0.1.9".parse().unwrap()), Party::External);
+        let job = e.pod_id("media", "a-job-29123456-x1").unwrap();
+        assert!(e.pods()[job].ips.is_empty());
+        // Still found by its UID (its cgroup), and no note about a shared address.
+        assert_eq!(e.pod_by_uid("u-job"), Some(job));
+        assert!(
+            e.notes.iter().all(|n| !n.contains("10.0.1.5")),
+            "{:?}",
+            e.notes
+        );
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_are_service_addresses() {
+        let e = engine(&format!(
+            r#"{PODS}---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: media}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalIPs: [192.0.2.50]
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 203.0.113.10, ipMode: VIP}}, {{ip: 203.0.113.11, ipMode: Proxy}}, {{hostname: lb.example.net}}]
+"#
+        ));
+        for ip in ["10.96.0.20", "192.0.2.50", "203.0.113.10"] {
+            let sp = e
+                .service_at(ip.parse().unwrap(), 80, Protocol::Tcp)
+                .unwrap_or_else(|| panic!("{ip} is the Service's"));
+            assert_eq!(sp.service, "web");
+            // The finished web pod is no backend; the running one is.
+            assert_eq!(
+                sp.backends,
+                vec![Backend {
+                    ip: "10.0.1.5".parse().unwrap(),
+                    port: 8080
+                }]
+            );
+        }
+        // ipMode Proxy: the load balancer proxies, so its address is not short-circuited.
+        assert!(e
+            .service_at("203.0.113.11".parse().unwrap(), 80, Protocol::Tcp)
+            .is_none());
+    }
+
+    #[test]
+    fn a_bad_load_balancer_ip_names_the_field() {
+        let snap = parse_snapshot(
+            std::path::Path::new("c.yaml"),
+            br#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: media}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
+status: {loadBalancer: {ingress: [{ip: 203.0.113.300}]}}
+"#,
+        )
+        .unwrap();
+        let err = Engine::build(&snap).unwrap_err().to_string();
+        assert!(
+            err.starts_with("Service media/web: field status.loadBalancer.ingress[0].ip:"),
+            "{err}"
+        );
+    }
 }

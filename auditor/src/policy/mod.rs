@@ -31,7 +31,11 @@
 //! - hostNetwork pods are out of scope: their address is their node's, and flows from
 //!   or to it are reported as node traffic, to which policies do not apply on the node
 //!   side.
-//! - A flow to a Service ClusterIP:port is resolved through the EndpointSlices (or, if
+//! - Pods in phase Succeeded or Failed own no address (a running pod may have it now) and
+//!   are no selector backends; their UID still names them (cgroup -> pod).
+//! - A flow to a Service ClusterIP:port (or one of its `spec.externalIPs`, or a
+//!   `status.loadBalancer.ingress[].ip` without `ipMode: Proxy`: kube-proxy short-circuits
+//!   those in the cluster) is resolved through the EndpointSlices (or, if
 //!   the Service has none, its selector) to backend pods and target ports first; each
 //!   backend is evaluated and the flow is allowed only when every backend is reachable,
 //!   since the proxy may pick any of them.
@@ -101,7 +105,7 @@ pub struct PodInfo {
     ns: usize,
     /// metadata.uid, for cgroup -> pod.
     uid: Option<Arc<str>>,
-    /// Not Succeeded/Failed: a live pod wins an address over a finished one.
+    /// Not Succeeded/Failed. A finished pod owns no address (its `ips` are empty).
     live: bool,
     /// The node addresses this pod tells of (hostIPs, and its own IPs when hostNetwork), deduplicated.
     host_ips: Vec<IpAddr>,
@@ -193,7 +197,8 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Resolved backends, sorted and deduplicated.
     pub backends: Vec<Backend>,
-    /// The Service's ClusterIPs (deduplicated) and this port's position in `spec.ports`:
+    /// The Service's ClusterIPs, then its external IPs and LoadBalancer ingress IPs
+    /// (deduplicated), and this port's position in `spec.ports`:
     /// of two Service ports on one address, the later (namespace, name, position) wins.
     vips: Vec<IpAddr>,
     order: usize,
@@ -212,7 +217,7 @@ impl PodInfo {
 }
 
 impl ServicePort {
-    /// The Service's ClusterIPs.
+    /// The Service's ClusterIPs, external IPs and LoadBalancer ingress IPs.
     pub fn vips(&self) -> &[IpAddr] {
         &self.vips
     }

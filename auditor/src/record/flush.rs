@@ -422,7 +422,9 @@ fn write_items(
 
 /// The record of a changed flow (before `enrich`).
 fn flow_record(state: &mut State, p: &Pending, drops: Option<(u64, u32)>) -> FlowRecord {
-    let dns_name = state.dns_name_of(p.idx).map(|n| n.to_string());
+    let dns = state.dns_name_of(p.idx);
+    let dns_name = dns.as_ref().map(|n| n.query.clone());
+    let dns_cnames = dns.map(|n| n.cnames.clone()).unwrap_or_default();
     let e = state.flows.entry(p.idx);
     let (flow, m) = (&e.flow, &e.meta);
     let delta = p.delta;
@@ -453,6 +455,7 @@ fn flow_record(state: &mut State, p: &Pending, drops: Option<(u64, u32)>) -> Flo
         cgroup_id: Some(flow.cgroup_id),
         cgroup: m.ident.cgroup.clone(),
         dns_name,
+        dns_cnames,
         first_seen: state.time(m.first_seen_ns),
         last_seen: state.time(m.last_seen_ns),
         count: delta.count,
@@ -574,6 +577,7 @@ fn empty_record(src: IpAddr, dst: IpAddr, port: u16, protocol: Protocol) -> Flow
         cgroup_id: None,
         cgroup: None,
         dns_name: None,
+        dns_cnames: Vec::new(),
         first_seen: None,
         last_seen: None,
         count: 0,

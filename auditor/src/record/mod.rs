@@ -52,7 +52,10 @@ pub struct RecordArgs {
     /// Stop after this long (e.g. `30s`, `10m`); without it, record until SIGINT/SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration, env = "AUDITOR_DURATION")]
     pub duration: Option<Duration>,
-    /// Keep only flows of processes with this name (process or thread name); repeatable.
+    /// Audit the pods that run a process with this name (process or thread name);
+    /// repeatable. Every flow of such a pod is kept, its sidecars' included, each tagged
+    /// with its process: policies select pods, not processes. Outside pods (a plain
+    /// cgroup or host process) only the named processes' flows are kept.
     #[arg(
         long = "comm",
         value_name = "NAME",

@@ -28,8 +28,16 @@ pub enum AlertSink {
 
 /// A DNS name learned from an answer, kept for its TTL (at least `DNS_MIN_KEEP`).
 struct DnsName {
-    name: Arc<str>,
+    name: Arc<DnsNames>,
     expires: Instant,
+}
+
+/// The name a process asked for and the CNAME chain its answer went through.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DnsNames {
+    pub query: String,
+    /// CNAMEs from the asked name to the one that holds the address, in order.
+    pub cnames: Vec<String>,
 }
 
 /// How long a process's /proc name is reused, and how many processes are remembered.
@@ -39,9 +47,27 @@ const PROCS_MAX: usize = 4096;
 /// Answers with a TTL of a few seconds are still used by the connection that follows.
 const DNS_MIN_KEEP: Duration = Duration::from_secs(60);
 
+/// How long "this pod runs no `--comm` process" is believed before it is checked again.
+const POD_RECHECK: Duration = Duration::from_secs(2);
+const PODS_MAX: usize = 4096;
+
+/// The pod-level cgroup of a pod's (or one of its containers') cgroup path.
+pub fn pod_dir(cgroup: &str) -> Option<&str> {
+    match crate::attribute::parse_cgroup_path(cgroup) {
+        Ok(Some(crate::attribute::CgroupOwner::Pod(p))) => Some(match p.container {
+            Some(_) => cgroup.rsplit_once('/').map_or(cgroup, |(parent, _)| parent),
+            None => cgroup,
+        }),
+        _ => None,
+    }
+}
+
 /// Filters and enrichment; the pure part of the recorder.
 pub struct State {
     pub comms: BTreeSet<String>,
+    /// Pod-level cgroups and whether they run a `--comm` process (true is for good;
+    /// false is checked again after `POD_RECHECK`).
+    audited_pods: HashMap<String, (bool, Instant)>,
     pub cgroup_prefix: Option<String>,
     pub resolver: Option<CgroupResolver>,
     pub flows: FlowTable,
@@ -79,6 +105,7 @@ impl State {
     pub fn new(shared: Arc<crate::serve::Shared>, alert_window: Duration) -> Self {
         State {
             comms: BTreeSet::new(),
+            audited_pods: HashMap::new(),
             cgroup_prefix: None,
             resolver: None,
             flows: FlowTable::default(),
@@ -120,28 +147,116 @@ impl State {
         Some(humantime::format_rfc3339_millis(t).to_string())
     }
 
-    /// Whether a flow of this process and cgroup passes `--comm` and `--cgroup`.
+    /// Whether a flow of this process and cgroup passes `--comm` and `--cgroup`. With
+    /// `--comm`, a flow of a pod that runs a named process passes whichever process made
+    /// it (the pod is audited, so its sidecars' needs belong in its allowlist).
     fn passes_filters(
-        &self,
+        &mut self,
         flow: &Flow,
         comm: Option<&String>,
         thread_comm: Option<&String>,
         cgroup: Option<&String>,
     ) -> bool {
-        let mut keep = true;
-        if !self.comms.is_empty() {
-            keep = comm.is_some_and(|c| self.comms.contains(c))
-                || thread_comm.is_some_and(|c| self.comms.contains(c));
+        // The recorder's own connections (the Kubernetes API, Alertmanager) are not audited.
+        if flow.tgid == std::process::id() {
+            return false;
         }
         if let Some(prefix) = &self.cgroup_prefix {
-            keep &= cgroup.is_some_and(|c| {
+            let inside = cgroup.is_some_and(|c| {
                 c == prefix
                     || c.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
                     || prefix == "/"
             });
+            if !inside {
+                return false;
+            }
         }
-        // The recorder's own connections (the Kubernetes API, Alertmanager) are not audited.
-        keep && flow.tgid != std::process::id()
+        if self.comms.is_empty() {
+            return true;
+        }
+        let by_process = comm.is_some_and(|c| self.comms.contains(c))
+            || thread_comm.is_some_and(|c| self.comms.contains(c));
+        let Some(pod) = cgroup.and_then(|c| pod_dir(c)).map(str::to_owned) else {
+            return by_process;
+        };
+        if by_process {
+            self.pod_audited(&pod);
+            return true;
+        }
+        self.pod_runs_comm(&pod)
+    }
+
+    /// Marks a pod audited; the flows of its other processes seen before become kept.
+    fn pod_audited(&mut self, pod: &str) {
+        let now = Instant::now();
+        if let Some(e) = self.audited_pods.get_mut(pod) {
+            e.1 = now;
+            if e.0 {
+                return;
+            }
+            e.0 = true;
+        } else {
+            self.bound_pods(now);
+            self.audited_pods.insert(pod.to_owned(), (true, now));
+        }
+        let own = std::process::id();
+        let mut kept = 0;
+        for e in self.flows.iter_mut() {
+            if e.meta.flags & KEEP == 0
+                && e.flow.tgid != own
+                && e.meta.ident.cgroup.as_deref().and_then(pod_dir) == Some(pod)
+            {
+                e.meta.flags |= KEEP;
+                // Its counters were read but not written while it was left out: all of
+                // them are written at the next flush.
+                e.meta.written = Default::default();
+                kept += 1;
+            }
+        }
+        self.summary.flows += kept;
+    }
+
+    /// Whether a pod runs a `--comm` process now (its processes read from the cgroup
+    /// tree and /proc, at most once per `POD_RECHECK` while it does not).
+    fn pod_runs_comm(&mut self, pod: &str) -> bool {
+        let now = Instant::now();
+        if let Some((audited, at)) = self.audited_pods.get_mut(pod) {
+            if *audited || now.duration_since(*at) < POD_RECHECK {
+                *at = if *audited { now } else { *at };
+                return *audited;
+            }
+        }
+        let Some(root) = self.resolver.as_ref().map(|r| r.root().to_owned()) else {
+            return false;
+        };
+        let pids = procfs::pids_below(&root.join(pod.trim_start_matches('/')), 256);
+        let mut runs = false;
+        for pid in pids {
+            if let Some(c) = self.proc_info(pid).comm {
+                if self.comms.contains(&c) {
+                    runs = true;
+                    break;
+                }
+            }
+        }
+        if runs {
+            self.pod_audited(pod);
+        } else {
+            self.bound_pods(now);
+            self.audited_pods.insert(pod.to_owned(), (false, now));
+        }
+        runs
+    }
+
+    /// Keeps the pod memory bounded: past `PODS_MAX`, pods not seen for a while go.
+    fn bound_pods(&mut self, now: Instant) {
+        if self.audited_pods.len() >= PODS_MAX {
+            self.audited_pods
+                .retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(3600));
+            if self.audited_pods.len() >= PODS_MAX {
+                self.audited_pods.clear();
+            }
+        }
     }
 
     /// A process's name and executable, read from /proc once per `PROC_TTL` (a process
@@ -383,7 +498,7 @@ impl State {
     }
 
     /// The DNS name a flow's destination was asked by, pinned on the flow when found.
-    pub fn dns_name_of(&mut self, i: u32) -> Option<Arc<str>> {
+    pub fn dns_name_of(&mut self, i: u32) -> Option<Arc<DnsNames>> {
         let e = self.flows.entry(i);
         if e.flow.direction != Direction::Egress {
             return None;
@@ -403,7 +518,10 @@ impl State {
 
     fn learn_dns(&mut self, cgroup_id: u64, answer: &dns::DnsAnswer) {
         let now = Instant::now();
-        let name: Arc<str> = Arc::from(answer.query.as_str());
+        let name = Arc::new(DnsNames {
+            query: answer.query.clone(),
+            cnames: answer.cnames.clone(),
+        });
         for (addr, ttl) in &answer.addrs {
             let expires = now + Duration::from_secs(u64::from(*ttl)).max(DNS_MIN_KEEP);
             for key in [(cgroup_id, *addr), (0, *addr)] {
@@ -700,6 +818,117 @@ mod tests {
         assert_eq!(one.attribute(&s, &drops[2].0), Some(ing_i));
         assert_eq!(one.attribute(&s, &drops[0].0), None, "not indexed");
         assert_eq!(one.by_peer.len(), 2);
+    }
+
+    /// Issue 15 point 6: `--comm` chooses pods. A sidecar's flow in a pod whose other
+    /// container runs the named process is kept (also one seen before the pod was known
+    /// to be audited); a pod without it and a plain cgroup keep only named processes.
+    #[test]
+    fn comm_audits_pods_and_keeps_their_sidecars_flows() {
+        let root = std::env::temp_dir().join(format!("auditor-podcomm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let pod = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0f3c2a1e_8b7d_4c6a_9e5f_1a2b3c4d5e6f.slice";
+        let other = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1f3c2a1e_8b7d_4c6a_9e5f_1a2b3c4d5e6f.slice";
+        let ctr =
+            |p: &str, c: char| format!("{p}/cri-containerd-{}.scope", c.to_string().repeat(64));
+        for d in [ctr(pod, 'a'), ctr(pod, 'b'), ctr(other, 'c')] {
+            std::fs::create_dir_all(root.join(d.trim_start_matches('/'))).unwrap();
+        }
+        // The test process stands in for ffmpeg in container a of the first pod.
+        let me = std::process::id();
+        std::fs::write(
+            root.join(ctr(pod, 'a').trim_start_matches('/'))
+                .join("cgroup.procs"),
+            format!("{me}\n"),
+        )
+        .unwrap();
+        let my_comm = procfs::proc_info(me).comm.unwrap();
+        let mut s = State::new(crate::serve::Shared::new(10), Duration::from_secs(60));
+        s.resolver = Some(procfs::CgroupResolver::new(root.clone()));
+        s.comms = BTreeSet::from([my_comm.clone()]);
+        let mut f = flow(Direction::Egress, "10.0.0.1", "10.0.0.2", 80);
+        f.tgid = 4_000_000;
+        let curl = Some("curl".to_owned());
+        // A sidecar flow recorded (not kept) before anything is known of its pod.
+        let early = s.flows.insert(
+            f,
+            Meta {
+                ident: Arc::new(Ident {
+                    pid: Some(4_000_000),
+                    comm: curl.clone(),
+                    cgroup: Some(ctr(pod, 'b')),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        assert!(
+            s.passes_filters(&f, curl.as_ref(), None, Some(&ctr(pod, 'b'))),
+            "sidecar of an audited pod"
+        );
+        assert!(
+            s.flows.entry(early).meta.keep(),
+            "the earlier sidecar flow is kept too"
+        );
+        assert_eq!(s.summary.flows, 1);
+        assert!(
+            !s.passes_filters(&f, curl.as_ref(), None, Some(&ctr(other, 'c'))),
+            "a pod without the process"
+        );
+        assert!(
+            !s.passes_filters(
+                &f,
+                curl.as_ref(),
+                None,
+                Some(&"/system.slice/cron.service".to_owned())
+            ),
+            "not a pod: by process"
+        );
+        assert!(s.passes_filters(
+            &f,
+            Some(&my_comm),
+            None,
+            Some(&"/system.slice/cron.service".to_owned())
+        ));
+        assert_eq!(pod_dir(&ctr(pod, 'b')), Some(pod));
+        assert_eq!(pod_dir(pod), Some(pod));
+        assert_eq!(pod_dir("/system.slice/cron.service"), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_flow_keeps_the_asked_name_and_its_cname_chain() {
+        let mut s = State::new(crate::serve::Shared::new(10), Duration::from_secs(60));
+        s.learn_dns(
+            7,
+            &dns::DnsAnswer {
+                query: "cdn.media.test".into(),
+                cnames: vec![
+                    "media.cdn-provider.test".into(),
+                    "edge7.cdn-provider.test".into(),
+                ],
+                addrs: vec![("10.0.0.2".parse().unwrap(), 30)],
+            },
+        );
+        let mut f = flow(Direction::Egress, "10.0.0.1", "10.0.0.2", 80);
+        f.cgroup_id = 7;
+        let i = s.flows.insert(f, Meta::default());
+        let n = s.dns_name_of(i).expect("named");
+        assert_eq!(n.query, "cdn.media.test");
+        assert_eq!(
+            n.cnames,
+            ["media.cdn-provider.test", "edge7.cdn-provider.test"]
+        );
+        // Pinned on the flow: a later answer for the address does not rename it.
+        s.learn_dns(
+            7,
+            &dns::DnsAnswer {
+                query: "other.test".into(),
+                cnames: vec![],
+                addrs: vec![("10.0.0.2".parse().unwrap(), 30)],
+            },
+        );
+        assert_eq!(s.dns_name_of(i).unwrap().query, "cdn.media.test");
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Counters {
 pub struct Meta {
     pub ident: Arc<Ident>,
     /// The DNS name the flow's destination was looked up by, pinned when first found.
-    pub dns_name: Option<Arc<str>>,
+    pub dns_name: Option<Arc<super::state::DnsNames>>,
     /// Counters already written.
     pub written: Counters,
     pub first_seen_ns: u64,

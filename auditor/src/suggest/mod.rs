@@ -34,12 +34,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::cluster::{ClusterError, ClusterSource, Snapshot};
 use crate::filter::{Filter, FilterArgs, FilterError, VerdictFilter};
 use crate::flowlog::{read_input, visit_flow_log, Direction, FlowLogError, FlowRecord, Protocol};
+use crate::identity::{FlowName, Hint, Hints, Resolved};
 use crate::policy::{Engine, FlowResult, Party, PodId, PolicyError, PolicyId, Target};
 use labels::{dns_name_part, group_of, split_group, workload_labels, LabelSel, SelectorParseError};
 use yaml::{map, s, seq, Item, Node};
@@ -240,6 +242,8 @@ pub struct Observed {
     pub direction: Option<Direction>,
     pub comms: BTreeSet<String>,
     pub dns_names: BTreeSet<String>,
+    /// The CNAME chain each of `dns_names` went through (the first one recorded).
+    pub cname_chains: BTreeMap<String, Vec<String>>,
     pub records: u64,
     pub count: u64,
     /// What the kernel saw of it: drops and their reasons, timeouts, refusals.
@@ -247,10 +251,14 @@ pub struct Observed {
     pub first_line: usize,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
+    /// What the records say about its pods (cgroup pod UID, recorded identity).
+    pub hint: Option<Arc<Hint>>,
+    /// The pods its ends are, from `hint` ([`resolve_identities`]); none: the addresses tell.
+    pub who: Resolved,
 }
 
-/// Merges records of the same flow (`src_ip, dst_ip, dst_port, protocol`: what a verdict
-/// depends on), adding up counts; sorted by that key.
+/// Merges records of the same flow (`src_ip, dst_ip, dst_port, protocol` and what they say
+/// about their pods: what a verdict depends on), adding up counts; sorted by that key.
 pub fn merge_flows<'a>(
     records: impl IntoIterator<Item = (usize, &'a FlowRecord)>,
 ) -> Vec<Observed> {
@@ -265,8 +273,10 @@ pub fn merge_flows<'a>(
 /// and no record is kept. Strings are copied only when they add something to the flow.
 #[derive(Debug, Default)]
 pub struct FlowMerger {
-    index: HashMap<(IpAddr, IpAddr, u16, Protocol), usize>,
+    /// The hint by its address: interned, one `Arc` per distinct hint.
+    index: HashMap<(IpAddr, IpAddr, u16, Protocol, Option<*const Hint>), usize>,
     flows: Vec<Observed>,
+    hints: Hints,
 }
 
 impl FlowMerger {
@@ -277,16 +287,28 @@ impl FlowMerger {
             r.dst_ip.to_canonical(),
             r.dst_port,
             r.protocol,
+            self.hints.intern(r),
         );
-        let i = *self.index.entry(key).or_insert_with(|| {
+        let (src_ip, dst_ip, dst_port, protocol, hint) = key;
+        let id = (
+            src_ip,
+            dst_ip,
+            dst_port,
+            protocol,
+            hint.as_ref().map(Arc::as_ptr),
+        );
+        let i = *self.index.entry(id).or_insert_with(|| {
             self.flows.push(Observed {
-                src_ip: key.0,
-                dst_ip: key.1,
-                dst_port: key.2,
-                protocol: key.3,
+                hint,
+                who: Resolved::default(),
+                src_ip,
+                dst_ip,
+                dst_port,
+                protocol,
                 direction: r.direction,
                 comms: BTreeSet::new(),
                 dns_names: BTreeSet::new(),
+                cname_chains: BTreeMap::new(),
                 records: 0,
                 count: 0,
                 facts: Default::default(),
@@ -310,10 +332,11 @@ impl FlowMerger {
             add_new(&mut o.comms, c);
         }
         if let Some(n) = &r.dns_name {
-            add_new(
-                &mut o.dns_names,
-                &n.trim_end_matches('.').to_ascii_lowercase(),
-            );
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            if !r.dns_cnames.is_empty() && !o.cname_chains.contains_key(&n) {
+                o.cname_chains.insert(n.clone(), r.dns_cnames.clone());
+            }
+            add_new(&mut o.dns_names, &n);
         }
         if let Some(f) = &r.first_seen {
             if o.first_seen.as_ref().is_none_or(|x| f < x) {
@@ -330,9 +353,40 @@ impl FlowMerger {
     /// The merged flows, sorted by their key.
     pub fn finish(self) -> Vec<Observed> {
         let mut flows = self.flows;
-        flows.sort_unstable_by_key(|o| (o.src_ip, o.dst_ip, o.dst_port, o.protocol));
+        flows.sort_unstable_by(|a, b| {
+            (a.src_ip, a.dst_ip, a.dst_port, a.protocol, &a.hint)
+                .cmp(&(b.src_ip, b.dst_ip, b.dst_port, b.protocol, &b.hint))
+        });
         flows
     }
+}
+
+/// [`crate::identity::add_missing_pods`] for the pods `flows` name; the caller builds
+/// the engine again when a pod was added (the notes say which).
+pub fn add_missing_pods(snapshot: &mut Snapshot, flows: &[Observed]) -> Vec<String> {
+    crate::identity::add_missing_pods(snapshot, flows.iter().filter_map(|f| f.hint.as_deref()))
+}
+
+/// Resolves the pods of each flow ([`crate::identity`]) into [`Observed::who`]; returns
+/// the warnings where a record's identities disagree, in flow order, for the notes.
+pub fn resolve_identities(engine: &Engine, flows: &mut [Observed]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for f in flows.iter_mut() {
+        let (who, w) = crate::identity::resolve(
+            engine,
+            &FlowName {
+                line: f.first_line,
+                src_ip: f.src_ip,
+                dst_ip: f.dst_ip,
+                dst_port: f.dst_port,
+                protocol: f.protocol,
+                hint: f.hint.as_deref(),
+            },
+        );
+        f.who = who;
+        warnings.extend(w.into_iter().map(|w| format!("identity: {w}")));
+    }
+    warnings
 }
 
 /// `f` over `items` on two threads (one a half), results in order.
@@ -359,6 +413,26 @@ impl Observed {
             Some(Direction::Ingress) => self.dst_ip,
             _ => self.src_ip,
         }
+    }
+
+    /// What the recorded process is: its pod by identity, else by address.
+    pub fn local_party(&self, engine: &Engine) -> Party {
+        let pod = match self.direction {
+            Some(Direction::Ingress) => self.who.dst,
+            _ => self.who.src,
+        };
+        pod.map_or_else(|| engine.classify(self.local_ip()), Party::Pod)
+    }
+
+    /// The verdict of `engine` for this flow, its ends as [`Observed::who`] resolved them.
+    pub fn evaluate(&self, engine: &Engine) -> FlowResult {
+        self.who.evaluate(
+            engine,
+            self.src_ip,
+            self.dst_ip,
+            self.dst_port,
+            self.protocol,
+        )
     }
 }
 
@@ -444,9 +518,17 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (built, read)
     });
-    let (snapshot, engine, origin) = built?;
+    let (mut snapshot, mut engine, origin) = built?;
+    let (mut flows, skipped_lines) = read?;
+    let mut identity_warnings = add_missing_pods(&mut snapshot, &flows);
+    if !identity_warnings.is_empty() {
+        engine = Engine::build(&snapshot).map_err(|error| SuggestError::Policy {
+            path: origin.clone(),
+            error,
+        })?;
+    }
     let pods = Filter::compile(&args.filter, &engine, &origin)?;
-    let (flows, skipped_lines) = read?;
+    identity_warnings.extend(resolve_identities(&engine, &mut flows));
     phase.done("read the snapshot and the flow log, built the engine");
     let audit = match &args.select {
         Some(sel) => Audit::Selector(labels::parse_selector(sel)?),
@@ -493,7 +575,12 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
     }
     eprint!("{}", summary_text(&sug, out_path.as_deref(), skipped_lines));
     // What the snapshot and the engine left out, as `diff` lists it.
-    for n in snapshot.notes.iter().chain(&engine.notes) {
+    for n in snapshot
+        .notes
+        .iter()
+        .chain(&engine.notes)
+        .chain(&identity_warnings)
+    {
         eprintln!("auditor suggest: note: {n}");
     }
     if !sug.verification.failures.is_empty() {
@@ -916,9 +1003,7 @@ pub fn suggest(
     let ctx = Ctx::new(snapshot, engine);
     let mut gaps = Vec::new();
     let mut warnings = Vec::new();
-    let mut results: Vec<FlowResult> = par_map(flows, |f| {
-        engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol)
-    });
+    let mut results: Vec<FlowResult> = par_map(flows, |f| f.evaluate(engine));
     // -n/-l: the flows from or to the pods they keep.
     let kept: Vec<Observed>;
     let flows = if opts.pods.all_pods() {
@@ -949,7 +1034,7 @@ pub fn suggest(
                 if !f.comms.iter().any(|c| comms.contains(c)) {
                     continue;
                 }
-                match engine.classify(f.local_ip()) {
+                match f.local_party(engine) {
                     Party::Pod(p) => {
                         if in_scope(p) {
                             audited.insert(ctx.group_of[p]);
@@ -1162,6 +1247,12 @@ pub fn suggest(
 
     // DNS names per external address, and names whose addresses changed.
     let mut names_of: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in flows {
+        for (n, c) in &f.cname_chains {
+            chains.entry(n.clone()).or_insert_with(|| c.clone());
+        }
+    }
     let mut addrs_of: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
     for f in flows {
         for n in &f.dns_names {
@@ -1202,6 +1293,7 @@ pub fn suggest(
         results: &results,
         opts,
         names_of: &names_of,
+        chains: &chains,
         changing: &changing,
     };
     let mut plans: Vec<Plan> = Vec::new();
@@ -1311,6 +1403,8 @@ struct Builder<'a> {
     results: &'a [FlowResult],
     opts: &'a Options,
     names_of: &'a BTreeMap<IpAddr, BTreeSet<String>>,
+    /// The CNAME chain of each asked name, for the rule comments.
+    chains: &'a BTreeMap<String, Vec<String>>,
     changing: &'a BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
@@ -1633,7 +1727,14 @@ impl Builder<'_> {
                 if !names.is_empty() {
                     line.push_str(&format!(
                         ": {}",
-                        names.iter().cloned().collect::<Vec<_>>().join(", ")
+                        names
+                            .iter()
+                            .map(|n| match self.chains.get(n) {
+                                Some(c) => format!("{n} (CNAME {})", c.join(" -> ")),
+                                None => n.clone(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
                 if widened {
@@ -2340,7 +2441,7 @@ fn verify(
             drop(generated);
             let failures = par_map(&flow_ids, |&i| {
                 let f = &flows[i];
-                let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+                let after = f.evaluate(&full);
                 if !after.allowed {
                     Some(format!(
                         "observed flow still denied: {}",
@@ -2374,7 +2475,7 @@ fn verify(
                 if !touches_audited(&before[i]) {
                     return None;
                 }
-                let after = full.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+                let after = f.evaluate(&full);
                 if after.allowed {
                     return Some(None);
                 }
@@ -2400,7 +2501,7 @@ fn verify(
                     return None; // not checked, or already failed with installed + suggested
                 }
                 let f = &flows[i];
-                let own = alone.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol);
+                let own = f.evaluate(&alone);
                 let bad = own.targets.iter().any(|t| {
                     (matches!(t.src, Party::Pod(p) if is_audited(p)) && !t.egress.allowed)
                         || (matches!(t.dst, Party::Pod(p) if is_audited(p)) && !t.ingress.allowed)
@@ -2801,10 +2902,7 @@ mod tests {
         flows.sort_by_key(|f| std::cmp::Reverse(f.dst_ip));
         assert_eq!(flows[0].dst_ip.to_string(), "203.0.113.9");
         let ctx = Ctx::new(&snapshot, &engine);
-        let before: Vec<FlowResult> = flows
-            .iter()
-            .map(|f| engine.evaluate(f.src_ip, f.dst_ip, f.dst_port, f.protocol))
-            .collect();
+        let before: Vec<FlowResult> = flows.iter().map(|f| f.evaluate(&engine)).collect();
         let Party::Pod(a) = engine.classify("10.244.0.1".parse().unwrap()) else {
             panic!("10.244.0.1 is pod a")
         };

@@ -85,6 +85,10 @@ pub enum Flavor {
 /// the policy engine before it is written. Exit code 0, or 1 when part of the input could
 /// not be covered (stated on stderr and in the YAML).
 ///
+/// The summary and the YAML also state each audited workload's observation coverage (how
+/// long it was watched, its pods and Job runs, when its last new peer or port appeared)
+/// and warn when an allowlist rests on thin evidence (see `--min-observation`).
+///
 /// `-n` and `-l` choose whose policies you get: only workloads with a pod in the
 /// namespace (matching the selector) are audited, among those `--comm` or `--select`
 /// finds. An audited workload's allowlist still carries every flow it had, also with

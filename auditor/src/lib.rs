@@ -9,6 +9,7 @@ pub mod attribute;
 pub mod btf;
 pub mod cluster;
 pub mod collect;
+pub mod coverage;
 pub mod decode;
 pub mod diff;
 pub mod dns;

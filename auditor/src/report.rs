@@ -92,6 +92,13 @@ pub struct ReportArgs {
     // --policies, --replace: a section on what the proposed policies would change.
     #[command(flatten)]
     pub what_if: crate::whatif::WhatIfArgs,
+    /// An audited workload watched for less than this is on thin evidence (a warning in
+    /// the section "Observation coverage"; so are CronJobs/Jobs seen in fewer than 2 runs
+    /// and workloads whose peers or ports were still growing in the last 10% of it).
+    ///
+    /// Example: --min-observation 30m
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub min_observation: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +207,8 @@ pub struct Summary {
     pub blocked_although_allowed: usize,
     /// Flows the policies deny that went through.
     pub denied_but_passed: usize,
+    /// Audited workloads whose allowlist rests on thin evidence (see `coverage`).
+    pub thin_evidence: usize,
     /// With `--policies`: shown flows the proposal would break, and unblock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_break: Option<usize>,
@@ -218,6 +227,8 @@ pub struct Report {
     pub denied_but_passed: Vec<FlowRow>,
     pub unused_rules: Vec<UnusedRule>,
     pub suggestions: Vec<SuggestionSection>,
+    /// How much evidence each audited workload's allowlist rests on.
+    pub coverage: crate::coverage::Coverage,
     pub notes: Vec<String>,
     /// Failover drills given with `--drill`, as they were written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -265,6 +276,7 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
         audit,
         max_prefix_v4: args.max_prefix,
         pods: Filter::compile(&args.filter, &engine, &origin)?,
+        min_observation: args.min_observation,
         ..Options::default()
     };
     let mut notes = snapshot.notes.clone();
@@ -320,6 +332,15 @@ pub fn run(args: &ReportArgs) -> Result<i32, ReportError> {
             crate::drill::summary::tally(&report.drills)
         );
     }
+    if !report.coverage.workloads.is_empty() {
+        eprintln!(
+            "auditor report: observation coverage: {}",
+            coverage_sentence(&report.coverage)
+        );
+        for w in report.coverage.warnings() {
+            eprintln!("auditor report: warning: {w}");
+        }
+    }
     for s in &report.suggestions {
         eprintln!("auditor report: {} suggestion: {}", s.mode, s.verification);
         for g in &s.gaps {
@@ -341,6 +362,7 @@ impl Report {
         let results: Vec<FlowResult> = flows.iter().map(|f| f.evaluate(engine)).collect();
         let mut suggestions = Vec::new();
         let mut audited = Vec::new();
+        let mut coverage = crate::coverage::Coverage::empty(opts.min_observation);
         for mode in [Mode::Allowlist, Mode::Fix] {
             let o = Options {
                 mode,
@@ -349,6 +371,7 @@ impl Report {
             let s = suggest(snapshot, engine, flows, &o).map_err(ReportError::Suggest)?;
             if mode == Mode::Allowlist {
                 audited = s.audited.clone();
+                coverage = s.coverage.clone();
             }
             suggestions.push(section(&s));
         }
@@ -430,6 +453,7 @@ impl Report {
                 skipped_lines,
                 blocked_although_allowed: unexplained.len(),
                 denied_but_passed: passed.len(),
+                thin_evidence: coverage.thin(),
                 would_break: None,
                 would_unblock: None,
             },
@@ -439,6 +463,7 @@ impl Report {
             blocked,
             unused_rules,
             suggestions,
+            coverage,
             notes,
             drills: Vec::new(),
             what_if: None,
@@ -596,6 +621,139 @@ fn flow_row(engine: &Engine, f: &Observed, r: &FlowResult) -> FlowRow {
 }
 
 // ---------------------------------------------------------------------------------------
+// Observation coverage.
+
+/// `1 of 2 audited workloads on thin evidence (watched less than 24h, ...); the flow log covers 1h`.
+fn coverage_sentence(c: &crate::coverage::Coverage) -> String {
+    let thin = c.thin();
+    let mut s = if thin == 0 {
+        format!(
+            "every audited workload watched at least {}, its needs no longer growing",
+            c.min_observation.text
+        )
+    } else {
+        format!(
+            "{thin} of {} audited workload(s) on thin evidence: their allowlists may be incomplete",
+            c.workloads.len()
+        )
+    };
+    let _ = write!(s, "; the flows cover {}", c.recording.duration.text);
+    s
+}
+
+/// The table's cells for one workload.
+fn coverage_cells(w: &crate::coverage::WorkloadCoverage) -> [String; 10] {
+    let last_new = match &w.last_new {
+        Some(n) => format!(
+            "{} {} before the end: {} {} {}",
+            n.kind, n.before_end.text, n.direction, n.peer, n.port
+        ),
+        None if w.needs == 0 => "-".into(),
+        None => "unknown".into(),
+    };
+    [
+        w.workload.clone(),
+        w.watched.duration.text.clone(),
+        w.watched
+            .first_seen
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+        w.watched
+            .last_seen
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+        w.pods.to_string(),
+        w.job_runs.map_or_else(|| "-".into(), |r| r.to_string()),
+        if w.flows_without_times > 0 {
+            format!("{} ({} without times)", w.flows, w.flows_without_times)
+        } else {
+            w.flows.to_string()
+        },
+        format!("{} / {}", w.peers, w.ports),
+        last_new,
+        if w.thin { "THIN".into() } else { "ok".into() },
+    ]
+}
+
+const COVERAGE_HEADERS: [&str; 10] = [
+    "workload",
+    "watched",
+    "first seen",
+    "last seen",
+    "pods",
+    "Job runs",
+    "flows",
+    "peers / ports",
+    "last new peer or port",
+    "evidence",
+];
+
+fn coverage_md(out: &mut String, c: &crate::coverage::Coverage) {
+    if c.workloads.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Observation coverage\n\nHow much evidence each audited workload's allowlist rests on: thin when watched less than {} (`--min-observation`), a CronJob or Job seen in fewer than 2 runs, or a new peer or port in the last 10% of its window.\n",
+        c.min_observation.text
+    );
+    let _ = writeln!(out, "| {} |", COVERAGE_HEADERS.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(COVERAGE_HEADERS.len()));
+    for w in &c.workloads {
+        let cells: Vec<String> = coverage_cells(w).iter().map(|x| md_cell(x)).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    let warnings: Vec<&str> = c.warnings().collect();
+    if !warnings.is_empty() {
+        out.push('\n');
+        for w in warnings {
+            let _ = writeln!(out, "- warning: {}", md_cell(w));
+        }
+    }
+}
+
+fn coverage_html(out: &mut String, c: &crate::coverage::Coverage) {
+    if c.workloads.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "<h2 id=\"coverage\">Observation coverage</h2><p>How much evidence each audited workload's allowlist rests on: thin when watched less than {} (<code>--min-observation</code>), a CronJob or Job seen in fewer than 2 runs, or a new peer or port in the last 10% of its window.</p>",
+        esc(&c.min_observation.text)
+    );
+    out.push_str("<table class=\"coverage\"><tr>");
+    for h in COVERAGE_HEADERS {
+        let _ = write!(out, "<th>{}</th>", esc(h));
+    }
+    out.push_str("</tr>\n");
+    for w in &c.workloads {
+        let _ = write!(
+            out,
+            "<tr class=\"{}\" data-workload=\"{}\">",
+            if w.thin { "thin" } else { "ok" },
+            esc(&w.workload)
+        );
+        for (i, cell) in coverage_cells(w).iter().enumerate() {
+            if i == 9 {
+                let _ = write!(
+                    out,
+                    "<td class=\"{}\">{}</td>",
+                    if w.thin { "bad" } else { "ok" },
+                    esc(cell)
+                );
+            } else {
+                let _ = write!(out, "<td>{}</td>", esc(cell));
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+    for w in c.warnings() {
+        let _ = writeln!(out, "<p class=\"bad warning\">Warning: {}</p>", esc(w));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Markdown.
 
 /// The finding sections that have flows, with their titles.
@@ -705,6 +863,13 @@ pub fn render_markdown(r: &Report) -> String {
             crate::drill::summary::tally(&r.drills)
         );
     }
+    if !r.coverage.workloads.is_empty() {
+        let _ = writeln!(
+            out,
+            "- observation coverage: {}",
+            coverage_sentence(&r.coverage)
+        );
+    }
     out.push_str("\n## Blocked flows\n\n");
     if r.blocked.is_empty() {
         out.push_str("None.\n");
@@ -731,6 +896,7 @@ pub fn render_markdown(r: &Report) -> String {
         out.push_str(&w.markdown());
     }
     out.push_str(&crate::drill::summary::markdown(&r.drills));
+    coverage_md(&mut out, &r.coverage);
     out.push_str("\n## Flows per workload\n");
     for w in &r.workloads {
         let _ = writeln!(
@@ -1081,6 +1247,7 @@ pub fn render_html(r: &Report) -> String {
         out.push_str(&w.html(esc));
     }
     out.push_str(&crate::drill::summary::html(&r.drills, esc));
+    coverage_html(&mut out, &r.coverage);
     out.push_str("<h2>Flows per workload</h2>\n");
     for w in &r.workloads {
         let _ = writeln!(

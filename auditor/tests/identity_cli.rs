@@ -508,6 +508,7 @@ fn a_completed_job_sharing_an_address_owns_nothing_and_suggest_round_trips() {
         skip_invalid: false,
         output: out.clone(),
         filter: Default::default(),
+        min_observation: auditor::coverage::DEFAULT_MIN_OBSERVATION,
     };
     let code = auditor::suggest::run(&args).map_err(|e| e.to_string());
     assert_eq!(code, Ok(0), "the round trip holds, no gap");
@@ -574,6 +575,7 @@ fn report_carries_the_identity_warnings() {
         filter: Default::default(),
         drills: Vec::new(),
         what_if: Default::default(),
+        min_observation: auditor::coverage::DEFAULT_MIN_OBSERVATION,
     };
     auditor::report::run(&args).unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();

@@ -46,6 +46,7 @@ fn report_dir_full(
         filter,
         drills: vec![],
         what_if,
+        min_observation: auditor::coverage::DEFAULT_MIN_OBSERVATION,
     };
     assert_eq!(run(&args).map_err(|e| e.to_string()), Ok(0));
     dir.join("out")

@@ -161,6 +161,7 @@ fn suggest_files(name: &str, cluster: &str, flows: &str, f: impl FnOnce(&mut Sug
         skip_invalid: false,
         output: dir.join("out"),
         filter: Default::default(),
+        min_observation: auditor::coverage::DEFAULT_MIN_OBSERVATION,
     };
     f(&mut args);
     let code = run(&args).map_err(|e| e.to_string());

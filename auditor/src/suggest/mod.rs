@@ -87,6 +87,10 @@ pub enum Flavor {
 /// the policy engine before it is written. Exit code 0, or 1 when part of the input could
 /// not be covered (stated on stderr and in the YAML).
 ///
+/// The summary and the YAML also state each audited workload's observation coverage (how
+/// long it was watched, its pods and Job runs, when its last new peer or port appeared)
+/// and warn when an allowlist rests on thin evidence (see `--min-observation`).
+///
 /// `-n` and `-l` choose whose policies you get: only workloads with a pod in the
 /// namespace (matching the selector) are audited, among those `--comm` or `--select`
 /// finds. An audited workload's allowlist still carries every flow it had, also with
@@ -157,6 +161,13 @@ pub struct SuggestArgs {
     // -n/-A and -l narrow the audited workloads (--verdict is refused).
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// A workload watched for less than this is on thin evidence: its allowlist gets a
+    /// warning (so do CronJobs/Jobs seen in fewer than 2 runs, and workloads whose peers
+    /// or ports were still growing in the last 10% of the recording).
+    ///
+    /// Example: --min-observation 30m
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub min_observation: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +220,8 @@ pub struct Options {
     /// them are considered (all of them: an audited workload's allowlist carries every flow
     /// it had, and the peer-side policies those flows need are written where they are).
     pub pods: Filter,
+    /// Watched for less is thin evidence (see [`crate::coverage`]).
+    pub min_observation: std::time::Duration,
 }
 
 impl Default for Options {
@@ -220,6 +233,7 @@ impl Default for Options {
             max_prefix_v4: 32,
             max_prefix_v6: 128,
             pods: Filter::default(),
+            min_observation: crate::coverage::DEFAULT_MIN_OBSERVATION,
         }
     }
 }
@@ -465,6 +479,8 @@ pub struct Suggestion {
     pub gaps: Vec<String>,
     /// Things to look at (also in the YAML).
     pub warnings: Vec<String>,
+    /// How much evidence each audited workload's allowlist rests on.
+    pub coverage: crate::coverage::Coverage,
     pub verification: Verification,
 }
 
@@ -531,6 +547,7 @@ pub fn run(args: &SuggestArgs) -> Result<i32, SuggestError> {
         max_prefix_v4: args.max_prefix,
         max_prefix_v6: args.max_prefix_v6,
         pods,
+        min_observation: args.min_observation,
     };
     let sug = suggest(&snapshot, &engine, &flows, &opts)?;
     let out_path = if args.output.as_os_str() == "-" {
@@ -636,6 +653,13 @@ pub fn summary_text(sug: &Suggestion, written: Option<&Path>, skipped_lines: usi
     }
     for g in &sug.gaps {
         t.push_str(&format!("auditor suggest: gap: {g}\n"));
+    }
+    for w in &sug.coverage.workloads {
+        t.push_str(&format!(
+            "auditor suggest: coverage: {}: {}\n",
+            w.workload,
+            w.line()
+        ));
     }
     for w in &sug.warnings {
         t.push_str(&format!("auditor suggest: warning: {w}\n"));
@@ -1269,6 +1293,21 @@ pub fn suggest(
         ));
     }
 
+    // How much evidence each audited workload rests on; thin evidence is a warning.
+    let coverage = {
+        let names: Vec<&str> = audited
+            .iter()
+            .map(|&g| ctx.group_names[g].as_str())
+            .collect();
+        let th = crate::coverage::Thresholds {
+            min_observation: opts.min_observation,
+        };
+        crate::coverage::compute(engine, flows, &results, &names, &th)
+    };
+    if opts.mode == Mode::Allowlist {
+        warnings.extend(coverage.warnings().map(str::to_owned));
+    }
+
     let build = Builder {
         ctx: &ctx,
         flows,
@@ -1294,7 +1333,7 @@ pub fn suggest(
         .iter()
         .map(|&g| ctx.group_names[g].as_str())
         .collect();
-    let header = build.header(&audited_names, &gaps, &warnings);
+    let header = build.header(&audited_names, &coverage, &gaps, &warnings);
     let (mut kubernetes_yaml, generated) = render_all(&header, &plans, Flavor::Kubernetes, &ctx);
     let cilium_yaml = match opts.flavor {
         Flavor::Kubernetes => None,
@@ -1332,6 +1371,7 @@ pub fn suggest(
         rules,
         gaps,
         warnings,
+        coverage,
         verification,
     })
 }
@@ -1451,7 +1491,13 @@ const MAX_EVIDENCE_LINES: usize = 6;
 type Evidence = BTreeSet<(usize, usize)>;
 
 impl Builder<'_> {
-    fn header(&self, audited: &[&str], gaps: &[String], warnings: &[String]) -> Vec<String> {
+    fn header(
+        &self,
+        audited: &[&str],
+        coverage: &crate::coverage::Coverage,
+        gaps: &[String],
+        warnings: &[String],
+    ) -> Vec<String> {
         let mut h = vec![format!(
             "Suggested by `auditor suggest --mode {}` from {} observed flow(s).",
             self.opts.mode.as_str(),
@@ -1466,6 +1512,9 @@ impl Builder<'_> {
         }
         if !audited.is_empty() {
             h.push(format!("Audited workloads: {}", audited.join(", ")));
+        }
+        for w in &coverage.workloads {
+            h.push(format!("Coverage: {}: {}", w.workload, w.line()));
         }
         for g in gaps {
             h.push(format!("GAP: {g}"));

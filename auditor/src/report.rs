@@ -1121,7 +1121,12 @@ pub fn render_svg(r: &Report) -> String {
             // Back to a source (an audited workload answering a caller's port, say).
             (sx, sy + box_h / 2.0, dx + box_w, dy + box_h / 2.0)
         } else {
-            (sx + box_w, sy + box_h / 2.0, dx + box_w, dy + box_h / 2.0 + 6.0)
+            (
+                sx + box_w,
+                sy + box_h / 2.0,
+                dx + box_w,
+                dy + box_h / 2.0 + 6.0,
+            )
         };
         let path = if dx != sx {
             let mx = (x1 + x2) / 2.0;
@@ -1137,10 +1142,7 @@ pub fn render_svg(r: &Report) -> String {
         } else {
             (x1 + 48.0, (y1 + y2) / 2.0)
         };
-        let text = format!(
-            "{label}{}",
-            if *verdict == "deny" { " DENIED" } else { "" }
-        );
+        let text = format!("{label}{}", if *verdict == "deny" { " DENIED" } else { "" });
         // About 6.2 px a character at 11 px, 13 px a line.
         let half = text.chars().count() as f64 * 3.1 + 3.0;
         for _ in 0..40 {

@@ -569,3 +569,104 @@ fn what_the_proposed_policies_would_change() {
         serde_json::from_str(&std::fs::read_to_string(plain.join("report.json")).unwrap()).unwrap();
     assert!(json.get("what_if").is_none() && json["summary"].get("would_break").is_none());
 }
+
+/// Issue 15 point 3: the picture stays readable. An allowed and a denied edge between the
+/// same two boxes are drawn apart, no two edge labels overlap, and the nodes (kubelet
+/// probes in, the API server out) sit in the sources column, not among the audited.
+#[test]
+fn picture_edges_and_labels_do_not_cover_each_other() {
+    let dir = std::env::temp_dir().join(format!("auditor-report-picture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let snapshot = dir.join("cluster.yaml");
+    std::fs::write(
+        &snapshot,
+        format!(
+            "{}---\n{}---\n{}",
+            std::fs::read_to_string(Path::new(FIXTURES).join("cluster.yaml")).unwrap(),
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\nstatus:\n  addresses:\n  - type: InternalIP\n    address: 10.0.0.10\n",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: ffmpeg-egress\n  namespace: media\nspec:\n  podSelector:\n    matchLabels:\n      app: ffmpeg\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - podSelector:\n        matchLabels:\n          app: origin\n    ports:\n    - port: 5000\n      protocol: UDP\n",
+        ),
+    )
+    .unwrap();
+    let flows = dir.join("flows.jsonl");
+    let rec = |src: &str, dst: &str, port: u16, proto: &str, dir: &str| {
+        format!("{{\"src_ip\":\"{src}\",\"dst_ip\":\"{dst}\",\"dst_port\":{port},\"protocol\":\"{proto}\",\"direction\":\"{dir}\",\"comm\":\"ffmpeg\",\"count\":3}}\n")
+    };
+    std::fs::write(
+        &flows,
+        [
+            rec("10.0.1.1", "10.0.1.2", 5000, "UDP", "egress"),
+            rec("10.0.1.1", "10.0.1.2", 5001, "UDP", "egress"),
+            rec("10.0.0.10", "10.0.1.1", 8080, "TCP", "ingress"),
+            rec("10.0.1.1", "10.0.0.10", 6443, "TCP", "egress"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let args = ReportArgs {
+        source: auditor::cluster::ClusterSource::file(snapshot),
+        flows,
+        output: dir.join("out"),
+        select: None,
+        comm: vec!["ffmpeg".into()],
+        max_prefix: 32,
+        skip_invalid: false,
+        filter: Default::default(),
+        drills: vec![],
+        what_if: Default::default(),
+        min_observation: std::time::Duration::from_secs(24 * 3600),
+    };
+    run(&args).unwrap();
+    let html = std::fs::read_to_string(dir.join("out/report.html")).unwrap();
+    let svg = &html[html.find("<svg").unwrap()..html.find("</svg>").unwrap()];
+    let attr = |s: &str, name: &str| -> f64 {
+        let at = s.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        s[at..at + s[at..].find('"').unwrap()].parse().unwrap()
+    };
+    // Boxes: the node in the sources column (x = 20), the audited ffmpeg in the middle.
+    let node_box = |name: &str| {
+        let g = &svg[svg
+            .find(&format!("data-name=\"{name}\""))
+            .unwrap_or_else(|| panic!("{name} in {svg}"))..];
+        attr(&g[g.find("<rect").unwrap()..], "x")
+    };
+    assert_eq!(node_box("nodes (kubelet, host network)"), 20.0, "{svg}");
+    assert_eq!(node_box("media/ffmpeg (Deployment)"), 410.0, "{svg}");
+    // The two ffmpeg -> origin edges: different paths.
+    let paths: Vec<&str> = svg
+        .split("<g class=\"edge")
+        .skip(1)
+        .filter(|g| g.contains("media/ffmpeg (Deployment) -&gt; media/origin (StatefulSet)"))
+        .map(|g| {
+            let at = g.find(" d=\"").unwrap() + 4;
+            &g[at..at + g[at..].find('"').unwrap()]
+        })
+        .collect();
+    assert_eq!(paths.len(), 2, "an allowed and a denied edge: {svg}");
+    assert_ne!(paths[0], paths[1], "drawn apart");
+    // No two labels overlap (about 6.2 px a character at 11 px, 13 px a line).
+    let labels: Vec<(f64, f64, f64, String)> = svg
+        .split("<text ")
+        .skip(1)
+        .filter(|t| t.contains("font-size=\"11\""))
+        .map(|t| {
+            let text = t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()].to_owned();
+            (
+                attr(t, "x"),
+                attr(t, "y"),
+                text.chars().count() as f64 * 3.1,
+                text,
+            )
+        })
+        .collect();
+    assert!(labels.len() >= 4, "{labels:?}");
+    for (i, a) in labels.iter().enumerate() {
+        for b in &labels[i + 1..] {
+            assert!(
+                (a.0 - b.0).abs() >= a.2 + b.2 || (a.1 - b.1).abs() >= 13.0,
+                "labels overlap: {a:?} and {b:?}"
+            );
+        }
+    }
+}

@@ -22,6 +22,16 @@ fn report_dir_full(
     filter: auditor::filter::FilterArgs,
     what_if: auditor::whatif::WhatIfArgs,
 ) -> PathBuf {
+    report_dir_extra(name, filter, what_if, "")
+}
+
+/// The fixture's report, its flow log with `extra_flows` (JSON lines) appended.
+fn report_dir_extra(
+    name: &str,
+    filter: auditor::filter::FilterArgs,
+    what_if: auditor::whatif::WhatIfArgs,
+    extra_flows: &str,
+) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("auditor-report-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -37,7 +47,12 @@ fn report_dir_full(
     .unwrap();
     let args = ReportArgs {
         source: auditor::cluster::ClusterSource::file(snapshot),
-        flows: Path::new(FIXTURES).join("flows.jsonl"),
+        flows: {
+            let f = dir.join("flows.jsonl");
+            let base = std::fs::read_to_string(Path::new(FIXTURES).join("flows.jsonl")).unwrap();
+            std::fs::write(&f, format!("{base}{extra_flows}")).unwrap();
+            f
+        },
         output: dir.join("out"),
         select: None,
         comm: vec!["ffmpeg".into(), "ffprobe".into()],
@@ -136,7 +151,14 @@ fn chromium_renders_workloads_and_verdicts() {
         eprintln!("SKIP: chromium not installed (apt-get install chromium; cargo xtask setup installs it)");
         return;
     };
-    let out = report_dir("chromium");
+    // One allowed flow the kernel dropped: the report's observed column and its
+    // "blocked although every policy allows them" section must render.
+    let out = report_dir_extra(
+        "chromium",
+        Default::default(),
+        Default::default(),
+        "{\"src_ip\":\"10.0.1.1\",\"dst_ip\":\"203.0.113.80\",\"dst_port\":443,\"protocol\":\"TCP\",\"direction\":\"egress\",\"state\":\"timed_out\",\"comm\":\"ffmpeg\",\"dns_name\":\"cdn.example.net\",\"count\":2,\"timed_out\":2,\"drops\":4,\"drop_reason\":\"NETFILTER_DROP\"}\n",
+    );
     let url = format!("file://{}", out.join("report.html").display());
     let profile = out.join("profile");
     let dom = chromium_cmd(bin, &profile)
@@ -155,6 +177,8 @@ fn chromium_renders_workloads_and_verdicts() {
         "v-deny",
         "v-allow",
         "audited",
+        "NETFILTER_DROP",
+        "Blocked although every policy allows them",
     ] {
         assert!(dom.contains(want), "{want} missing from the rendered DOM");
     }

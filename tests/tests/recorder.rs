@@ -326,8 +326,12 @@ fn dns_answer_names_the_connection_that_followed() {
             ("protocol", json!("TCP")),
         ],
     );
-    assert_eq!(conn.len(), 1, "{flows:?}");
-    assert_eq!(conn[0]["dns_name"], "origin.media.test");
+    // One flow; its late NO_SOCKET drops may land in a record of a later flush.
+    assert_eq!(sum(&conn, "established"), 1, "{flows:?}");
+    assert!(
+        conn.iter().all(|r| r["dns_name"] == "origin.media.test"),
+        "{flows:?}"
+    );
     let q = find(
         &flows,
         &[("dst_port", json!(53)), ("protocol", json!("UDP"))],
